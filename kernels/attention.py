@@ -1,0 +1,306 @@
+"""Public attention ops of sparse-vdit: the only entry points the rest of the project calls.
+
+    block_sparse_attention(q, k, v, layout)   attention over a BlockLayout's blocks
+    attention_with_lse(q, k, v)               dense attention that also returns the row LSE
+    block_attention_mass(q, k, lse, block)    AdaSpa's per-block softmax mass, one pass over Q K^T
+
+Tensors are [B, H, S, D] with any strides (diffusers' [B, S, H, D] transposed as a view is fine,
+and the output comes back with q's strides, so transposing it back is free). D is a power of two
+from 16 to 256 (64 and 128 are the tuned ones); dtypes bf16, fp16 or fp32 (fp32 is computed
+exactly, slowly: cast to bf16 for speed). LSE is float32, natural log.
+
+Each op is a ``torch.library.custom_op`` with a fake implementation, so a torch.compile'd model
+keeps one graph. On CUDA tensors the Triton kernels run; on CPU tensors they run under the Triton
+interpreter when TRITON_INTERPRET=1 (tests), otherwise a PyTorch path computes the same function
+and warns once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels import torch_paths
+from kernels.block_layout import NO_TILE, BlockLayout
+
+try:  # Triton is a Linux dependency; elsewhere only the PyTorch path exists.
+    import triton
+
+    from kernels.triton_block_mass import block_attention_mass_kernel
+    from kernels.triton_block_sparse import LOG2E, block_sparse_attention_kernel, interpreting
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    HAS_TRITON = False
+
+    def interpreting() -> bool:
+        return False
+
+
+__all__ = ["BlockLayout", "block_sparse_attention", "attention_with_lse", "block_attention_mass"]
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DEFAULT_DENSE_BLOCK_M = 128
+
+# Per-GPU kernel defaults: (head_dim, Q_BLOCK) -> (BLOCK_N, num_warps, num_stages).
+# Measured on the H200 (benchmarks/RESULTS.md); other GPUs fall back to these too.
+KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
+    (128, 128): (64, 8, 2),
+    (128, 64): (64, 4, 2),
+    (64, 128): (64, 8, 2),
+    (64, 64): (64, 4, 2),
+}
+INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
+MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
+    (128, 128): (64, 8, 2),
+    (128, 64): (64, 4, 2),
+    (64, 128): (64, 8, 2),
+    (64, 64): (64, 4, 2),
+}
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if t.is_cuda:
+        if not HAS_TRITON:
+            raise RuntimeError("sparse-vdit needs triton for CUDA tensors: pip install triton")
+        return True
+    if HAS_TRITON and interpreting():
+        return True
+    torch_paths.warn_fallback_once()
+    return False
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> None:
+    tensors = (q, k) if v is None else (q, k, v)
+    if any(t.dim() != 4 for t in tensors):
+        raise ValueError(
+            "q, k, v must be [B, H, S, D]; for diffusers' [B, S, H, D] pass x.transpose(1, 2) (a view, no copy)"
+        )
+    b, h, _, d = q.shape
+    if k.shape[0] != b or k.shape[1] != h or k.shape[3] != d:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on B, H or D")
+    if v is not None and v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    if d < 16 or d > 256 or d & (d - 1):
+        raise ValueError(f"head_dim {d} is not supported: use a power of two from 16 to 256 (64 and 128 are tuned)")
+    if any(t.dtype != q.dtype for t in tensors) or q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"q, k, v must share one dtype among bf16, fp16, fp32; got {[t.dtype for t in tensors]}"
+        )
+    if any(t.device != q.device for t in tensors):
+        raise ValueError("q, k, v must be on one device")
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def _dot_fp32(q: torch.Tensor) -> bool:
+    # The interpreter multiplies bf16 bit patterns as integers (see baselines.md): upcast there.
+    return q.dtype == torch.float32 or (interpreting() and not q.is_cuda)
+
+
+# --------------------------------------------------------------------------- block-sparse / dense
+def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scale: float, *, dense: bool = False, has_partial: bool = False):
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    full_num, full_idx, part_num, part_idx, tile_ids, tiles = layout_tensors
+    lb, lh, nqb, lkb = full_idx.shape
+    stride_b = lh * nqb if lb > 1 else 0
+    stride_h = nqb if lh > 1 else 0
+    if interpreting() and not q.is_cuda:
+        block_n, warps, stages = INTERPRETER_CONFIG
+    else:
+        block_n, warps, stages = KERNEL_DEFAULTS.get((d, q_block), (64, 4, 2))
+    block_n = min(block_n, kv_block)
+    grid = (triton.cdiv(sq, q_block), b * h)
+    block_sparse_attention_kernel[grid](
+        q, k, v, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        full_num, full_idx, part_num, part_idx, tile_ids, tiles,
+        stride_b, stride_h, lkb,
+        h, sq, sk, scale * LOG2E,
+        HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
+        DENSE=dense, HAS_PARTIAL=has_partial and not dense,
+        DOT_FP32=_dot_fp32(q), num_warps=warps, num_stages=stages,
+    )
+    return out, lse
+
+
+@torch.library.custom_op("sparse_vdit::block_sparse_attention", mutates_args=())
+def _block_sparse_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
+    tile_ids: torch.Tensor, tile_masks: torch.Tensor,
+    q_block: int, kv_block: int, scale: float, has_partial: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks)
+    if _use_triton(q):
+        return _launch_attention(q, k, v, layout_tensors, q_block, kv_block, scale, has_partial=has_partial)
+    layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks,
+                         (q_block, kv_block), (q.shape[2], k.shape[2]))
+    return torch_paths.attention(q, k, v, layout, scale)
+
+
+@_block_sparse_attention_op.register_fake
+def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, q_block, kv_block, scale, has_partial):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("sparse_vdit::attention_with_lse", mutates_args=())
+def _attention_with_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_triton(q):
+        empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
+        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.bool())
+        return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, dense=True)
+    return torch_paths.attention(q, k, v, None, scale)
+
+
+@_attention_with_lse_op.register_fake
+def _(q, k, v, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: BlockLayout,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Attention computed only on ``block_mask``'s blocks.
+
+    Args:
+        q: [B, H, Sq, D]; k, v: [B, H, Skv, D]; any strides, one dtype (bf16 / fp16 / fp32).
+        block_mask: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
+            B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
+        scale: softmax scale, default 1/sqrt(D).
+        return_lse: also return the row log-sum-exp [B, H, Sq] (float32, natural log).
+
+    Returns out [B, H, Sq, D] (q's dtype and strides), or (out, lse). Rows whose blocks are all
+    empty or fully masked return zeros (lse = -inf).
+    """
+    _check_qkv(q, k, v)
+    if not isinstance(block_mask, BlockLayout):
+        raise TypeError(
+            f"block_mask must be a kernels.block_layout.BlockLayout, got {type(block_mask).__name__}; "
+            "build one with BlockLayout.from_block_maps or BlockLayout.from_mask_mod"
+        )
+    sq, sk = q.shape[2], k.shape[2]
+    if tuple(block_mask.seq_lengths) != (sq, sk):
+        raise ValueError(
+            f"block layout was built for seq_lengths {block_mask.seq_lengths} but q / k have ({sq}, {sk}): "
+            "you likely need to build a new layout for this shape"
+        )
+    lb, lh = block_mask.shape[:2]
+    if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]):
+        raise ValueError(
+            f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
+        )
+    q_block, kv_block = block_mask.block_size
+    if q_block not in (16, 32, 64, 128) or kv_block % 16:
+        raise ValueError(
+            f"block size {block_mask.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
+            "(16 / 32 work but are slow) and KV_BLOCK a multiple of 16"
+        )
+    if block_mask.device != q.device:
+        block_mask = block_mask.to(q.device)
+    out, lse = _block_sparse_attention_op(
+        q, k, v,
+        block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
+        block_mask.kv_num_blocks, block_mask.kv_indices,
+        block_mask.tile_ids, block_mask.tile_masks_i8,
+        q_block, kv_block, _scale(q, scale), block_mask.has_partial,
+    )
+    return (out, lse) if return_lse else out
+
+
+def attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention that also returns the row LSE: (out [B, H, Sq, D], lse [B, H, Sq] fp32).
+
+    AdaSpa's first search step uses it: the step's output and the LSE the later searches reuse.
+    """
+    _check_qkv(q, k, v)
+    return _attention_with_lse_op(q, k, v, _scale(q, scale))
+
+
+# --------------------------------------------------------------------------- block mass
+def _launch_mass(q, k, lse, block_size: int, scale: float):
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    qb, kb = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
+    mass = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
+    compute_lse = lse is None
+    lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device) if compute_lse else lse
+    lse_in = lse_out
+    if interpreting() and not q.is_cuda:
+        block_n, warps, stages = INTERPRETER_CONFIG
+    else:
+        block_n, warps, stages = MASS_DEFAULTS.get((d, block_size), (64, 4, 2))
+    block_n = min(block_n, block_size)
+    block_attention_mass_kernel[(qb, b * h)](
+        q, k, lse_in, mass, lse_out,
+        *q.stride(), *k.stride(), *lse_in.stride(),
+        h, sq, sk, kb, scale * LOG2E,
+        HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
+        DOT_FP32=_dot_fp32(q), num_warps=warps, num_stages=stages,
+    )
+    return mass, lse_out
+
+
+@torch.library.custom_op("sparse_vdit::block_attention_mass", mutates_args=())
+def _block_attention_mass_op(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, block_size: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_triton(q):
+        mass, lse_out = _launch_mass(q, k, lse, block_size, scale)
+        return mass, (lse_out.clone() if lse is not None else lse_out)
+    return torch_paths.block_attention_mass(q, k, lse, block_size, scale)
+
+
+@_block_attention_mass_op.register_fake
+def _(q, k, lse, block_size, scale):
+    b, h, sq, _ = q.shape
+    qb, kb = -(-sq // block_size), -(-k.shape[2] // block_size)
+    return q.new_empty(b, h, qb, kb, dtype=torch.float32), q.new_empty(b, h, sq, dtype=torch.float32)
+
+
+def block_attention_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor | None,
+    block_size: int,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Per-block softmax mass W[b, h, i, j] = sum over query block i and key block j of
+    exp(scale * q.k - lse_row): AdaSpa's block-selection score, one pass over Q K^T, no V, no
+    S x S tensor.
+
+    Args:
+        q: [B, H, Sq, D]; k: [B, H, Skv, D].
+        lse: [B, H, Sq] float32 row LSE (cached from ``attention_with_lse``), or None for the fused
+            variant that computes the exact LSE first in the same call.
+        block_size: 64 or 128 (square blocks).
+        return_lse: also return the LSE used ([B, H, Sq] fp32; the computed one when lse is None).
+
+    Returns mass [B, H, ceil(Sq/bs), ceil(Skv/bs)] float32 (each row sums to the fraction of the
+    row's softmax the LSE accounts for: 1 per query row when the LSE is exact), or (mass, lse).
+    """
+    _check_qkv(q, k, None)
+    if block_size not in (16, 32, 64, 128):
+        raise ValueError(f"block_size {block_size} is not supported: use 64 or 128")
+    if lse is not None:
+        if tuple(lse.shape) != tuple(q.shape[:3]):
+            raise ValueError(f"lse must be [B, H, Sq] = {tuple(q.shape[:3])}, got {tuple(lse.shape)}")
+        lse = lse.to(device=q.device, dtype=torch.float32)
+    mass, lse_used = _block_attention_mass_op(q, k, lse, int(block_size), _scale(q, scale))
+    return (mass, lse_used) if return_lse else mass

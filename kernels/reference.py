@@ -1,0 +1,79 @@
+"""Reference twins of every kernel: float64, dense, obviously right. For tests and small shapes.
+
+Conventions shared with the kernels:
+    q: [B, H, Sq, D], k / v: [B, H, Skv, D] (any strides, any float dtype)
+    out: [B, H, Sq, D]; lse: [B, H, Sq], natural log of sum(exp(scale * q.k)) over kept keys
+    A row with no kept key gets out = 0 and lse = -inf (never NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.block_layout import BlockLayout
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    upcast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked attention. ``mask``: bool, broadcastable to [B, H, Sq, Skv], True = keep.
+
+    With ``upcast`` (default) everything runs in float64; with ``upcast=False`` it runs in the
+    inputs' dtype, which tests use to measure PyTorch's own error at that precision.
+    Returns (out [B, H, Sq, D] in the compute dtype, lse [B, H, Sq] float64 or input dtype).
+    """
+    dt = torch.float64 if upcast else q.dtype
+    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
+    s = torch.einsum("bhqd,bhkd->bhqk", qf, kf) * _scale(q, scale)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    empty = torch.isneginf(lse)
+    p = torch.exp(s - torch.where(empty, 0.0, lse).to(dt).unsqueeze(-1))
+    out = torch.einsum("bhqk,bhkd->bhqd", p, vf)
+    out = out.masked_fill(empty.unsqueeze(-1), 0.0)
+    return out, lse
+
+
+def block_sparse_attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_dense()``."""
+    return attention_ref(q, k, v, layout.to_dense().to(q.device), scale=scale)
+
+
+def block_attention_mass_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor | None,
+    block_size: int,
+    *,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``kernels.attention.block_attention_mass``.
+
+    mass[b, h, i, j] = sum over rows r of query block i and columns c of key block j of
+    exp(scale * q_r.k_c - lse_r); ``lse`` None means the exact dense LSE.
+    Returns (mass [B, H, QB, KB] float64, lse [B, H, Sq] float64).
+    """
+    s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * _scale(q, scale)
+    if lse is None:
+        lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse.double().unsqueeze(-1))
+    b, h, sq, sk = p.shape
+    qb, kb = -(-sq // block_size), -(-sk // block_size)
+    p = torch.nn.functional.pad(p, (0, kb * block_size - sk, 0, qb * block_size - sq))
+    mass = p.reshape(b, h, qb, block_size, kb, block_size).sum(dim=(3, 5))
+    return mass, lse.double()

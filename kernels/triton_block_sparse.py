@@ -1,0 +1,158 @@
+"""Triton forward kernel for block-sparse (and dense) attention with per-row LSE.
+
+One kernel loop, specialised by constexpr flags:
+    IS_FULL   the block needs no element mask (and lies inside the key bounds, a BlockLayout invariant)
+    DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
+One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
+its key blocks come from the layout's full list, then its partial list. Heads of different
+patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
+per-head mode table, and a head with empty lists (skip) costs one store of zeros.
+
+Softmax is computed in base 2 with the scale folded in (qk_scale = scale * log2(e)).
+Rows that see no key keep l == 0 and are written as zeros with lse = -inf.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
+LN2 = 0.6931471805599453  # ln(2): log(x) == log2(x) * LN2
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _attend_block(
+    acc, l_i, m_i, q,
+    k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    offs_m_local, offs_d, start_n, kv_len, qk_scale,
+    tile_base, tile_id, col_in_tile,
+    BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if IS_FULL:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    else:
+        in_bounds = offs_n < kv_len
+        k = tl.load(k_ptrs, mask=in_bounds[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=in_bounds[:, None], other=0.0)
+    if DOT_FP32:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+    if not IS_FULL:
+        keep = (offs_n < kv_len)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
+        # tile_id < 0 (NO_TILE): only the bounds apply; tile 0 always exists, so read it harmlessly.
+        t_ptrs = (
+            tile_base + tl.maximum(tile_id, 0).to(tl.int64) * (BLOCK_M * KV_BLOCK)
+            + offs_m_local[:, None] * KV_BLOCK + (col_in_tile + tl.arange(0, BLOCK_N))[None, :]
+        )
+        keep = keep & ((tl.load(t_ptrs) != 0) | (tile_id < 0))
+        s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if not IS_FULL:
+        # A row fully masked so far keeps m = -inf; subtract 0 instead so no NaN appears.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    p = tl.math.exp2(s - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if DOT_FP32:
+        acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def block_sparse_attention_kernel(
+    Q, K, V, O, LSE,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES,
+    layout_stride_b, layout_stride_h, layout_kb,
+    H, q_len, kv_len, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+    DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
+    h*layout_stride_h + m (strides are 0 on broadcast dims); its index lists hold layout_kb entries."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m_local = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+              + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    SUBS: tl.constexpr = KV_BLOCK // BLOCK_N
+    if DENSE:
+        n_full = kv_len // BLOCK_N
+        for j in range(n_full):
+            acc, l_i, m_i = _attend_block(
+                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                offs_m_local, offs_d, j * BLOCK_N, kv_len, qk_scale, TILES, -1, 0,
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32)
+        if n_full * BLOCK_N < kv_len:
+            acc, l_i, m_i = _attend_block(
+                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                offs_m_local, offs_d, n_full * BLOCK_N, kv_len, qk_scale, TILES, tl.full([], -1, tl.int32), 0,
+                BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32)
+    else:
+        row = b * layout_stride_b + h * layout_stride_h + pid_m
+        n_full = tl.load(FULL_NUM + row)
+        full_idx = FULL_IDX + row.to(tl.int64) * layout_kb
+        for j in range(n_full * SUBS):
+            kb = tl.load(full_idx + j // SUBS)
+            acc, l_i, m_i = _attend_block(
+                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                offs_m_local, offs_d, kb * KV_BLOCK + (j % SUBS) * BLOCK_N, kv_len, qk_scale,
+                TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32)
+        if HAS_PARTIAL:
+            n_part = tl.load(PART_NUM + row)
+            part_idx = PART_IDX + row.to(tl.int64) * layout_kb
+            tile_ids = TILE_IDS + row.to(tl.int64) * layout_kb
+            for j in range(n_part * SUBS):
+                kb = tl.load(part_idx + j // SUBS)
+                tile = tl.load(tile_ids + j // SUBS)
+                sub = (j % SUBS) * BLOCK_N
+                acc, l_i, m_i = _attend_block(
+                    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, qk_scale,
+                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32)
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
+    row_ok = offs_m < q_len
+    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+              + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + pid_bh.to(tl.int64) * q_len + offs_m, lse, mask=row_ok)

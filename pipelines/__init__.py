@@ -1,0 +1,1 @@
+"""diffusers integration: attention processors, one-call apply, evaluation."""

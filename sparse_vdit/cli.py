@@ -1,0 +1,47 @@
+"""The ``sparse-vdit`` command. Subcommands are added by the features that need them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from sparse_vdit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sparse-vdit",
+        description="Sparse attention for video diffusion transformers in diffusers.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparse-vdit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser(
+        "check",
+        help="run the attention kernels on a small video token layout and compare with the float64 reference",
+    )
+    check.add_argument("--frames", type=int, default=4)
+    check.add_argument("--rows", type=int, default=8)
+    check.add_argument("--cols", type=int, default=16)
+    check.add_argument("--heads", type=int, default=2)
+    check.add_argument("--head-dim", type=int, default=64)
+    check.set_defaults(func=_check)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sparse_vdit.selfcheck import run_selfcheck
+
+    return run_selfcheck(args.frames, args.rows, args.cols, args.heads, args.head_dim)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
