@@ -1,0 +1,203 @@
+"""The five Sparse-vDiT attention modes, in layout units, and their block layouts.
+
+A mode says which keys a video query token attends, in terms of latent frames and latent rows
+(never raw token indices), so one plan serves any resolution:
+
+    Full()                     every key
+    Skip()                     nothing: the head's output is zero (no work at all, text rows too)
+    Diagonal(rows)             keys of the query's own frame within ``rows`` latent rows
+    MultiDiagonal(rows, frames) keys within ``rows`` latent rows in every frame at most ``frames``
+                               frames away (None: all frames): the same spatial band repeated at the
+                               frame stride
+    VerticalStripe(frames, row_stride) the same global key columns for every query: the tokens of
+                               the listed latent frames (negative = from the end) whose latent row
+                               is a multiple of ``row_stride``
+
+Choices where the paper is open (written down here, tested in tests/test_modes.py):
+- Bands are over whole latent rows (all columns of a row), so a band is contiguous in token order.
+- Text rows and columns are always dense ("text sink") except in Skip, whose output is all zero.
+- Blockification: a mode keeps every (query block, key block) that touches its element pattern,
+  and computes those blocks fully (no element mask): the kept set *is* the block set, so the
+  density d of a mode is its block density. That is the AdaSpa observation (blockified patterns)
+  and what makes the modes as fast as dense attention per computed block.
+
+``head_layout(modes, token_layout)`` turns one mode per head into a single BlockLayout with a head
+dimension, so one kernel launch serves every head of a layer (head fusion): the per-head block
+lists are the mode table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+from kernels.block_layout import BlockLayout
+from sparse_vdit.token_layout import TokenLayout
+
+
+@dataclass(frozen=True)
+class Full:
+    """M0: dense attention."""
+
+    name = "full"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """M1: the head's output is zero; nothing is computed or cached."""
+
+    name = "skip"
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """M2: window within the frame: keys of the same latent frame within ``rows`` latent rows."""
+
+    rows: int = 4
+    name = "diagonal"
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            raise ValueError(f"Diagonal rows must be >= 0, got {self.rows}")
+
+
+@dataclass(frozen=True)
+class MultiDiagonal:
+    """M3: the same spatial band (``rows`` latent rows) in every frame within ``frames`` frames
+    (None = all frames)."""
+
+    rows: int = 2
+    frames: int | None = None
+    name = "multi_diagonal"
+
+    def __post_init__(self) -> None:
+        if self.rows < 0 or (self.frames is not None and self.frames < 0):
+            raise ValueError(f"MultiDiagonal rows / frames must be >= 0, got {self.rows}, {self.frames}")
+
+
+@dataclass(frozen=True)
+class VerticalStripe:
+    """M4: every query attends the same key columns: the tokens of latent ``frames`` (negative
+    counts from the end) whose latent row is a multiple of ``row_stride``."""
+
+    frames: tuple[int, ...] = (0,)
+    row_stride: int = 1
+    name = "vertical_stripe"
+
+    def __post_init__(self) -> None:
+        if not self.frames or self.row_stride < 1:
+            raise ValueError("VerticalStripe needs at least one frame and row_stride >= 1")
+
+
+Mode = Union[Full, Skip, Diagonal, MultiDiagonal, VerticalStripe]
+MODES = (Full, Skip, Diagonal, MultiDiagonal, VerticalStripe)
+
+
+def _row_relation(mode: Mode, layout: TokenLayout, device) -> torch.Tensor:
+    """[G, G] bool over global latent rows g = frame * rows + row: query row attends key row."""
+    g = torch.arange(layout.frames * layout.rows, device=device)
+    frame, row = g // layout.rows, g % layout.rows
+    if isinstance(mode, Full):
+        return torch.ones(g.numel(), g.numel(), dtype=torch.bool, device=device)
+    if isinstance(mode, Skip):
+        return torch.zeros(g.numel(), g.numel(), dtype=torch.bool, device=device)
+    if isinstance(mode, (Diagonal, MultiDiagonal)):
+        near_rows = (row[:, None] - row[None, :]).abs() <= mode.rows
+        frame_gap = (frame[:, None] - frame[None, :]).abs()
+        reach = 0 if isinstance(mode, Diagonal) else (layout.frames if mode.frames is None else mode.frames)
+        return near_rows & (frame_gap <= reach)
+    if isinstance(mode, VerticalStripe):
+        frames = {f % layout.frames for f in mode.frames if -layout.frames <= f < layout.frames}
+        if not frames:
+            raise ValueError(f"VerticalStripe frames {mode.frames} are outside a {layout.frames}-frame video")
+        col = torch.isin(frame, torch.tensor(sorted(frames), device=device)) & (row % mode.row_stride == 0)
+        return col[None, :].expand(g.numel(), -1)
+    raise TypeError(f"unknown mode {mode!r}; modes are {', '.join(m.__name__ for m in MODES)}")
+
+
+def mode_mask_mod(mode: Mode, layout: TokenLayout):
+    """The mode's element pattern as a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx)``
+    (text rows / columns dense, Skip all False). Blocks of ``mode_block_map`` are exactly the
+    blocks this pattern touches."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        fq, rq, _ = layout.position(q_idx)
+        fk, rk, _ = layout.position(kv_idx)
+        if isinstance(mode, Skip):
+            return torch.zeros(torch.broadcast_shapes(q_idx.shape, kv_idx.shape), dtype=torch.bool, device=q_idx.device)
+        rel = _row_relation(mode, layout, q_idx.device)
+        gq = (fq * layout.rows + rq).clamp_min(0)
+        gk = (fk * layout.rows + rk).clamp_min(0)
+        video = rel[gq, gk] & (fq >= 0) & (fk >= 0)
+        return video | layout.is_text(q_idx) | layout.is_text(kv_idx)
+
+    return mask_mod
+
+
+def _block_spans(layout: TokenLayout, block: int, device):
+    """Per block of ``block`` tokens: (has_video, first global row, last global row, has_text)."""
+    n = -(-layout.seq_len // block)
+    start = torch.arange(n, device=device) * block
+    end = torch.clamp(start + block, max=layout.seq_len) - 1  # inclusive
+    v0, v1 = layout.video_start, layout.video_start + layout.video_len - 1
+    has_video = (end >= v0) & (start <= v1)
+    g_first = (torch.clamp(start, min=v0) - v0) // layout.cols
+    g_last = (torch.clamp(end, max=v1) - v0) // layout.cols
+    t0, t1 = layout.text_start, layout.text_start + layout.text_len - 1
+    has_text = (end >= t0) & (start <= t1) if layout.text_len else torch.zeros_like(has_video)
+    g_max = layout.frames * layout.rows - 1  # blocks without video get any valid row; has_video masks them
+    return has_video, g_first.clamp(0, g_max), g_last.clamp(0, g_max), has_text
+
+
+def mode_block_map(mode: Mode, layout: TokenLayout, block_size: int | tuple[int, int] = 128, device=None) -> torch.Tensor:
+    """[QB, KB] bool: the blocks a mode computes (every block its element pattern touches).
+
+    Exact and O(QB * KB): a 2-D prefix sum over the [G, G] row relation answers "does any query
+    row of block i attend any key row of block j" in constant time per block pair.
+    """
+    qblk, kvblk = (block_size, block_size) if isinstance(block_size, int) else block_size
+    if isinstance(mode, Skip):
+        return torch.zeros(-(-layout.seq_len // qblk), -(-layout.seq_len // kvblk), dtype=torch.bool, device=device)
+    rel = _row_relation(mode, layout, device).to(torch.int32)
+    prefix = torch.zeros(rel.shape[0] + 1, rel.shape[1] + 1, dtype=torch.int32, device=device)
+    prefix[1:, 1:] = rel.cumsum(0).cumsum(1)
+    qv, qa, qb, qt = _block_spans(layout, qblk, device)
+    kv, ka, kb, kt = _block_spans(layout, kvblk, device)
+    qa, qb, ka, kb = qa[:, None], (qb + 1)[:, None], ka[None, :], (kb + 1)[None, :]
+    hits = prefix[qb, kb] - prefix[qa, kb] - prefix[qb, ka] + prefix[qa, ka]
+    keep = (hits > 0) & qv[:, None] & kv[None, :]
+    return keep | qt[:, None] | kt[None, :]
+
+
+def head_layout(
+    modes: Sequence[Mode],
+    layout: TokenLayout,
+    *,
+    block_size: int | tuple[int, int] = 128,
+    device=None,
+) -> BlockLayout:
+    """One BlockLayout [1, H, QB, KB] serving every head of a layer in one launch (head fusion).
+
+    ``modes[h]`` is head h's mode; heads sharing a mode share one block map computation.
+    """
+    cache: dict[Mode, torch.Tensor] = {}
+    maps = []
+    for mode in modes:
+        if mode not in cache:
+            cache[mode] = mode_block_map(mode, layout, block_size, device)
+        maps.append(cache[mode])
+    full = torch.stack(maps).unsqueeze(0)
+    return BlockLayout.from_block_maps(full, block_size=block_size, seq_lengths=layout.seq_len)
+
+
+def mode_density(mode: Mode, layout: TokenLayout, block_size: int | tuple[int, int] = 128) -> float:
+    """Fraction of the S x S score matrix the mode computes (its block density, blocks clipped
+    at the sequence end)."""
+    qblk, kvblk = (block_size, block_size) if isinstance(block_size, int) else block_size
+    keep = mode_block_map(mode, layout, (qblk, kvblk))
+    s = layout.seq_len
+    rows = torch.clamp(s - torch.arange(keep.shape[0]) * qblk, max=qblk)
+    cols = torch.clamp(s - torch.arange(keep.shape[1]) * kvblk, max=kvblk)
+    return float((keep * rows[:, None] * cols[None, :]).sum()) / (s * s)
