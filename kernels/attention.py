@@ -51,6 +51,8 @@ KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (64, 128): (64, 8, 2),
     (64, 64): (64, 4, 2),
 }
+# Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
+TMA_ENABLED = True
 INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
 MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (128, 128): (64, 8, 2),
@@ -96,6 +98,25 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
 
+_allocator_set = False
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors need sm_90+, a contiguous last dim and 16-byte aligned rows and bases."""
+    global _allocator_set
+    t0 = tensors[0]
+    if not (TMA_ENABLED and t0.is_cuda and torch.cuda.get_device_capability(t0.device)[0] >= 9):
+        return False
+    for t in tensors:
+        es = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * es) % 16 for st in t.stride()[:-1]):
+            return False
+    if not _allocator_set:  # device-side descriptors need scratch memory from an allocator
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _allocator_set = True
+    return True
+
+
 def _dot_fp32(q: torch.Tensor) -> bool:
     # The interpreter multiplies bf16 bit patterns as integers (see baselines.md): upcast there.
     return q.dtype == torch.float32 or (interpreting() and not q.is_cuda)
@@ -125,7 +146,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
         h, sq, sk, scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
         DENSE=dense, HAS_PARTIAL=has_partial and not dense,
-        DOT_FP32=_dot_fp32(q), num_warps=warps, num_stages=stages,
+        DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), num_warps=warps, num_stages=stages,
     )
     return out, lse
 

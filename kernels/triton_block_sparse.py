@@ -31,23 +31,30 @@ def interpreting() -> bool:
 @triton.jit
 def _attend_block(
     acc, l_i, m_i, q,
-    k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m_local, offs_d, start_n, kv_len, qk_scale,
     tile_base, tile_id, col_in_tile,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr,
+    IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state."""
+    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
+
+    k_src / v_src are tensor descriptors (USE_TMA: the copy engine zero-fills rows past kv_len)
+    or base pointers of this (batch, head).
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    if IS_FULL:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+    if USE_TMA:
+        k = k_src.load([start_n, 0])
+        v = v_src.load([start_n, 0])
+    elif IS_FULL:
+        k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd)
     else:
         in_bounds = offs_n < kv_len
-        k = tl.load(k_ptrs, mask=in_bounds[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=in_bounds[:, None], other=0.0)
+        k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=in_bounds[:, None], other=0.0)
+        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=in_bounds[:, None], other=0.0)
     if DOT_FP32:
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
@@ -90,7 +97,7 @@ def block_sparse_attention_kernel(
     layout_stride_b, layout_stride_h, layout_kb,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
-    DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr,
+    DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
     h*layout_stride_h + m (strides are 0 on broadcast dims); its index lists hold layout_kb entries."""
@@ -102,11 +109,17 @@ def block_sparse_attention_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_m_local = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-              + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    if USE_TMA:  # the launcher checks: last dim contiguous, 16-byte aligned rows
+        q_desc = tl.make_tensor_descriptor(q_base, [q_len, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
+        q = q_desc.load([pid_m * BLOCK_M, 0])
+        k_base = tl.make_tensor_descriptor(k_base, [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+    else:
+        q_ptrs = q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+        q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -119,12 +132,12 @@ def block_sparse_attention_kernel(
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, j * BLOCK_N, kv_len, qk_scale, TILES, -1, 0,
-                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32)
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA)
         if n_full * BLOCK_N < kv_len:
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, n_full * BLOCK_N, kv_len, qk_scale, TILES, tl.full([], -1, tl.int32), 0,
-                BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32)
+                BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA)
     else:
         row = b * layout_stride_b + h * layout_stride_h + pid_m
         n_full = tl.load(FULL_NUM + row)
@@ -134,7 +147,7 @@ def block_sparse_attention_kernel(
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, kb * KV_BLOCK + (j % SUBS) * BLOCK_N, kv_len, qk_scale,
-                TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32)
+                TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
             part_idx = PART_IDX + row.to(tl.int64) * layout_kb
@@ -146,7 +159,7 @@ def block_sparse_attention_kernel(
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, qk_scale,
-                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32)
+                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
