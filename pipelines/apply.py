@@ -1,0 +1,208 @@
+"""One call to put a method on a pipeline or transformer, and a handle that takes it off.
+
+    from pipelines import apply_sparse_attention, StaticMaskAttention
+    handle = apply_sparse_attention(pipe, StaticMaskAttention(mask_mod))
+    video = pipe(prompt, ...).frames
+    handle.remove()            # the stock processors are back
+
+Or the diffusers way, with the processors in your hands:
+
+    attached = attach_sparse_attention(pipe.transformer, method)   # step tracker on, nothing swapped yet
+    pipe.transformer.set_attn_processor(attached.processors())     # every key, ours where they belong
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipelines.families import Family, family_of, model_info
+from pipelines.methods import AttentionMethod, ModelInfo
+from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
+from pipelines.step_tracking import StepTracker
+
+__all__ = ["AttachedAttention", "SparseAttentionHandle", "attach_sparse_attention", "apply_sparse_attention"]
+
+_ATTACHED_ATTR = "_sparse_vdit_attached"
+PROCESSOR_SUFFIX = ".processor"
+
+
+@dataclass(frozen=True)
+class AttachedAttention:
+    """A method attached to one transformer: its step tracker and one processor per served layer.
+
+    Attributes:
+        transformer: the diffusers transformer (the uncompiled module).
+        model: its ``ModelInfo``.
+        tracker: the ``StepTracker`` hooked on it.
+        ours: ``{"<module path>.processor": processor}`` for the layers the method serves.
+        originals: every attention processor the transformer had when attached, same keys as
+            ``transformer.attn_processors``.
+    """
+
+    transformer: torch.nn.Module
+    model: ModelInfo
+    tracker: StepTracker
+    ours: dict
+    originals: dict
+
+    def processors(self) -> dict:
+        """A full ``set_attn_processor`` dict: ours where they belong, the originals elsewhere.
+
+        A fresh dict each call (``set_attn_processor`` empties the dict it is given).
+        """
+        return {**self.originals, **self.ours}
+
+    def detach(self) -> None:
+        """Restore the original processors and remove the step tracker."""
+        self.transformer.set_attn_processor(dict(self.originals))
+        self.tracker.remove()
+        if getattr(self.transformer, _ATTACHED_ATTR, None) is self:
+            delattr(self.transformer, _ATTACHED_ATTR)
+
+
+def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMethod) -> AttachedAttention:
+    """Validate ``method`` against ``transformer``, hook a step tracker on it and build our processors.
+
+    Nothing is swapped: pass ``.processors()`` to ``transformer.set_attn_processor`` (or use
+    ``apply_sparse_attention``, which does). Raises ``TypeError`` for unsupported transformers and
+    whatever ``method.validate`` raises for a method made for another model.
+    """
+    transformer = getattr(transformer, "_orig_mod", transformer)
+    family: Family = family_of(transformer)
+    if getattr(transformer, _ATTACHED_ATTR, None) is not None:
+        raise RuntimeError(
+            "sparse attention is already applied to this transformer: call handle.remove() (or detach()) "
+            "before applying another method"
+        )
+    info = model_info(transformer, family)
+    _check_method(method)
+    method.validate(info)
+    originals = dict(transformer.attn_processors)
+    tracker = StepTracker(transformer, method, info, family.read_inputs)
+    ours = {}
+    for index, name in enumerate(info.layer_names):
+        key = name + PROCESSOR_SUFFIX
+        if key not in originals:
+            tracker.remove()
+            raise RuntimeError(f"{name} has no attention processor slot ({key} is not in attn_processors)")
+        config = ProcessorConfig(layer_index=index, layer_name=name, num_heads=info.num_heads, head_dim=info.head_dim)
+        processor = family.processor_cls(config, method, tracker)
+        stock = originals[key]
+        # Keep the user's attention backend / context-parallel settings of the stock processor.
+        processor._attention_backend = getattr(stock, "_attention_backend", None)
+        processor._parallel_config = getattr(stock, "_parallel_config", None)
+        ours[key] = processor
+    attached = AttachedAttention(transformer, info, tracker, ours, originals)
+    setattr(transformer, _ATTACHED_ATTR, attached)
+    return attached
+
+
+def _check_method(method: Any) -> None:
+    missing = [m for m in ("validate", "new_state", "begin_forward", "__call__") if not callable(getattr(method, m, None))]
+    if missing:
+        raise TypeError(
+            f"{type(method).__name__} is not an attention method (missing {', '.join(missing)}): "
+            "subclass pipelines.AttentionMethod, or use FullAttention() / StaticMaskAttention(mask_mod)"
+        )
+
+
+class SparseAttentionHandle:
+    """What ``apply_sparse_attention`` returns: ``remove()`` restores the stock processors,
+    ``reset()`` starts a new generation at the next forward. Usable as a context manager.
+    """
+
+    def __init__(self, attached: list[AttachedAttention], scheduler=None) -> None:
+        self.attached = attached
+        self._scheduler = scheduler
+        self._removed = False
+
+    @property
+    def trackers(self) -> list[StepTracker]:
+        return [a.tracker for a in self.attached]
+
+    def reset(self) -> None:
+        for tracker in self.trackers:
+            tracker.reset()
+
+    def remove(self) -> None:
+        if self._removed:
+            return
+        for a in self.attached:
+            a.detach()
+        if self._scheduler is not None and "set_timesteps" in vars(self._scheduler):
+            del self._scheduler.set_timesteps
+        self._removed = True
+
+    def __enter__(self) -> "SparseAttentionHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{a.model.family} ({len(a.ours)} layers)" for a in self.attached)
+        return f"SparseAttentionHandle({names}{', removed' if self._removed else ''})"
+
+
+def _transformers_of(obj) -> tuple[list[torch.nn.Module], Any]:
+    """(transformers, scheduler) of a pipeline, or ([obj], None) for a transformer."""
+    if isinstance(obj, torch.nn.Module):
+        return [obj], None
+    components = getattr(obj, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(
+            f"expected a diffusers pipeline or transformer, got {type(obj).__name__}: pass `pipe` or `pipe.transformer`"
+        )
+    found = [m for key in ("transformer", "transformer_2") if isinstance(m := components.get(key), torch.nn.Module)]
+    if not found:
+        raise TypeError(f"{type(obj).__name__} has no transformer component to apply sparse attention to")
+    return found, components.get("scheduler")
+
+
+def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod) -> SparseAttentionHandle:
+    """Install ``method`` on a pipeline's transformer(s) (Wan 2.2: both) or on one transformer.
+
+    Our processors replace the stock ones on the joint self-attention layers only (Wan ``attn1``;
+    HunyuanVideo dual and single blocks; CogVideoX ``attn1``); every other attention module keeps
+    its processor. For a pipeline, its scheduler's ``set_timesteps`` is wrapped so each call of the
+    pipeline starts a new generation with a known timestep schedule.
+
+    Raises:
+        TypeError: unsupported transformer class (the message names the supported ones).
+        ValueError: ``method.validate`` found the method was made for another model.
+    """
+    transformers, scheduler = _transformers_of(pipe_or_transformer)
+    for t in transformers:  # every check before any change
+        family_of(t)
+    attached: list[AttachedAttention] = []
+    try:
+        for t in transformers:
+            a = attach_sparse_attention(t, method)
+            attached.append(a)
+            a.transformer.set_attn_processor(a.processors())
+    except Exception:
+        for a in attached:
+            a.detach()
+        raise
+    if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+        _wrap_set_timesteps(scheduler, [a.tracker for a in attached])
+    return SparseAttentionHandle(attached, scheduler if scheduler is not None else None)
+
+
+def _wrap_set_timesteps(scheduler, trackers: list[StepTracker]) -> None:
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)
+    def set_timesteps(*args, **kwargs):
+        out = original(*args, **kwargs)
+        timesteps = getattr(scheduler, "timesteps", None)
+        schedule = [float(t) for t in timesteps.tolist()] if isinstance(timesteps, torch.Tensor) else None
+        for tracker in trackers:
+            tracker.start_generation(schedule)
+        return out
+
+    scheduler.set_timesteps = set_timesteps

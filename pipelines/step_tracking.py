@@ -1,0 +1,298 @@
+"""Which denoising step, CFG branch and generation each transformer forward belongs to.
+
+A ``StepTracker`` sits on a transformer as a forward pre-hook. Before every forward it reads the
+forward's inputs (latent T/H/W, text length and padding, timestep), works out the step index and
+branch, calls the method's ``begin_forward`` and publishes a frozen ``ForwardContext`` that the
+processors read. The hook runs eagerly (``torch.compiler.disable``), so a torch.compile'd
+transformer keeps one graph: the context object changes, not the traced code.
+
+How the step index is found, most reliable first:
+1. the pipeline's ``transformer.cache_context(name, step_index=i, ...)`` (WanPipeline 0.42 passes
+   both the branch name "cond"/"uncond" and the step index);
+2. the pipeline's timestep schedule, when the pipeline was handed to ``apply_sparse_attention``
+   (its ``scheduler.set_timesteps`` is wrapped: every call starts a generation);
+3. counting distinct timesteps: a smaller timestep is the next step, the same timestep is another
+   branch of the same step (CFG as separate calls), a larger one starts a new generation.
+
+A new generation starts when ``set_timesteps`` runs, when ``reset()`` is called, when the
+timestep goes up, when the cache context's step index goes down, or when a branch name repeats
+within one step. Batched CFG (CogVideoX: one forward with 2B samples) is one branch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from sparse_vdit.token_layout import TokenLayout
+
+if TYPE_CHECKING:
+    from pipelines.methods import AttentionMethod, ModelInfo
+
+__all__ = ["ForwardContext", "StepTracker"]
+
+# Timesteps of one schedule differ by far more than this; two equal timesteps are one step.
+TIMESTEP_MATCH_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """Everything per transformer forward that a method may read (``AttentionCall.forward``).
+
+    Attributes:
+        generation: 0-based count of generations since the tracker was installed.
+        step_index: denoising step (0-based), shared by the CFG branches of a step.
+        branch: CFG branch: 0 ("cond" or the batched "cond_uncond"), 1 ("uncond"), ...
+        branch_name: the pipeline's cache-context name, or None.
+        timestep: the forward's timestep (the largest, for per-token timesteps).
+        num_steps: number of denoising steps when known (pipeline cache context or schedule).
+        token_layout: layout of the joint attention sequence of this forward.
+        key_padding_mask: [B, S] bool, True = real key; None when every key is real.
+        text_valid_lens: per sample, the number of real text tokens; None when none is padded.
+        batch_size, device, dtype: of the attention inputs.
+        model: the ``ModelInfo`` of the transformer.
+        state: the method's per-generation state of this branch.
+        prepared: what the method's ``begin_forward`` returned.
+    """
+
+    generation: int
+    step_index: int
+    branch: int
+    branch_name: str | None
+    timestep: float
+    num_steps: int | None
+    token_layout: TokenLayout
+    key_padding_mask: torch.Tensor | None
+    text_valid_lens: tuple[int, ...] | None
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+    model: "ModelInfo"
+    state: Any = None
+    prepared: Any = None
+
+
+@dataclass
+class ForwardInputs:
+    """What a family adapter reads from a transformer forward's arguments."""
+
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+    text_len: int | None
+    text_valid_lens: tuple[int, ...] | None
+    timestep: torch.Tensor | float
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
+class _Generation:
+    """Mutable bookkeeping of one generation (host side only)."""
+
+    index: int
+    schedule: list[float] | None = None
+    last_timestep: float | None = None
+    last_step: int | None = None
+    calls_at_step: int = 0
+    names_at_step: list = field(default_factory=list)
+    branch_names: list = field(default_factory=list)
+    states: dict = field(default_factory=dict)
+
+
+class StepTracker:
+    """Step / branch / generation tracking of one transformer (installed by ``apply_sparse_attention``).
+
+    Args:
+        transformer: the diffusers transformer.
+        method: the attention method (its ``new_state`` and ``begin_forward`` are called here).
+        model: the transformer's ``ModelInfo``.
+        read_inputs: the family's parser, ``(transformer, bound_arguments) -> ForwardInputs``.
+    """
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        method: "AttentionMethod",
+        model: "ModelInfo",
+        read_inputs: Callable[[torch.nn.Module, dict], ForwardInputs],
+    ) -> None:
+        self.transformer = transformer
+        self.method = method
+        self.model = model
+        self._read_inputs = read_inputs
+        self._signature = inspect.signature(type(transformer).forward)
+        self._generation: _Generation | None = None
+        self._generations = 0
+        self._pending_schedule: list[float] | None = None
+        self._reset_pending = False
+        self.current: ForwardContext | None = None
+        self._context_hook = _CacheContextListener.install(transformer)
+        self._hook = transformer.register_forward_pre_hook(
+            torch.compiler.disable(self._pre_forward), with_kwargs=True
+        )
+
+    # ------------------------------------------------------------------ control
+    def reset(self) -> None:
+        """Start a new generation at the next forward (fresh method state, step 0)."""
+        self._reset_pending = True
+        self._pending_schedule = None
+
+    def start_generation(self, timesteps: list[float] | None = None) -> None:
+        """A pipeline is starting a generation with this timestep schedule (called by the pipeline hook)."""
+        self._reset_pending = True
+        self._pending_schedule = timesteps
+
+    def remove(self) -> None:
+        self._hook.remove()
+        self._context_hook.remove()
+        self.current = None
+        self._generation = None
+
+    @property
+    def generation_index(self) -> int | None:
+        return None if self._generation is None else self._generation.index
+
+    # ------------------------------------------------------------------ hook
+    def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = self._signature.bind_partial(module, *args, **kwargs).arguments
+        inputs = self._read_inputs(module, bound)
+        t = _timestep_value(inputs.timestep)
+        name, ctx_step, ctx_num = self._context_hook.current()
+        gen = self._advance(t, name, ctx_step)
+        layout = TokenLayout.from_transformer_config(
+            module, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len
+        )
+        branch = gen.branch_names.index(name) if name is not None else gen.calls_at_step
+        gen.calls_at_step += 1
+        gen.names_at_step.append(name)
+        if branch not in gen.states:
+            gen.states[branch] = self.method.new_state()
+        padding = None
+        if inputs.text_valid_lens is not None:
+            real = torch.arange(layout.seq_len, device=inputs.device)
+            limits = torch.tensor([layout.text_start + n for n in inputs.text_valid_lens], device=inputs.device)
+            padding = (real < layout.text_start) | (real.unsqueeze(0) < limits.unsqueeze(1))
+        num_steps = ctx_num if ctx_num is not None else (len(gen.schedule) if gen.schedule else None)
+        ctx = ForwardContext(
+            generation=gen.index,
+            step_index=gen.last_step,
+            branch=branch,
+            branch_name=name,
+            timestep=t,
+            num_steps=num_steps,
+            token_layout=layout,
+            key_padding_mask=padding,
+            text_valid_lens=inputs.text_valid_lens,
+            batch_size=inputs.batch_size,
+            device=inputs.device,
+            dtype=inputs.dtype,
+            model=self.model,
+            state=gen.states[branch],
+        )
+        self.current = ForwardContext(**{**ctx.__dict__, "prepared": self.method.begin_forward(ctx)})
+
+    def _advance(self, t: float, name: str | None, ctx_step: int | None) -> _Generation:
+        """Update the bookkeeping for a forward at timestep ``t``; returns the current generation."""
+        gen = self._generation
+        new = gen is None or self._reset_pending
+        if not new:
+            repeated_name = name is not None and name in gen.names_at_step
+            if ctx_step is not None and gen.last_step is not None:
+                new = ctx_step < gen.last_step or (ctx_step == gen.last_step and repeated_name)
+            else:
+                same = gen.last_timestep is not None and abs(t - gen.last_timestep) <= TIMESTEP_MATCH_TOL
+                new = (gen.last_timestep is not None and t > gen.last_timestep + TIMESTEP_MATCH_TOL) or (same and repeated_name)
+        if new:
+            schedule = self._pending_schedule if self._reset_pending else None
+            gen = _Generation(index=self._generations, schedule=schedule)
+            self._generations += 1
+            self._generation = gen
+            self._reset_pending = False
+            self._pending_schedule = None
+        step = self._step_of(gen, t, ctx_step)
+        if step != gen.last_step:
+            gen.calls_at_step = 0
+            gen.names_at_step = []
+        gen.last_step, gen.last_timestep = step, t
+        if name is not None and name not in gen.branch_names:
+            gen.branch_names.append(name)
+        return gen
+
+    @staticmethod
+    def _step_of(gen: _Generation, t: float, ctx_step: int | None) -> int:
+        if ctx_step is not None:
+            return int(ctx_step)
+        if gen.schedule:
+            dist = [abs(s - t) for s in gen.schedule]
+            best = min(range(len(dist)), key=dist.__getitem__)
+            if dist[best] <= TIMESTEP_MATCH_TOL * max(1.0, abs(t)):
+                return best
+        if gen.last_step is None:
+            return 0
+        return gen.last_step + 1 if t < gen.last_timestep - TIMESTEP_MATCH_TOL else gen.last_step
+
+
+def _timestep_value(timestep) -> float:
+    if isinstance(timestep, torch.Tensor):
+        # Per-token timesteps (Wan 2.2 TI2V) hold 0 on conditioning frames: the max is the step's t.
+        return float(timestep.detach().reshape(-1).max())
+    value = float(timestep)
+    if math.isnan(value):
+        raise ValueError("the transformer was called with a NaN timestep")
+    return value
+
+
+class _CacheContextListener:
+    """Receives diffusers' ``transformer.cache_context(name, step_index=...)``.
+
+    diffusers hands the context to every stateful hook's ``StateManager`` in the model's
+    ``HookRegistry``; this registers a passive hook (no forward change) to get it.
+    """
+
+    HOOK_NAME = "sparse_vdit_cache_context"
+
+    def __init__(self, registry, manager) -> None:
+        self._registry = registry
+        self._manager = manager
+
+    @classmethod
+    def install(cls, transformer: torch.nn.Module) -> "_CacheContextListener":
+        try:
+            from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+        except ImportError:  # pragma: no cover - older diffusers: counting by timestep still works
+            return cls(None, None)
+
+        class _Listener(ModelHook):
+            _is_stateful = True
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.state_manager = StateManager(BaseState)
+
+            def reset_state(self, module):
+                self.state_manager.reset()
+                return module
+
+        registry = HookRegistry.check_if_exists_or_initialize(transformer)
+        if registry.get_hook(cls.HOOK_NAME) is not None:
+            registry.remove_hook(cls.HOOK_NAME, recurse=False)
+        hook = _Listener()
+        registry.register_hook(hook, cls.HOOK_NAME)
+        return cls(registry, hook.state_manager)
+
+    def current(self) -> tuple[str | None, int | None, int | None]:
+        """(name, step_index, num_inference_steps) of the active cache context, Nones when unset."""
+        ctx = None if self._manager is None else self._manager._context
+        if ctx is None:
+            return None, None, None
+        return ctx.name, getattr(ctx, "step_index", None), getattr(ctx, "num_inference_steps", None)
+
+    def remove(self) -> None:
+        if self._registry is not None:
+            self._registry.remove_hook(self.HOOK_NAME, recurse=False)
