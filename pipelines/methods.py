@@ -229,6 +229,11 @@ class StaticMaskAttention(AttentionMethod):
         return f"StaticMaskAttention(block_size={self.block_size}, per_head={self.per_head}, layers={self.layers})"
 
     def validate(self, model: ModelInfo) -> None:
+        d = model.head_dim
+        if d < 16 or d > 256 or d & (d - 1):
+            raise ValueError(
+                f"{model.family} has head_dim {d}; the block-sparse kernel needs a power of two from 16 to 256"
+            )
         if self.layers is not None:
             bad = sorted(i for i in self.layers if not 0 <= i < model.num_layers)
             if bad:
