@@ -368,14 +368,9 @@ def test_our_portion_alone_does_not_enable_hf_kernels_paths(venv):
 
 @pytest.mark.network
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="transformers' _is_package_available('kernels') maps the top-level name `kernels` to our "
-    "distribution through importlib.metadata.packages_distributions() (our top_level.txt lists "
-    "`kernels`) and reads sparse-vdit's version as HF kernels' version. Harmless while our version is "
-    "outside transformers' accepted kernels range; fixed by not listing `kernels` in top_level.txt.",
-)
 def test_transformers_does_not_read_our_version_as_hf_kernels(venv):
+    """setup.py leaves `kernels` out of top_level.txt, so importlib.metadata's
+    packages_distributions() (used by transformers) never maps HF's name to our distribution."""
     venv.ensure("wheel", hf=False)
     r = venv.check(MODELS, "check models")
     available, version = r["tf_probe"]
