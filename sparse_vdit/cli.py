@@ -25,7 +25,27 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--heads", type=int, default=2)
     check.add_argument("--head-dim", type=int, default=64)
     check.set_defaults(func=_check)
+    demo = sub.add_parser(
+        "demo",
+        help="generate with the shipped proxy model (tiny WanPipeline), stock vs a sparse mode; time and PSNR",
+    )
+    demo.add_argument("--mode", choices=["diagonal", "multi_diagonal", "vertical_stripe", "full"], default="diagonal")
+    demo.add_argument("--frames", type=int, default=9, help="video frames (4k+1)")
+    demo.add_argument("--height", type=int, default=64)
+    demo.add_argument("--width", type=int, default=96)
+    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--layers", type=int, default=2)
+    demo.add_argument("--block-size", type=int, default=16, help="layout block (64 or 128 on a GPU)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output-dir", default=None, help="write stock.mp4 and sparse.mp4 here")
+    demo.set_defaults(func=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(args)
 
 
 def _check(args: argparse.Namespace) -> int:
