@@ -18,6 +18,7 @@ and warns once.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -52,7 +53,7 @@ KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (64, 64): (64, 4, 2),
 }
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
-TMA_ENABLED = True
+TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
 INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
 MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (128, 128): (64, 8, 2),
