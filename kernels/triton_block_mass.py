@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_block_sparse import LN2, LOG2E
+from kernels.triton_block_sparse import LN2_C, LOG2E_C
 
 
 @triton.jit
@@ -62,11 +62,11 @@ def block_attention_mass_kernel(
             l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
             m_i = m_new
         lse2 = m_i + tl.math.log2(l_i)
-        tl.store(LSE_OUT + pid_bh.to(tl.int64) * q_len + offs_m, lse2 * LN2, mask=row_ok)
+        tl.store(LSE_OUT + pid_bh.to(tl.int64) * q_len + offs_m, lse2 * LN2_C, mask=row_ok)
     else:
         lse = tl.load(LSE_IN + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + offs_m * stride_lm,
                       mask=row_ok, other=float("inf"))
-        lse2 = lse * LOG2E
+        lse2 = lse * LOG2E_C
     # Rows past q_len or without any key (lse = -inf) add nothing: +inf makes exp2(s - lse2) == 0.
     lse2 = tl.where(row_ok & (lse2 > float("-inf")), lse2, float("inf"))
 
