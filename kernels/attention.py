@@ -46,11 +46,13 @@ DEFAULT_DENSE_BLOCK_M = 128
 
 # Per-GPU kernel defaults: (head_dim, Q_BLOCK) -> (BLOCK_N, num_warps, num_stages).
 # Measured on the H200 (benchmarks/RESULTS.md); other GPUs fall back to these too.
+# Sweep of 2026-11-28 (benchmarks/RESULTS.md): 8 warps ran 1.5x slower than 4 at BLOCK_M 128.
+# The D=64 entries are not swept yet: they copy the D=128 choice.
 KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
-    (128, 128): (64, 8, 2),
-    (128, 64): (64, 4, 2),
-    (64, 128): (64, 8, 2),
-    (64, 64): (64, 4, 2),
+    (128, 128): (64, 4, 2),
+    (128, 64): (32, 4, 2),
+    (64, 128): (64, 4, 2),
+    (64, 64): (32, 4, 2),
 }
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads

@@ -307,14 +307,22 @@ class BlockLayout:
         return self.dense_rows(0, self.shape[2]).contiguous()
 
     def to_flex_block_mask(self):
-        """The same layout as a FlexAttention ``BlockMask`` (its mask_mod reads the tile table)."""
+        """The same layout as a FlexAttention ``BlockMask``.
+
+        Its mask_mod is the layout's exact element mask (blocks not listed are False, full blocks
+        True, partial blocks their tile), so eager ``flex_attention``, which evaluates only the
+        mask_mod, and compiled FlexAttention, which also skips unlisted blocks, agree.
+        """
         from torch.nn.attention.flex_attention import BlockMask
 
         qblk, kvblk = self.block_size
-        b, h, qb, kb = self.shape
-        tile_map = self.tile_map()
-        tiles = torch.cat([self.tile_masks, torch.ones_like(self.tile_masks[:1])])  # last = NO_TILE
-        tile_map = torch.where(tile_map < 0, tiles.shape[0] - 1, tile_map)
+        b, h = self.shape[:2]
+        full, part = self.block_maps()
+        ones = self.tile_masks.shape[0]  # index of an all-True tile appended below
+        tile_map = torch.where(part, torch.where(self.tile_map() < 0, ones, self.tile_map()), ones + 1)
+        tile_map = torch.where(full, ones, tile_map)
+        tiles = torch.cat([self.tile_masks.bool(), torch.ones_like(self.tile_masks[:1], dtype=torch.bool),
+                           torch.zeros_like(self.tile_masks[:1], dtype=torch.bool)])
         bcast_b, bcast_h = b == 1, h == 1
 
         def mask_mod(bi, hi, q_idx, kv_idx):
