@@ -54,13 +54,19 @@ KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (64, 128): (64, 4, 2),
     (64, 64): (32, 4, 2),
 }
+# block_attention_mass on CUDA: exp2 on packed halves (2x the exp rate, ~1e-3 relative error
+# per term). SPARSE_VDIT_FAST_EXP=0 computes exp2 in fp32.
+MASS_FAST_EXP = os.environ.get("SPARSE_VDIT_FAST_EXP", "1") != "0"
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
 INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
+# The dense path (attention_with_lse, and layouts where every block is computed unmasked) reads
+# no index lists and pipelines deeper: its best tile differs. Keyed by head_dim.
+DENSE_DEFAULTS: dict[int, tuple[int, int, int]] = {128: (128, 8, 3), 64: (128, 8, 3)}
 MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
-    (128, 128): (64, 8, 2),
+    (128, 128): (64, 4, 1),
     (128, 64): (64, 4, 2),
-    (64, 128): (64, 8, 2),
+    (64, 128): (64, 4, 1),
     (64, 64): (64, 4, 2),
 }
 
@@ -137,6 +143,8 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     stride_h = nqb if lh > 1 else 0
     if interpreting() and not q.is_cuda:
         block_n, warps, stages = INTERPRETER_CONFIG
+    elif dense:
+        block_n, warps, stages = DENSE_DEFAULTS.get(d, (64, 4, 2))
     else:
         block_n, warps, stages = KERNEL_DEFAULTS.get((d, q_block), (64, 4, 2))
     block_n = min(block_n, kv_block)
@@ -159,10 +167,13 @@ def _block_sparse_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
     tile_ids: torch.Tensor, tile_masks: torch.Tensor,
-    q_block: int, kv_block: int, scale: float, has_partial: bool,
+    q_block: int, kv_block: int, scale: float, has_partial: bool, dense: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks)
     if _use_triton(q):
+        if dense:  # every block computed unmasked: the index-free dense loop computes the same
+            return _launch_attention(q, k, v, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
+                                     dense=True)
         return _launch_attention(q, k, v, layout_tensors, q_block, kv_block, scale, has_partial=has_partial)
     layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks,
                          (q_block, kv_block), (q.shape[2], k.shape[2]))
@@ -170,7 +181,7 @@ def _block_sparse_attention_op(
 
 
 @_block_sparse_attention_op.register_fake
-def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, q_block, kv_block, scale, has_partial):
+def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, q_block, kv_block, scale, has_partial, dense):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -239,7 +250,7 @@ def block_sparse_attention(
         block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
         block_mask.kv_num_blocks, block_mask.kv_indices,
         block_mask.tile_ids, block_mask.tile_masks_i8,
-        q_block, kv_block, _scale(q, scale), block_mask.has_partial,
+        q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
     )
     return (out, lse) if return_lse else out
 
@@ -274,7 +285,7 @@ def _launch_mass(q, k, lse, block_size: int, scale: float):
         *q.stride(), *k.stride(), *lse_in.stride(),
         h, sq, sk, kb, scale * LOG2E,
         HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
-        DOT_FP32=_dot_fp32(q), num_warps=warps, num_stages=stages,
+        DOT_FP32=_dot_fp32(q), FAST_EXP=MASS_FAST_EXP and q.is_cuda, num_warps=warps, num_stages=stages,
     )
     return mass, lse_out
 

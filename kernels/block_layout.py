@@ -235,6 +235,13 @@ class BlockLayout:
         return bool(self.kv_num_blocks.numel()) and int(self.kv_num_blocks.max()) > 0
 
     @cached_property
+    def is_dense(self) -> bool:
+        """Whether every block is computed with no element mask but the bounds (read once)."""
+        full, part = self.block_maps()
+        used = torch.arange(self.shape[-1], device=self.device) < self.kv_num_blocks.unsqueeze(-1)
+        return bool((full | part).all()) and not bool((self.tile_ids[used] >= 0).any())
+
+    @cached_property
     def tile_masks_i8(self) -> torch.Tensor:
         """``tile_masks`` as int8, the form the kernel loads (converted once per layout)."""
         return self.tile_masks.to(torch.int8)

@@ -31,6 +31,16 @@ def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, qk_scale,
 
 
 @triton.jit
+def _exp2_half2(x):
+    """exp2 of fp32 x through the packed-half special-function unit: two values per instruction,
+    so twice the exp throughput of fp32 ex2, at fp16 accuracy (about 1e-3 relative on the terms
+    that carry the mass). CUDA only; the mass is a ranking score, not an attention output."""
+    return tl.inline_asm_elementwise(
+        "ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)], dtype=tl.float16, is_pure=True, pack=2
+    ).to(tl.float32)
+
+
+@triton.jit
 def block_attention_mass_kernel(
     Q, K, LSE_IN, MASS, LSE_OUT,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -38,7 +48,7 @@ def block_attention_mass_kernel(
     stride_lb, stride_lh, stride_lm,
     H, q_len, kv_len, num_kv_blocks, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
-    COMPUTE_LSE: tl.constexpr, DOT_FP32: tl.constexpr,
+    COMPUTE_LSE: tl.constexpr, DOT_FP32: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK), B * H). MASS: [B*H, QB, num_kv_blocks] fp32; LSE_OUT [B*H, q_len]."""
     pid_m = tl.program_id(0)
@@ -77,5 +87,8 @@ def block_attention_mass_kernel(
         for sub in tl.static_range(SUBS):
             s = _scores(q, k_base, stride_kn, stride_kd, offs_d, kb * BLOCK + sub * BLOCK_N, kv_len,
                         qk_scale, BLOCK_N, DOT_FP32)
-            part += tl.sum(tl.math.exp2(s - lse2[:, None]), 1)
+            if FAST_EXP:
+                part += tl.sum(_exp2_half2(tl.maximum(s - lse2[:, None], -30.0)), 1)
+            else:
+                part += tl.sum(tl.math.exp2(s - lse2[:, None]), 1)
         tl.store(mass_row + kb, tl.sum(part, 0))
