@@ -46,8 +46,9 @@ CASES = (
     "wan-dense", "wan-lse", "wan-sparse128", "wan-sparse64", "wan-mass",
     "cog-sparse128", "cog-sparse64", "hunyuan-memory",
 )
-SWEEP_CASES = ("wan-sparse128", "wan-sparse64", "wan-dense")
-SWEEP_CHOICES = SWEEP_CASES + ("wan-lse", "wan-mass64", "wan-mass128")  # mass: patches MASS_DEFAULTS
+SWEEP_CASES = ("wan-sparse128", "wan-sparse64", "wan-lse")
+SWEEP_CHOICES = SWEEP_CASES + ("wan-lse", "wan-mass64", "wan-mass128", "cog-sparse128", "cog-sparse64")
+# wan-mass* patch MASS_DEFAULTS, wan-lse DENSE_DEFAULTS (keyed by head_dim), the others KERNEL_DEFAULTS
 SPARSE_DENSITY = {128: 0.10, 64: 0.20}  # the layouts: 10% of 128-blocks, 20% of 64-blocks
 TOL = 1e-2  # relative-norm error against float64
 MEMORY_SLACK = 1.05  # peak extra memory may exceed output + LSE by 5%
@@ -420,7 +421,10 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
     elif case == "wan-lse":
         block, ref_layout, flops = 128, None, dense
         fn = lambda: ops.attention_with_lse(q, k, v)[0]  # noqa: E731
-        qblock = getattr(ops, "DEFAULT_DENSE_BLOCK_M", 128)
+        qblocks = common.check_qblocks(-(-shape.s // block))
+        rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
+        return SweepCase(case, "DENSE_DEFAULTS", shape.d, block, fn, flops,
+                         lambda out: common.rel_err(common.take_rows(out, heads, rows), ref_out))
     else:
         block = 64 if case.endswith("64") else 128
         layout = ref_layout = ctx.layout(key_shape, block, SPARSE_DENSITY[block])
@@ -429,7 +433,9 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
         qblock = block
     qblocks = common.check_qblocks(-(-shape.s // block))
     rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
-    return SweepCase(case, "KERNEL_DEFAULTS", (shape.d, qblock), block, fn, flops,
+    # A complete layout runs the index-free dense loop, which reads DENSE_DEFAULTS.
+    table, key = ("DENSE_DEFAULTS", shape.d) if case == "wan-dense" else ("KERNEL_DEFAULTS", (shape.d, qblock))
+    return SweepCase(case, table, key, block, fn, flops,
                      lambda out: common.rel_err(common.take_rows(out, heads, rows), ref_out))
 
 
@@ -450,7 +456,7 @@ def sweep(ctx: Ctx) -> None:
     bad = [c for c in cases if c not in SWEEP_CHOICES]
     if bad:
         raise SystemExit(f"unknown sweep case(s) {bad}; choose among {SWEEP_CHOICES}")
-    saved = {t: dict(getattr(ops, t)) for t in ("KERNEL_DEFAULTS", "MASS_DEFAULTS") if hasattr(ops, t)}
+    saved = {t: dict(getattr(ops, t)) for t in ("KERNEL_DEFAULTS", "MASS_DEFAULTS", "DENSE_DEFAULTS") if hasattr(ops, t)}
     saved_interp = getattr(ops, "INTERPRETER_CONFIG", None)
 
     def restore():
@@ -553,7 +559,7 @@ def joint_best(results: list[dict]) -> list[dict]:
     groups: dict[tuple, dict[str, dict]] = {}
     for r in results:
         if r["ms"] is not None:
-            groups.setdefault((r["table"], tuple(r["key"])), {}).setdefault(r["case"], {})[_cfg(r)] = r["ms"]
+            groups.setdefault((r["table"], str(r["key"])), {}).setdefault(r["case"], {})[_cfg(r)] = r["ms"]
     for (table, key), per_case in groups.items():
         cfgs = set.intersection(*(set(c) for c in per_case.values()))
         if not cfgs:

@@ -54,9 +54,9 @@ KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (64, 128): (64, 4, 2),
     (64, 64): (32, 4, 2),
 }
-# block_attention_mass on CUDA: exp2 on packed halves (2x the exp rate, ~1e-3 relative error
-# per term). SPARSE_VDIT_FAST_EXP=0 computes exp2 in fp32.
-MASS_FAST_EXP = os.environ.get("SPARSE_VDIT_FAST_EXP", "1") != "0"
+# block_attention_mass writes the mass of each group of MASS_ROW_GROUP query rows and sums the
+# groups afterwards (0: reduce whole blocks in the kernel). SPARSE_VDIT_MASS_ROW_GROUP overrides.
+MASS_ROW_GROUP = int(os.environ.get("SPARSE_VDIT_MASS_ROW_GROUP", "16"))
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
 INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
@@ -271,7 +271,9 @@ def _launch_mass(q, k, lse, block_size: int, scale: float):
     b, h, sq, d = q.shape
     sk = k.shape[2]
     qb, kb = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
-    mass = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
+    row_group = MASS_ROW_GROUP if 0 < MASS_ROW_GROUP < block_size else block_size
+    groups = block_size // row_group
+    mass = torch.empty(b, h, qb * groups, kb, dtype=torch.float32, device=q.device)
     compute_lse = lse is None
     lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device) if compute_lse else lse
     lse_in = lse_out
@@ -285,8 +287,10 @@ def _launch_mass(q, k, lse, block_size: int, scale: float):
         *q.stride(), *k.stride(), *lse_in.stride(),
         h, sq, sk, kb, scale * LOG2E,
         HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
-        DOT_FP32=_dot_fp32(q), FAST_EXP=MASS_FAST_EXP and q.is_cuda, num_warps=warps, num_stages=stages,
+        DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, num_warps=warps, num_stages=stages,
     )
+    if groups > 1:
+        mass = mass.view(b, h, qb, groups, kb).sum(3)
     return mass, lse_out
 
 
