@@ -7,6 +7,8 @@ the launcher upcasts dot operands there (DOT_FP32), so bf16 runs under the same 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -283,14 +285,16 @@ def test_output_strides_follow_q(request):
 )
 @pytest.mark.parametrize("kv_block", [48, 80])
 def test_accepted_kv_block_sizes_are_right(request, kv_block):
+    """Block-list path (a causal layout) and index-free dense path (an all-full layout)."""
     S = 192
     q, k, v = to_dev(*diffusers_qkv(1, S, 1, 64, torch.float32, gen=fresh_generator(request)))
-    layout = BlockLayout.dense(S, (64, kv_block))
-    try:
-        out = block_sparse_attention(q, k, v, layout)
-    except ValueError:
-        return  # rejecting the block size is a fine answer too
-    check_attention(q, k, v, None, out, name=f"KV_BLOCK {kv_block}")
+    causal = BlockLayout.from_mask_mod(lambda b, h, qi, ki: ki <= qi, None, None, S, S, block_size=(64, kv_block))
+    for layout in (causal, BlockLayout.dense(S, (64, kv_block))):
+        try:
+            out = block_sparse_attention(q, k, v, layout)
+        except ValueError:
+            continue  # rejecting the block size is a fine answer too
+        check_attention(q, k, v, layout.to_dense(), out, name=f"KV_BLOCK {kv_block}")
 
 
 # --------------------------------------------------------------------------- errors
@@ -525,14 +529,17 @@ def _check_compiled(layout, q, k, v, fn):
 def test_torch_compile_fullgraph_prepared_layout(request):
     """Under torch.compile(fullgraph=True) the custom ops and their fake implementations keep one graph."""
     layout, q, k, v = _compile_case(request)
-    _ = layout.has_partial, layout.tile_masks_i8  # computed before tracing (see the xfail below)
+    # Evaluate every cached_property before tracing (see the xfail below).
+    for name, attr in vars(BlockLayout).items():
+        if isinstance(attr, functools.cached_property):
+            getattr(layout, name)
     _check_compiled(layout, q, k, v, _fn(layout))
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: a fresh BlockLayout breaks torch.compile(fullgraph=True): block_sparse_attention reads the "
-    "cached_property's has_partial / tile_masks_i8, whose first evaluation inside the trace enters "
+    "cached_property's has_partial / is_dense / tile_masks_i8, whose first evaluation inside the trace enters "
     "functools.cached_property's RLock on Python 3.11 ('Unsupported context manager') and calls "
     "int(tensor.max()), a data-dependent graph break",
 )
