@@ -46,13 +46,13 @@ DEFAULT_DENSE_BLOCK_M = 128
 
 # Per-GPU kernel defaults: (head_dim, Q_BLOCK) -> (BLOCK_N, num_warps, num_stages).
 # Measured on the H200 (benchmarks/RESULTS.md); other GPUs fall back to these too.
-# Sweep of 2026-11-28 (benchmarks/RESULTS.md): 8 warps ran 1.5x slower than 4 at BLOCK_M 128.
-# The D=64 entries are not swept yet: they copy the D=128 choice.
+# Sweeps of 2026-11-28 on the H200 (benchmarks/RESULTS.md): 8 warps ran 1.5x slower than 4 on
+# the indexed loop at BLOCK_M 128; D=64 rows swept at the CogVideoX1.5 shape.
 KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (128, 128): (64, 4, 2),
     (128, 64): (32, 4, 2),
-    (64, 128): (64, 4, 2),
-    (64, 64): (32, 4, 2),
+    (64, 128): (128, 4, 4),
+    (64, 64): (64, 4, 3),
 }
 # block_attention_mass writes the mass of each group of MASS_ROW_GROUP query rows and sums the
 # groups afterwards (0: reduce whole blocks in the kernel). SPARSE_VDIT_MASS_ROW_GROUP overrides.
@@ -63,10 +63,10 @@ INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows wit
 # The dense path (attention_with_lse, and layouts where every block is computed unmasked) reads
 # no index lists and pipelines deeper: its best tile differs. Keyed by head_dim.
 DENSE_DEFAULTS: dict[int, tuple[int, int, int]] = {128: (128, 8, 3), 64: (128, 8, 3)}
-MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
-    (128, 128): (64, 4, 1),
+MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {  # D=64 rows copy D=128 (not swept)
+    (128, 128): (128, 8, 2),
     (128, 64): (64, 4, 2),
-    (64, 128): (64, 4, 1),
+    (64, 128): (128, 8, 2),
     (64, 64): (64, 4, 2),
 }
 
