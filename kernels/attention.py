@@ -238,10 +238,11 @@ def block_sparse_attention(
             f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
         )
     q_block, kv_block = block_mask.block_size
-    if q_block not in (16, 32, 64, 128) or kv_block % 16:
+    if q_block not in (16, 32, 64, 128) or kv_block not in (16, 32, 64, 128, 256):
         raise ValueError(
             f"block size {block_mask.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
-            "(16 / 32 work but are slow) and KV_BLOCK a multiple of 16"
+            "(16 / 32 work but are slow) and KV_BLOCK a power of two from 16 to 256; "
+            "rebuild the layout with such a block_size"
         )
     if block_mask.device != q.device:
         block_mask = block_mask.to(q.device)

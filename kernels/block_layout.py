@@ -24,8 +24,7 @@ Invariants every builder keeps (the kernels rely on them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -72,6 +71,11 @@ class BlockLayout:
     tile_masks: torch.Tensor
     block_size: tuple[int, int]
     seq_lengths: tuple[int, int]
+    # Derived in __post_init__: any partial block; every block computed with no tile mask;
+    # tile_masks as int8 (the form the kernel loads).
+    has_partial: bool = field(init=False, repr=False)
+    is_dense: bool = field(init=False, repr=False)
+    tile_masks_i8: torch.Tensor = field(init=False, repr=False)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -229,22 +233,16 @@ class BlockLayout:
         """(B, H, QB, KB) of the block grid (B, H may be 1 = broadcast)."""
         return tuple(self.full_kv_indices.shape)  # type: ignore[return-value]
 
-    @cached_property
-    def has_partial(self) -> bool:
-        """Whether any block needs an element mask (read once per layout: it syncs a GPU)."""
-        return bool(self.kv_num_blocks.numel()) and int(self.kv_num_blocks.max()) > 0
-
-    @cached_property
-    def is_dense(self) -> bool:
-        """Whether every block is computed with no element mask but the bounds (read once)."""
+    def __post_init__(self) -> None:
+        # Host-side facts the launcher needs on every call, read once here (each read syncs a GPU)
+        # and stored as plain attributes, so torch.compile traces no tensor-to-Python conversion.
         full, part = self.block_maps()
-        used = torch.arange(self.shape[-1], device=self.device) < self.kv_num_blocks.unsqueeze(-1)
-        return bool((full | part).all()) and not bool((self.tile_ids[used] >= 0).any())
-
-    @cached_property
-    def tile_masks_i8(self) -> torch.Tensor:
-        """``tile_masks`` as int8, the form the kernel loads (converted once per layout)."""
-        return self.tile_masks.to(torch.int8)
+        kb = self.shape[-1]
+        used = torch.arange(kb, device=self.device) < self.kv_num_blocks.unsqueeze(-1)
+        has_tiles = bool((self.tile_ids[used] >= 0).any()) if kb else False
+        object.__setattr__(self, "has_partial", bool(part.any()))
+        object.__setattr__(self, "is_dense", bool((full | part).all()) and not has_tiles)
+        object.__setattr__(self, "tile_masks_i8", self.tile_masks.to(torch.int8))
 
     @property
     def device(self) -> torch.device:

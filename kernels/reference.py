@@ -71,9 +71,11 @@ def block_attention_mass_ref(
     s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * _scale(q, scale)
     if lse is None:
         lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse.double().unsqueeze(-1))
+    lse = lse.double()
+    # A row with no key at all (lse = -inf) contributes nothing, as in the kernel.
+    p = torch.exp(s - torch.where(torch.isneginf(lse), float("inf"), lse).unsqueeze(-1))
     b, h, sq, sk = p.shape
     qb, kb = -(-sq // block_size), -(-sk // block_size)
     p = torch.nn.functional.pad(p, (0, kb * block_size - sk, 0, qb * block_size - sq))
     mass = p.reshape(b, h, qb, block_size, kb, block_size).sum(dim=(3, 5))
-    return mass, lse.double()
+    return mass, lse

@@ -277,12 +277,6 @@ def test_output_strides_follow_q(request):
     assert out2.stride() == q.stride()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in kernels/attention.py: KV_BLOCK is validated as 'a multiple of 16' but the kernel "
-    "walks KV_BLOCK // BLOCK_N sub-blocks of BLOCK_N = min(32 or 64, KV_BLOCK) columns, so 48 and 80 "
-    "silently skip columns (on the GPU 80 and 96 too; 48 does not compile)",
-)
 @pytest.mark.parametrize("kv_block", [48, 80])
 def test_accepted_kv_block_sizes_are_right(request, kv_block):
     """Block-list path (a causal layout) and index-free dense path (an all-full layout)."""
@@ -456,12 +450,6 @@ def test_block_mass_partial_lse_and_cross_lengths(request, block):
     assert bool((ref[0, 0, 0] == 0).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in kernels/reference.py block_attention_mass_ref: a row with lse = -inf gives "
-    "exp(s + inf) = inf mass, while the kernel, the PyTorch path and the docstring say such rows "
-    "contribute nothing",
-)
 def test_block_mass_ref_empty_rows():
     q = torch.randn(1, 1, 64, 16, generator=torch.Generator().manual_seed(1))
     lse = torch.zeros(1, 1, 64)
@@ -529,20 +517,9 @@ def _check_compiled(layout, q, k, v, fn):
 def test_torch_compile_fullgraph_prepared_layout(request):
     """Under torch.compile(fullgraph=True) the custom ops and their fake implementations keep one graph."""
     layout, q, k, v = _compile_case(request)
-    # Evaluate every cached_property before tracing (see the xfail below).
-    for name, attr in vars(BlockLayout).items():
-        if isinstance(attr, functools.cached_property):
-            getattr(layout, name)
     _check_compiled(layout, q, k, v, _fn(layout))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a fresh BlockLayout breaks torch.compile(fullgraph=True): block_sparse_attention reads the "
-    "cached_property's has_partial / is_dense / tile_masks_i8, whose first evaluation inside the trace enters "
-    "functools.cached_property's RLock on Python 3.11 ('Unsupported context manager') and calls "
-    "int(tensor.max()), a data-dependent graph break",
-)
 def test_torch_compile_fullgraph_fresh_layout(request):
     layout, q, k, v = _compile_case(request)
     _check_compiled(layout, q, k, v, _fn(layout))
