@@ -12,22 +12,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_block_sparse import LN2_C, LOG2E_C
+from kernels.triton_block_sparse import LN2_C, LOG2E_C, dot_qk, load_rows
 
 
 @triton.jit
 def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, qk_scale,
             BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
     """Scaled base-2 scores [BLOCK_M, BLOCK_N] of keys [start_n, start_n + BLOCK_N); -inf past kv_len."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    in_bounds = offs_n < kv_len
-    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=in_bounds[:, None], other=0.0)
-    if DOT_FP32:
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    return tl.where(in_bounds[None, :], s * qk_scale, float("-inf"))
+    k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, False, False)
+    in_bounds = (start_n + tl.arange(0, BLOCK_N)) < kv_len
+    return tl.where(in_bounds[None, :], dot_qk(q, k, DOT_FP32) * qk_scale, float("-inf"))
 
 
 @triton.jit

@@ -32,6 +32,31 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
+              BLOCK_N: tl.constexpr, IN_BOUNDS: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows [start_n, start_n + BLOCK_N) x HEAD_DIM of one (batch, head)'s K or V.
+
+    ``src`` is a tensor descriptor (USE_TMA: the copy engine zero-fills rows past n_len) or the
+    base pointer; IN_BOUNDS promises every row is < n_len, so no bounds mask is built.
+    """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if USE_TMA:
+        return src.load([start_n, 0])
+    ptrs = src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d
+    if IN_BOUNDS:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=(offs_n < n_len)[:, None], other=0.0)
+
+
+@triton.jit
+def dot_qk(q, k, DOT_FP32: tl.constexpr):
+    """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32)."""
+    if DOT_FP32:
+        return tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
 def _attend_block(
     acc, l_i, m_i, q,
     k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -40,29 +65,11 @@ def _attend_block(
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
-
-    k_src / v_src are tensor descriptors (USE_TMA: the copy engine zero-fills rows past kv_len)
-    or base pointers of this (batch, head).
-    """
+    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    if USE_TMA:
-        k = k_src.load([start_n, 0])
-        v = v_src.load([start_n, 0])
-    elif IS_FULL:
-        k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd)
-        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd)
-    else:
-        in_bounds = offs_n < kv_len
-        k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=in_bounds[:, None], other=0.0)
-        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=in_bounds[:, None], other=0.0)
-    if DOT_FP32:
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = s * qk_scale
+    k = load_rows(k_src, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
+    v = load_rows(v_src, stride_vn, stride_vd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
+    s = dot_qk(q, k, DOT_FP32) * qk_scale
     if not IS_FULL:
         keep = (offs_n < kv_len)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
         # tile_id < 0 (NO_TILE): only the bounds apply; tile 0 always exists, so read it harmlessly.
