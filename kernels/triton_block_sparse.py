@@ -39,21 +39,26 @@ def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
     ``src`` is a tensor descriptor (USE_TMA: the copy engine zero-fills rows past n_len) or the
     base pointer; IN_BOUNDS promises every row is < n_len, so no bounds mask is built.
     """
+    # One return at the end: triton 3.6 rejects early returns from constexpr branches here.
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if USE_TMA:
-        return src.load([start_n, 0])
-    ptrs = src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d
-    if IN_BOUNDS:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=(offs_n < n_len)[:, None], other=0.0)
+        rows = src.load([start_n, 0])
+    elif IN_BOUNDS:
+        rows = tl.load(src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d)
+    else:
+        rows = tl.load(src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
+                       mask=(offs_n < n_len)[:, None], other=0.0)
+    return rows
 
 
 @triton.jit
 def dot_qk(q, k, DOT_FP32: tl.constexpr):
     """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32)."""
     if DOT_FP32:
-        return tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    return tl.dot(q, tl.trans(k))
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return s
 
 
 @triton.jit
