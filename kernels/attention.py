@@ -23,7 +23,7 @@ import os
 import torch
 
 from kernels import torch_paths
-from kernels.block_layout import NO_TILE, BlockLayout
+from kernels.block_layout import BlockLayout
 
 try:  # Triton is a Linux dependency; elsewhere only the PyTorch path exists.
     import triton
@@ -44,10 +44,10 @@ __all__ = ["BlockLayout", "block_sparse_attention", "attention_with_lse", "block
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEFAULT_DENSE_BLOCK_M = 128
 
-# Per-GPU kernel defaults: (head_dim, Q_BLOCK) -> (BLOCK_N, num_warps, num_stages).
-# Measured on the H200 (benchmarks/RESULTS.md); other GPUs fall back to these too.
-# Sweeps of 2026-11-28 on the H200 (benchmarks/RESULTS.md): 8 warps ran 1.5x slower than 4 on
-# the indexed loop at BLOCK_M 128; D=64 rows swept at the CogVideoX1.5 shape.
+# Kernel tiles, (BLOCK_N, num_warps, num_stages), from the H200 sweeps of 2026-11-28
+# (benchmarks/RESULTS.md); other GPUs use them too until measured.
+# Indexed (block-list) loop, keyed (head_dim, Q_BLOCK): 8 warps ran 1.5x slower than 4 at
+# BLOCK_M 128; the D=64 rows were swept at the CogVideoX1.5 shape.
 KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
     (128, 128): (64, 4, 2),
     (128, 64): (32, 4, 2),
@@ -60,8 +60,8 @@ MASS_ROW_GROUP = int(os.environ.get("SPARSE_VDIT_MASS_ROW_GROUP", "16"))
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
 INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
-# The dense path (attention_with_lse, and layouts where every block is computed unmasked) reads
-# no index lists and pipelines deeper: its best tile differs. Keyed by head_dim.
+# Index-free dense loop (attention_with_lse, and layouts where every block is computed unmasked),
+# keyed by head_dim: it pipelines deeper, so its best tile differs. D=64 copies D=128 (not swept).
 DENSE_DEFAULTS: dict[int, tuple[int, int, int]] = {128: (128, 8, 3), 64: (128, 8, 3)}
 MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {  # D=64 rows copy D=128 (not swept)
     (128, 128): (128, 8, 2),
