@@ -40,25 +40,30 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _generate(pipe, args) -> tuple[torch.Tensor, float]:
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     video = pipe(
         PROMPT, negative_prompt=NEGATIVE, num_frames=args.frames, height=args.height, width=args.width,
         num_inference_steps=args.steps, max_sequence_length=16, guidance_scale=5.0, output_type="pt",
         generator=torch.Generator().manual_seed(args.seed),
     ).frames
-    return video.float().clamp(0, 1), time.perf_counter() - t0
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    return video.float().cpu().clamp(0, 1), time.perf_counter() - t0
 
 
 def run_demo(args) -> int:
     mode = DEMO_MODES[args.mode]
-    pipe = tiny_wan_pipeline(num_layers=args.layers, seed=args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = tiny_wan_pipeline(num_layers=args.layers, seed=args.seed).to(device, getattr(torch, args.dtype))
     stock, t_stock = _generate(pipe, args)
     method = StaticMaskAttention.per_layout(lambda layout: mode_mask_mod(mode, layout), block_size=args.block_size)
     with apply_sparse_attention(pipe, method):
         sparse, t_sparse = _generate(pipe, args)
     again, _ = _generate(pipe, args)
     print(f"proxy model: tiny WanPipeline ({args.layers} layers, random weights), {args.frames} frames "
-          f"{args.height}x{args.width}, {args.steps} steps, CFG on")
+          f"{args.height}x{args.width}, {args.steps} steps, CFG on; {device}, {args.dtype}")
     print(f"mode: {mode} (text dense), block size {args.block_size}")
     print(f"{'run':<10} {'seconds':>8} {'PSNR vs stock':>14}")
     print(f"{'stock':<10} {t_stock:>8.2f} {'-':>14}")

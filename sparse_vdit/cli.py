@@ -37,6 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layers", type=int, default=2)
     demo.add_argument("--block-size", type=int, default=16, help="layout block (64 or 128 on a GPU)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    demo.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     demo.add_argument("--output-dir", default=None, help="write stock.mp4 and sparse.mp4 here")
     demo.set_defaults(func=_demo)
     return parser
