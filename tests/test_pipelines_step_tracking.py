@@ -107,3 +107,25 @@ def test_state_is_per_generation_and_branch():
             seen.append(handle.trackers[0].current.prepared["id"])
     handle.remove()
     assert seen == [1, 2, 1, 2]
+
+
+def test_schedule_lookup_without_cache_context(wan_pipe):
+    """A pipeline that gives no step index (transformer called outside ``cache_context``): the
+    wrapped ``scheduler.set_timesteps`` starts a generation and the step is the timestep's position
+    in that schedule, so a skipped step is seen (counting by timestep order alone would say 1)."""
+    rec = Recorder()
+    seen = []
+    rec.begin_forward = lambda forward: seen.append((forward.generation, forward.step_index, forward.num_steps))
+    handle = apply_sparse_attention(wan_pipe, rec)
+    try:
+        for generation in range(2):
+            wan_pipe.scheduler.set_timesteps(4)
+            timesteps = [float(t) for t in wan_pipe.scheduler.timesteps]
+            for step in (0, 2, 3):  # step 1 skipped
+                inputs = tiny.wan_inputs(timestep=timesteps[step], seed=step)
+                inputs["hidden_states"] = torch.randn(1, tiny.WAN_VAE_Z_DIM, 2, 8, 8)
+                with torch.no_grad():
+                    wan_pipe.transformer(**inputs)
+    finally:
+        handle.remove()
+    assert seen == [(g, s, 4) for g in range(2) for s in (0, 2, 3)]
