@@ -237,9 +237,7 @@ class BlockLayout:
         # Host-side facts the launcher needs on every call, read once here (each read syncs a GPU)
         # and stored as plain attributes, so torch.compile traces no tensor-to-Python conversion.
         full, part = self.block_maps()
-        kb = self.shape[-1]
-        used = torch.arange(kb, device=self.device) < self.kv_num_blocks.unsqueeze(-1)
-        has_tiles = bool((self.tile_ids[used] >= 0).any()) if kb else False
+        has_tiles = bool((self.tile_map() >= 0).any())
         object.__setattr__(self, "has_partial", bool(part.any()))
         object.__setattr__(self, "is_dense", bool((full | part).all()) and not has_tiles)
         object.__setattr__(self, "tile_masks_i8", self.tile_masks.to(torch.int8))
@@ -324,7 +322,8 @@ class BlockLayout:
         b, h = self.shape[:2]
         full, part = self.block_maps()
         ones = self.tile_masks.shape[0]  # index of an all-True tile appended below
-        tile_map = torch.where(part, torch.where(self.tile_map() < 0, ones, self.tile_map()), ones + 1)
+        tile_map = self.tile_map()
+        tile_map = torch.where(part, torch.where(tile_map < 0, ones, tile_map), ones + 1)
         tile_map = torch.where(full, ones, tile_map)
         tiles = torch.cat([self.tile_masks.bool(), torch.ones_like(self.tile_masks[:1], dtype=torch.bool),
                            torch.zeros_like(self.tile_masks[:1], dtype=torch.bool)])

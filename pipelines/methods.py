@@ -285,9 +285,7 @@ class StaticMaskAttention(AttentionMethod):
             block_size=self.block_size,
             device=device,
         )
-        built.has_partial  # noqa: B018 - computed eagerly: reading it later inside torch.compile would sync
-        built.tile_masks_i8  # noqa: B018
-        return built
+        return built  # BlockLayout computes its host-side facts at build, outside any compiled graph
 
     def __call__(self, call: AttentionCall, q, k, v):
         if self.layers is not None and call.layer_index not in self.layers:

@@ -122,12 +122,15 @@ def mode_mask_mod(mode: Mode, layout: TokenLayout):
     (text rows / columns dense, Skip all False). Blocks of ``mode_block_map`` are exactly the
     blocks this pattern touches."""
 
+    # The [G, G] row relation is built once; mask_mod is called once per strip of query blocks.
+    relation = _row_relation(mode, layout, None)
+
     def mask_mod(b, h, q_idx, kv_idx):
         fq, rq, _ = layout.position(q_idx)
         fk, rk, _ = layout.position(kv_idx)
         if isinstance(mode, Skip):
             return torch.zeros(torch.broadcast_shapes(q_idx.shape, kv_idx.shape), dtype=torch.bool, device=q_idx.device)
-        rel = _row_relation(mode, layout, q_idx.device)
+        rel = relation.to(q_idx.device)
         gq = (fq * layout.rows + rq).clamp_min(0)
         gk = (fk * layout.rows + rk).clamp_min(0)
         video = rel[gq, gk] & (fq >= 0) & (fk >= 0)
