@@ -132,7 +132,8 @@ def _dot_fp32(q: torch.Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------- block-sparse / dense
-def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scale: float, *, dense: bool = False, has_partial: bool = False):
+def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scale: float, kv_lens=None, *,
+                      dense: bool = False, has_partial: bool = False):
     b, h, sq, d = q.shape
     sk = k.shape[2]
     out = torch.empty_like(q)
@@ -152,12 +153,13 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     block_sparse_attention_kernel[grid](
         q, k, v, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        full_num, full_idx, part_num, part_idx, tile_ids, tiles,
+        full_num, full_idx, part_num, part_idx, tile_ids, tiles, full_num if kv_lens is None else kv_lens,
         stride_b, stride_h, lkb,
         h, sq, sk, scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
         DENSE=dense, HAS_PARTIAL=has_partial and not dense,
-        DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), num_warps=warps, num_stages=stages,
+        DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
+        num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -166,37 +168,55 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
 def _block_sparse_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
-    tile_ids: torch.Tensor, tile_masks: torch.Tensor,
+    tile_ids: torch.Tensor, tile_masks: torch.Tensor, kv_lens: torch.Tensor | None,
     q_block: int, kv_block: int, scale: float, has_partial: bool, dense: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks)
     if _use_triton(q):
         if dense:  # every block computed unmasked: the index-free dense loop computes the same
             return _launch_attention(q, k, v, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
-                                     dense=True)
-        return _launch_attention(q, k, v, layout_tensors, q_block, kv_block, scale, has_partial=has_partial)
+                                     kv_lens, dense=True)
+        return _launch_attention(q, k, v, layout_tensors, q_block, kv_block, scale, kv_lens, has_partial=has_partial)
     layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks,
                          (q_block, kv_block), (q.shape[2], k.shape[2]))
-    return torch_paths.attention(q, k, v, layout, scale)
+    return torch_paths.attention(q, k, v, layout, scale, kv_lens)
 
 
 @_block_sparse_attention_op.register_fake
-def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, q_block, kv_block, scale, has_partial, dense):
+def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, kv_lens, q_block, kv_block, scale,
+      has_partial, dense):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("sparse_vdit::attention_with_lse", mutates_args=())
-def _attention_with_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_with_lse_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q):
         empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
         tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.bool())
-        return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, dense=True)
-    return torch_paths.attention(q, k, v, None, scale)
+        return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, kv_lens,
+                                 dense=True)
+    return torch_paths.attention(q, k, v, None, scale, kv_lens)
 
 
 @_attention_with_lse_op.register_fake
-def _(q, k, v, scale):
+def _(q, k, v, kv_lens, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """Validate per-batch key lengths and return them as int32 [B] on q's device, clamped to
+    [0, Skv] on the device (no host synchronisation, so CUDA graphs and torch.compile keep it)."""
+    if kv_lens is None:
+        return None
+    if not isinstance(kv_lens, torch.Tensor):
+        raise TypeError(f"kv_lens must be an integer tensor [B], got {type(kv_lens).__name__}")
+    if kv_lens.dtype.is_floating_point or kv_lens.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"kv_lens must be an integer tensor [B] (number of real keys per batch), got {kv_lens.dtype}")
+    if tuple(kv_lens.shape) != (q.shape[0],):
+        raise ValueError(f"kv_lens must be [B] = [{q.shape[0]}] (real keys per batch), got {tuple(kv_lens.shape)}")
+    return kv_lens.to(device=q.device, dtype=torch.int32).clamp(0, k.shape[2])
 
 
 def block_sparse_attention(
@@ -207,6 +227,7 @@ def block_sparse_attention(
     *,
     scale: float | None = None,
     return_lse: bool = False,
+    kv_lens: torch.Tensor | None = None,
 ):
     """Attention computed only on ``block_mask``'s blocks.
 
@@ -216,6 +237,9 @@ def block_sparse_attention(
             B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
         scale: softmax scale, default 1/sqrt(D).
         return_lse: also return the row log-sum-exp [B, H, Sq] (float32, natural log).
+        kv_lens: [B] integer tensor or None: batch b attends only keys 0 .. kv_lens[b]-1 (key
+            padding at the end of the sequence, as flash-attention's ``seqused_k``); values are
+            clamped to [0, Skv]. Padded keys are never read into the output (a NaN there stays out).
 
     Returns out [B, H, Sq, D] (q's dtype and strides), or (out, lse). Rows whose blocks are all
     empty or fully masked return zeros (lse = -inf).
@@ -250,25 +274,27 @@ def block_sparse_attention(
         q, k, v,
         block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
         block_mask.kv_num_blocks, block_mask.kv_indices,
-        block_mask.tile_ids, block_mask.tile_masks_i8,
+        block_mask.tile_ids, block_mask.tile_masks_i8, _key_lengths(kv_lens, q, k),
         q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
     )
     return (out, lse) if return_lse else out
 
 
 def attention_with_lse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+    kv_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense attention that also returns the row LSE: (out [B, H, Sq, D], lse [B, H, Sq] fp32).
 
-    AdaSpa's first search step uses it: the step's output and the LSE the later searches reuse.
+    ``kv_lens`` as in ``block_sparse_attention``. AdaSpa's first search step uses it: the step's
+    output and the LSE the later searches reuse.
     """
     _check_qkv(q, k, v)
-    return _attention_with_lse_op(q, k, v, _scale(q, scale))
+    return _attention_with_lse_op(q, k, v, _key_lengths(kv_lens, q, k), _scale(q, scale))
 
 
 # --------------------------------------------------------------------------- block mass
-def _launch_mass(q, k, lse, block_size: int, scale: float):
+def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     b, h, sq, d = q.shape
     sk = k.shape[2]
     qb, kb = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
@@ -284,11 +310,12 @@ def _launch_mass(q, k, lse, block_size: int, scale: float):
         block_n, warps, stages = MASS_DEFAULTS.get((d, block_size), (64, 4, 2))
     block_n = min(block_n, block_size)
     block_attention_mass_kernel[(qb, b * h)](
-        q, k, lse_in, mass, lse_out,
+        q, k, lse_in, mass, lse_out, lse_in if kv_lens is None else kv_lens,
         *q.stride(), *k.stride(), *lse_in.stride(),
         h, sq, sk, kb, scale * LOG2E,
         HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
-        DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, num_warps=warps, num_stages=stages,
+        DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, HAS_KV_LENS=kv_lens is not None,
+        num_warps=warps, num_stages=stages,
     )
     if groups > 1:
         mass = mass.view(b, h, qb, groups, kb).sum(3)
@@ -297,16 +324,17 @@ def _launch_mass(q, k, lse, block_size: int, scale: float):
 
 @torch.library.custom_op("sparse_vdit::block_attention_mass", mutates_args=())
 def _block_attention_mass_op(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, block_size: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, kv_lens: torch.Tensor | None, block_size: int,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q):
-        mass, lse_out = _launch_mass(q, k, lse, block_size, scale)
+        mass, lse_out = _launch_mass(q, k, lse, block_size, scale, kv_lens)
         return mass, (lse_out.clone() if lse is not None else lse_out)
-    return torch_paths.block_attention_mass(q, k, lse, block_size, scale)
+    return torch_paths.block_attention_mass(q, k, lse, block_size, scale, kv_lens)
 
 
 @_block_attention_mass_op.register_fake
-def _(q, k, lse, block_size, scale):
+def _(q, k, lse, kv_lens, block_size, scale):
     b, h, sq, _ = q.shape
     qb, kb = -(-sq // block_size), -(-k.shape[2] // block_size)
     return q.new_empty(b, h, qb, kb, dtype=torch.float32), q.new_empty(b, h, sq, dtype=torch.float32)
@@ -320,6 +348,7 @@ def block_attention_mass(
     *,
     scale: float | None = None,
     return_lse: bool = False,
+    kv_lens: torch.Tensor | None = None,
 ):
     """Per-block softmax mass W[b, h, i, j] = sum over query block i and key block j of
     exp(scale * q.k - lse_row): AdaSpa's block-selection score, one pass over Q K^T, no V, no
@@ -331,6 +360,11 @@ def block_attention_mass(
             variant that computes the exact LSE first in the same call.
         block_size: 64 or 128 (square blocks).
         return_lse: also return the LSE used ([B, H, Sq] fp32; the computed one when lse is None).
+        kv_lens: [B] integer tensor or None: keys at or past kv_lens[b] are padding (mass 0, left
+            out of a computed LSE), as in ``block_sparse_attention``.
+
+    A row with lse = -inf (it saw no key) contributes nothing; a NaN lse gives NaN masses in its
+    query block (both paths), so a corrupt cache shows instead of selecting arbitrary blocks.
 
     Returns mass [B, H, ceil(Sq/bs), ceil(Skv/bs)] float32 (each row sums to the fraction of the
     row's softmax the LSE accounts for: 1 per query row when the LSE is exact), or (mass, lse).
@@ -339,8 +373,13 @@ def block_attention_mass(
     if block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size {block_size} is not supported: use 64 or 128")
     if lse is not None:
+        if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:
+            raise TypeError(
+                f"lse must be a floating-point tensor [B, H, Sq] (the row log-sum-exp, e.g. from "
+                f"attention_with_lse), got {getattr(lse, 'dtype', type(lse).__name__)}"
+            )
         if tuple(lse.shape) != tuple(q.shape[:3]):
             raise ValueError(f"lse must be [B, H, Sq] = {tuple(q.shape[:3])}, got {tuple(lse.shape)}")
         lse = lse.to(device=q.device, dtype=torch.float32)
-    mass, lse_used = _block_attention_mass_op(q, k, lse, int(block_size), _scale(q, scale))
+    mass, lse_used = _block_attention_mass_op(q, k, lse, _key_lengths(kv_lens, q, k), int(block_size), _scale(q, scale))
     return (mass, lse_used) if return_lse else mass

@@ -47,11 +47,22 @@ def attention_ref(
     return out, lse
 
 
+def key_padding_ref(kv_lens: torch.Tensor | None, kv_len: int) -> torch.Tensor | None:
+    """[B, 1, 1, Skv] bool, True on keys 0 .. kv_lens[b]-1 (the ops' ``kv_lens``); None for None."""
+    if kv_lens is None:
+        return None
+    return (torch.arange(kv_len) < kv_lens.cpu().long().clamp(0, kv_len).view(-1, 1)).view(-1, 1, 1, kv_len)
+
+
 def block_sparse_attention_ref(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, scale: float | None = None,
+    kv_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_dense()``."""
-    return attention_ref(q, k, v, layout.to_dense().to(q.device), scale=scale)
+    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_dense()``
+    and the key padding of ``kv_lens``."""
+    mask = layout.to_dense().cpu()
+    keys = key_padding_ref(kv_lens, k.shape[2])
+    return attention_ref(q, k, v, (mask if keys is None else mask & keys).to(q.device), scale=scale)
 
 
 def block_attention_mass_ref(
@@ -61,14 +72,18 @@ def block_attention_mass_ref(
     block_size: int,
     *,
     scale: float | None = None,
+    kv_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Twin of ``kernels.attention.block_attention_mass``.
 
     mass[b, h, i, j] = sum over rows r of query block i and columns c of key block j of
-    exp(scale * q_r.k_c - lse_r); ``lse`` None means the exact dense LSE.
+    exp(scale * q_r.k_c - lse_r), over real keys (``kv_lens``); ``lse`` None means the exact LSE.
     Returns (mass [B, H, QB, KB] float64, lse [B, H, Sq] float64).
     """
     s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * _scale(q, scale)
+    keys = key_padding_ref(kv_lens, k.shape[2])
+    if keys is not None:
+        s = s.masked_fill(~keys.to(s.device), float("-inf"))
     if lse is None:
         lse = torch.logsumexp(s, dim=-1)
     lse = lse.double()

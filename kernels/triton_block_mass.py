@@ -16,23 +16,24 @@ from kernels.triton_block_sparse import LN2_C, LOG2E_C, dot_qk, load_rows
 
 
 @triton.jit
-def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, qk_scale,
+def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, qk_scale,
             BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Scaled base-2 scores [BLOCK_M, BLOCK_N] of keys [start_n, start_n + BLOCK_N); -inf past kv_len."""
-    k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, False, False)
-    in_bounds = (start_n + tl.arange(0, BLOCK_N)) < kv_len
+    """Scaled base-2 scores [BLOCK_M, BLOCK_N] of keys [start_n, start_n + BLOCK_N); -inf past
+    kv_valid (the batch's real keys, <= the key length), whose rows are never loaded."""
+    k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, BLOCK_N, False, False)
+    in_bounds = (start_n + tl.arange(0, BLOCK_N)) < kv_valid
     return tl.where(in_bounds[None, :], dot_qk(q, k, DOT_FP32) * qk_scale, float("-inf"))
 
 
 @triton.jit
 def block_attention_mass_kernel(
-    Q, K, LSE_IN, MASS, LSE_OUT,
+    Q, K, LSE_IN, MASS, LSE_OUT, KV_LENS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_lb, stride_lh, stride_lm,
     H, q_len, kv_len, num_kv_blocks, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
-    COMPUTE_LSE: tl.constexpr, DOT_FP32: tl.constexpr, ROW_GROUP: tl.constexpr,
+    COMPUTE_LSE: tl.constexpr, DOT_FP32: tl.constexpr, ROW_GROUP: tl.constexpr, HAS_KV_LENS: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK), B * H). LSE_OUT [B*H, q_len].
 
@@ -44,6 +45,10 @@ def block_attention_mass_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
+    if HAS_KV_LENS:  # [B] int32 in [0, kv_len]: keys at or past KV_LENS[b] are padding
+        kv_valid = tl.load(KV_LENS + b)
+    else:
+        kv_valid = kv_len
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
@@ -55,8 +60,8 @@ def block_attention_mass_kernel(
     if COMPUTE_LSE:
         m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
-        for start_n in range(0, kv_len, BLOCK_N):
-            s = _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_len, qk_scale, BLOCK_N, DOT_FP32)
+        for start_n in range(0, kv_valid, BLOCK_N):
+            s = _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, qk_scale, BLOCK_N, DOT_FP32)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
             m_i = m_new
@@ -67,7 +72,8 @@ def block_attention_mass_kernel(
                       mask=row_ok, other=float("inf"))
         lse2 = lse * LOG2E_C
     # Rows past q_len or without any key (lse = -inf) add nothing: +inf makes exp2(s - lse2) == 0.
-    lse2 = tl.where(row_ok & (lse2 > float("-inf")), lse2, float("inf"))
+    # A NaN lse stays NaN, so its row's masses are NaN (as on the PyTorch path): never hidden.
+    lse2 = tl.where(row_ok & (lse2 != float("-inf")), lse2, float("inf"))
 
     SUBS: tl.constexpr = BLOCK // BLOCK_N
     GROUPS: tl.constexpr = BLOCK // ROW_GROUP
@@ -76,7 +82,7 @@ def block_attention_mass_kernel(
     for kb in range(num_kv_blocks):
         part = tl.zeros([BLOCK], dtype=tl.float32)
         for sub in tl.static_range(SUBS):
-            s = _scores(q, k_base, stride_kn, stride_kd, offs_d, kb * BLOCK + sub * BLOCK_N, kv_len,
+            s = _scores(q, k_base, stride_kn, stride_kd, offs_d, kb * BLOCK + sub * BLOCK_N, kv_valid,
                         qk_scale, BLOCK_N, DOT_FP32)
             part += tl.sum(tl.math.exp2(s - lse2[:, None]), 1)
         tl.store(mass_rows + kb, tl.sum(tl.reshape(part, [GROUPS, ROW_GROUP]), 1))

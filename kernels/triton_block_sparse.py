@@ -65,18 +65,25 @@ def dot_qk(q, k, DOT_FP32: tl.constexpr):
 def _attend_block(
     acc, l_i, m_i, q,
     k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_m_local, offs_d, start_n, kv_len, qk_scale,
+    offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
     tile_base, tile_id, col_in_tile,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
+    IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr, ZERO_PADDED_V: tl.constexpr,
 ):
-    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state."""
+    """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
+
+    kv_len bounds memory; kv_valid <= kv_len bounds the keys this batch attends (padded keys past
+    it are masked). ZERO_PADDED_V zeroes V rows in [kv_valid, kv_len), so a NaN there cannot reach
+    the output through 0 * NaN; IS_FULL promises the whole block lies below kv_valid.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = load_rows(k_src, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
     v = load_rows(v_src, stride_vn, stride_vd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
+    if ZERO_PADDED_V and not IS_FULL:
+        v = tl.where((offs_n < kv_valid)[:, None], v, tl.zeros_like(v))
     s = dot_qk(q, k, DOT_FP32) * qk_scale
     if not IS_FULL:
-        keep = (offs_n < kv_len)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
+        keep = (offs_n < kv_valid)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
         # tile_id < 0 (NO_TILE): only the bounds apply; tile 0 always exists, so read it harmlessly.
         t_ptrs = (
             tile_base + tl.maximum(tile_id, 0).to(tl.int64) * (BLOCK_M * KV_BLOCK)
@@ -108,18 +115,24 @@ def block_sparse_attention_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS,
     layout_stride_b, layout_stride_h, layout_kb,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
-    h*layout_stride_h + m (strides are 0 on broadcast dims); its index lists hold layout_kb entries."""
+    h*layout_stride_h + m (strides are 0 on broadcast dims); its index lists hold layout_kb entries.
+    KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys of batch b at or past KV_LENS[b] are padding."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
+    if HAS_KV_LENS:
+        kv_valid = tl.load(KV_LENS + b)
+    else:
+        kv_valid = kv_len
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_m_local = tl.arange(0, BLOCK_M)
@@ -142,27 +155,42 @@ def block_sparse_attention_kernel(
 
     SUBS: tl.constexpr = KV_BLOCK // BLOCK_N
     if DENSE:
-        n_full = kv_len // BLOCK_N
+        n_full = kv_valid // BLOCK_N
         for j in range(n_full):
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m_local, offs_d, j * BLOCK_N, kv_len, qk_scale, TILES, -1, 0,
-                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA)
-        if n_full * BLOCK_N < kv_len:
+                offs_m_local, offs_d, j * BLOCK_N, kv_len, kv_valid, qk_scale, TILES, -1, 0,
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
+        if n_full * BLOCK_N < kv_valid:
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m_local, offs_d, n_full * BLOCK_N, kv_len, qk_scale, TILES, tl.full([], -1, tl.int32), 0,
-                BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA)
+                offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, qk_scale, TILES,
+                tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
     else:
         row = b * layout_stride_b + h * layout_stride_h + pid_m
         n_full = tl.load(FULL_NUM + row)
         full_idx = FULL_IDX + row.to(tl.int64) * layout_kb
         for j in range(n_full * SUBS):
             kb = tl.load(full_idx + j // SUBS)
-            acc, l_i, m_i = _attend_block(
-                acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m_local, offs_d, kb * KV_BLOCK + (j % SUBS) * BLOCK_N, kv_len, qk_scale,
-                TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA)
+            start_n = kb * KV_BLOCK + (j % SUBS) * BLOCK_N
+            if HAS_KV_LENS:
+                # A full block is inside kv_len, not necessarily inside this batch's kv_valid.
+                if start_n + BLOCK_N <= kv_valid:
+                    acc, l_i, m_i = _attend_block(
+                        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
+                        TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                elif start_n < kv_valid:
+                    acc, l_i, m_i = _attend_block(
+                        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
+                        TILES, tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32,
+                        USE_TMA, HAS_KV_LENS)
+            else:
+                acc, l_i, m_i = _attend_block(
+                    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
+                    TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
             part_idx = PART_IDX + row.to(tl.int64) * layout_kb
@@ -173,8 +201,8 @@ def block_sparse_attention_kernel(
                 sub = (j % SUBS) * BLOCK_N
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, qk_scale,
-                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA)
+                    offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, kv_valid, qk_scale,
+                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

@@ -82,13 +82,17 @@ def lse_lowp(lse_fn, q, k, v, *args, **kwargs):
     return lse_fn(q.float(), k.float(), v.float(), *args, upcast=False, **kwargs)[1]
 
 
-def mass_lowp(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, block_size: int, scale: float | None = None):
+def mass_lowp(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, block_size: int, scale: float | None = None,
+              kv_lens: torch.Tensor | None = None):
     """Block attention mass computed by PyTorch in float32 (the kernel's output precision).
 
     Returns (mass [B, H, QB, KB] fp32, lse [B, H, Sq] fp32). Independent of kernels.torch_paths.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    if kv_lens is not None:
+        real = torch.arange(k.shape[2]) < kv_lens.cpu().long().view(-1, 1)
+        s = s.masked_fill(~real.view(-1, 1, 1, k.shape[2]), float("-inf"))
     lse = torch.logsumexp(s, dim=-1) if lse is None else lse.float()
     p = torch.exp(s - torch.where(torch.isneginf(lse), float("inf"), lse).unsqueeze(-1))
     b, h, sq, sk = p.shape

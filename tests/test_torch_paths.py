@@ -28,24 +28,6 @@ from kernels.reference import attention_ref, block_attention_mass_ref
 FALLBACK_MESSAGE = "PyTorch fallback path"
 
 
-@pytest.fixture
-def fallback(monkeypatch):
-    """TRITON_INTERPRET unset for the call, the once-only warning re-armed, and any Triton launch
-    turned into an error (so a test cannot pass by running the interpreter instead)."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(attention_mod, "interpreting", lambda: False)
-    monkeypatch.setattr(torch_paths, "_warned", False)
-
-    def no_triton(*args, **kwargs):
-        raise AssertionError("the Triton kernel was launched; the PyTorch fallback was expected")
-
-    monkeypatch.setattr(attention_mod, "_launch_attention", no_triton)
-    monkeypatch.setattr(attention_mod, "_launch_mass", no_triton)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # counted explicitly where it matters
-        yield monkeypatch
-
-
 def check_attention(q, k, v, mask, out, lse, *, scale=None, name=""):
     ref, ref_lse = attention_ref(q, k, v, mask, scale=scale)
     lowp, _ = attention_ref(q, k, v, mask, scale=scale, upcast=False)
