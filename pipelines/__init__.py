@@ -5,25 +5,23 @@
     ...
     handle.remove()
 
-Supported transformers: Wan 2.1 / 2.2, HunyuanVideo, CogVideoX / CogVideoX1.5. A method is any
-object following the protocol in ``pipelines.methods`` (subclass ``AttentionMethod``).
+Supported transformers: Wan 2.1 / 2.2, HunyuanVideo, CogVideoX / CogVideoX1.5. A method is any object following the protocol in
+``sparse_vdit.protocol`` (subclass ``AttentionMethod``); the protocol and the static methods are
+re-exported here.
 """
 
 from pipelines.apply import AttachedAttention, SparseAttentionHandle, apply_sparse_attention, attach_sparse_attention
-from pipelines.methods import (
-    AttentionCall,
-    AttentionMethod,
-    FullAttention,
-    ModelInfo,
-    StaticMaskAttention,
-    check_model_matches,
-)
+from pipelines.families import Family, family_of, model_info
 from pipelines.processors import (
     CogVideoXSparseAttnProcessor,
     HunyuanVideoSparseAttnProcessor,
+    ProcessorConfig,
+    SparseAttnProcessorBase,
     WanSparseAttnProcessor,
 )
-from pipelines.step_tracking import ForwardContext, StepTracker
+from pipelines.step_tracking import ForwardInputs, StepTracker
+from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo, check_model_matches
+from sparse_vdit.static_methods import FullAttention, StaticMaskAttention
 
 __all__ = [
     "apply_sparse_attention",
@@ -38,6 +36,12 @@ __all__ = [
     "StaticMaskAttention",
     "check_model_matches",
     "StepTracker",
+    "ForwardInputs",
+    "Family",
+    "family_of",
+    "model_info",
+    "ProcessorConfig",
+    "SparseAttnProcessorBase",
     "WanSparseAttnProcessor",
     "HunyuanVideoSparseAttnProcessor",
     "CogVideoXSparseAttnProcessor",

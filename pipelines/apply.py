@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from pipelines.families import Family, family_of, model_info
-from pipelines.methods import AttentionMethod, ModelInfo
-from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
+from pipelines.processors import ProcessorConfig
 from pipelines.step_tracking import StepTracker
+from sparse_vdit.protocol import AttentionMethod, ModelInfo
 
 __all__ = ["AttachedAttention", "SparseAttentionHandle", "attach_sparse_attention", "apply_sparse_attention"]
 
@@ -57,11 +57,23 @@ class AttachedAttention:
         return {**self.originals, **self.ours}
 
     def detach(self) -> None:
-        """Restore the original processors and remove the step tracker."""
+        """Restore the original processors and remove the step tracker; a no-op once detached.
+
+        Raises ``RuntimeError`` when another method was attached to the transformer after this one
+        (this attachment is stale: restoring its originals would pull processors from under it).
+        """
+        current = getattr(self.transformer, _ATTACHED_ATTR, None)
+        if current is not None and current is not self:
+            raise RuntimeError(
+                f"this attachment of {self.tracker.method!r} is stale: {current.tracker.method!r} is attached to "
+                "the transformer now. Remove that one with its own handle (handle.remove() or detach()); "
+                "this one was already detached"
+            )
+        if current is None:
+            return
         self.transformer.set_attn_processor(dict(self.originals))
         self.tracker.remove()
-        if getattr(self.transformer, _ATTACHED_ATTR, None) is self:
-            delattr(self.transformer, _ATTACHED_ATTR)
+        delattr(self.transformer, _ATTACHED_ATTR)
 
 
 def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMethod) -> AttachedAttention:
@@ -78,11 +90,11 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
             "sparse attention is already applied to this transformer: call handle.remove() (or detach()) "
             "before applying another method"
         )
-    info = model_info(transformer, family)
     _check_method(method)
+    info = model_info(transformer, family)
     method.validate(info)
     originals = dict(transformer.attn_processors)
-    tracker = StepTracker(transformer, method, info, family.read_inputs)
+    tracker = StepTracker(transformer, method, info, family)
     ours = {}
     for index, name in enumerate(info.layer_names):
         key = name + PROCESSOR_SUFFIX
@@ -102,11 +114,16 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
 
 
 def _check_method(method: Any) -> None:
+    if isinstance(method, type):
+        raise TypeError(
+            f"{method.__name__} is a class, not an attention method: pass an instance, e.g. "
+            f"apply_sparse_attention(pipe, {method.__name__}()) (with its arguments, if it takes any)"
+        )
     missing = [m for m in ("validate", "new_state", "begin_forward", "__call__") if not callable(getattr(method, m, None))]
     if missing:
         raise TypeError(
             f"{type(method).__name__} is not an attention method (missing {', '.join(missing)}): "
-            "subclass pipelines.AttentionMethod, or use FullAttention() / StaticMaskAttention(mask_mod)"
+            "subclass sparse_vdit.protocol.AttentionMethod, or use FullAttention() / StaticMaskAttention(mask_mod)"
         )
 
 
@@ -129,11 +146,10 @@ class SparseAttentionHandle:
             tracker.reset()
 
     def remove(self) -> None:
-        if self._removed:
-            return
+        """Restore the stock processors; a no-op once removed, an error when it is stale (see ``detach``)."""
         for a in self.attached:
             a.detach()
-        if self._scheduler is not None and "set_timesteps" in vars(self._scheduler):
+        if not self._removed and self._scheduler is not None and "set_timesteps" in vars(self._scheduler):
             del self._scheduler.set_timesteps
         self._removed = True
 

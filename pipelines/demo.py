@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from pipelines.apply import apply_sparse_attention
-from pipelines.methods import StaticMaskAttention
 from pipelines.tiny import tiny_wan_pipeline
-from sparse_vdit.modes import Diagonal, Full, MultiDiagonal, VerticalStripe, mode_density, mode_mask_mod
+from sparse_vdit.modes import Diagonal, Full, MultiDiagonal, VerticalStripe, mode_mask_mod
+from sparse_vdit.static_methods import StaticMaskAttention
 
 DEMO_MODES = {
     "diagonal": Diagonal(1),

@@ -1,20 +1,17 @@
 """Attention processors for diffusers' video transformers, one per model family, one shared core.
 
-Each processor follows the stock processor's contract: the same ``__call__`` signature with the
-RoPE argument named explicitly (diffusers' legacy ``Attention.forward`` drops keyword arguments a
-processor does not name), the same projections, norms and RoPE as stock. Only the attention step
-differs, and it is shared (``SparseAttnProcessorBase.attend``): the method is called with
-[B, H, S, D] views; if it returns None (dense heads, warm-up steps, FullAttention) or the sparse
-path cannot serve the call, attention runs through diffusers' ``dispatch_attention_fn``, so the
-user's attention backend (``transformer.set_attention_backend``) and context parallelism apply.
+Each family's processor follows the stock processor's
+contract: the same ``__call__`` signature with the RoPE argument named explicitly (diffusers'
+legacy ``Attention.forward`` drops keyword arguments a processor does not name), the same
+projections, norms and RoPE as stock. Only the attention step differs, and it is this module's
+``SparseAttnProcessorBase.attend``: the method is called with [B, H, S, D] views and its result is
+run here (``sparse_vdit.protocol``): None (dense heads, warm-up steps, FullAttention) or a call the
+sparse path cannot serve goes through diffusers' ``dispatch_attention_fn``, so the user's attention
+backend (``transformer.set_attention_backend``) and context parallelism apply; a ``BlockLayout``
+runs the block-sparse kernel with the forward's key lengths; a tensor is the method's own output.
+Key padding is handled here, once, for every method.
 
-| processor | installed on | joint sequence at the attention |
-|---|---|---|
-| ``WanSparseAttnProcessor`` | ``blocks.{i}.attn1`` (``attn2`` stays stock) | video only |
-| ``HunyuanVideoSparseAttnProcessor`` | ``transformer_blocks.{i}.attn``, ``single_transformer_blocks.{j}.attn`` | [video, text], padded text masked |
-| ``CogVideoXSparseAttnProcessor`` | ``transformer_blocks.{i}.attn1`` | [text, video] |
-
-Build them with ``pipelines.apply_sparse_attention`` (or ``attach_sparse_attention`` for a
+Build processors with ``pipelines.apply_sparse_attention`` (or ``attach_sparse_attention`` for a
 ``set_attn_processor`` dict); a processor needs the transformer's ``StepTracker``.
 """
 
@@ -27,10 +24,11 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from pipelines.methods import AttentionCall
+from kernels.block_layout import BlockLayout
+from kernels.limits import dtype_names, dtype_supported, head_dim_error, head_dim_supported
+from sparse_vdit.protocol import AttentionCall, AttentionMethod
 
 if TYPE_CHECKING:
-    from pipelines.methods import AttentionMethod
     from pipelines.step_tracking import StepTracker
 
 __all__ = [
@@ -43,7 +41,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SPARSE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+METHOD_RESULT = (
+    "a method's __call__ must return None (dense attention), a kernels.block_layout.BlockLayout (run by "
+    "the block-sparse kernel) or the attention output, a tensor [B, H, S, D] of q's dtype and device"
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SparseAttnProcessorBase:
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, config: ProcessorConfig, method: "AttentionMethod", tracker: "StepTracker") -> None:
+    def __init__(self, config: ProcessorConfig, method: AttentionMethod, tracker: "StepTracker") -> None:
         self.config = config
         self.method = method
         self.tracker = tracker
@@ -89,7 +90,7 @@ class SparseAttnProcessorBase:
             query, key, value: [B, S, H, D] (diffusers' layout; views are fine).
             attn_mask: the stock processor's mask, passed unchanged to the dense path.
             mask_is_key_padding: the mask only marks padded keys, which the tracker already
-                exposes as ``call.key_padding_mask`` (HunyuanVideo); any other mask makes the call dense.
+                exposes as ``call.kv_lens`` (HunyuanVideo); any other mask makes the call dense.
 
         Returns [B, S, H, D].
         """
@@ -100,37 +101,65 @@ class SparseAttnProcessorBase:
                 "pipelines.apply_sparse_attention(pipe_or_transformer, method) (or attach_sparse_attention) "
                 "rather than constructing them yourself"
             )
-        out = None
-        if self._sparse_servable(query, attn_mask, mask_is_key_padding):
-            call = AttentionCall(
-                layer_index=self.config.layer_index,
-                layer_name=self.config.layer_name,
-                num_heads=self.config.num_heads,
-                head_dim=self.config.head_dim,
-                forward=forward,
-            )
-            out = self.method(call, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        if not self._asks_method(attn_mask, mask_is_key_padding):
+            return self._dense(query, key, value, attn_mask)
+        call = AttentionCall(
+            layer_index=self.config.layer_index,
+            layer_name=self.config.layer_name,
+            num_heads=self.config.num_heads,
+            head_dim=self.config.head_dim,
+            forward=forward,
+        )
+        q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        out = self.method(call, q, k, v)
         if out is None:
-            return dispatch_attention_fn(
-                query,
-                key,
-                value,
-                attn_mask=attn_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
+            return self._dense(query, key, value, attn_mask)
+        if isinstance(out, BlockLayout):
+            self._check_layout_servable(q)
+            out = call.block_sparse_attention(q, k, v, out)
+        elif isinstance(out, torch.Tensor):
+            self._check_output(out, q)
+        else:
+            raise TypeError(f"{self.method!r} returned a {type(out).__name__}: {METHOD_RESULT}")
         return out.transpose(1, 2)
 
-    def _sparse_servable(self, query: torch.Tensor, attn_mask, mask_is_key_padding: bool) -> bool:
+    def _dense(self, query, key, value, attn_mask) -> torch.Tensor:
+        """Dense attention through diffusers: [B, S, H, D] in and out, with the stock mask."""
+        return dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+
+    def _check_layout_servable(self, q: torch.Tensor) -> None:
+        if not dtype_supported(q.dtype):
+            raise ValueError(
+                f"{self.method!r} returned a BlockLayout for a model that computes in "
+                f"{str(q.dtype).replace('torch.', '')}, but the block-sparse kernel runs {dtype_names()}: cast the "
+                "pipeline or transformer (e.g. pipe.to(torch.bfloat16)), or return None for dense attention"
+            )
+        if not head_dim_supported(q.shape[-1]):
+            raise ValueError(f"{self.method!r} returned a BlockLayout, but " + head_dim_error(q.shape[-1]))
+
+    def _check_output(self, out: torch.Tensor, q: torch.Tensor) -> None:
+        if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+            raise ValueError(
+                f"{self.method!r} returned a tensor {tuple(out.shape)} {out.dtype} on {out.device}, but q is "
+                f"{tuple(q.shape)} {q.dtype} on {q.device}: {METHOD_RESULT}"
+            )
+
+    def _asks_method(self, attn_mask, mask_is_key_padding: bool) -> bool:
+        """Whether the method is asked at all (else the call is dense, as stock)."""
         if self._parallel_config is not None:
             # Context parallelism shards the sequence; only dispatch_attention_fn does the exchange.
             _warn_once("context parallelism is on: sparse-vdit runs attention densely through diffusers")
             return False
-        if attn_mask is not None and not mask_is_key_padding:
-            return False
-        return query.dtype in SPARSE_DTYPES
+        return attn_mask is None or mask_is_key_padding
 
 
 _WARNED: set[str] = set()

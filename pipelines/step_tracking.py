@@ -1,9 +1,10 @@
 """Which denoising step, CFG branch and generation each transformer forward belongs to.
 
 A ``StepTracker`` sits on a transformer as a forward pre-hook. Before every forward it reads the
-forward's inputs (latent T/H/W, text length and padding, timestep), works out the step index and
-branch, calls the method's ``begin_forward`` and publishes a frozen ``ForwardContext`` that the
-processors read. The hook runs eagerly (``torch.compiler.disable``), so a torch.compile'd
+forward's inputs (latent T/H/W, text length and padding, timestep) through the model's family
+record, works out the step index and branch and the per-sample key lengths (``kv_lens``), calls the
+method's ``begin_forward`` and publishes a frozen ``ForwardContext`` (``sparse_vdit.protocol``)
+that the processors read. The hook runs eagerly (``torch.compiler.disable``), so a torch.compile'd
 transformer keeps one graph: the context object changes, not the traced code.
 
 How the step index is found, most reliable first:
@@ -21,59 +22,24 @@ within one step. Batched CFG (CogVideoX: one forward with 2B samples) is one bra
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
+from sparse_vdit.protocol import AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
 if TYPE_CHECKING:
-    from pipelines.methods import AttentionMethod, ModelInfo
+    from pipelines.families import Family
 
-__all__ = ["ForwardContext", "StepTracker"]
+__all__ = ["ForwardContext", "ForwardInputs", "StepTracker"]
 
 # Timesteps of one schedule differ by far more than this; two equal timesteps are one step.
 TIMESTEP_MATCH_TOL = 1e-4
-
-
-@dataclass(frozen=True)
-class ForwardContext:
-    """Everything per transformer forward that a method may read (``AttentionCall.forward``).
-
-    Attributes:
-        generation: 0-based count of generations since the tracker was installed.
-        step_index: denoising step (0-based), shared by the CFG branches of a step.
-        branch: CFG branch: 0 ("cond" or the batched "cond_uncond"), 1 ("uncond"), ...
-        branch_name: the pipeline's cache-context name, or None.
-        timestep: the forward's timestep (the largest, for per-token timesteps).
-        num_steps: number of denoising steps when known (pipeline cache context or schedule).
-        token_layout: layout of the joint attention sequence of this forward.
-        key_padding_mask: [B, S] bool, True = real key; None when every key is real.
-        text_valid_lens: per sample, the number of real text tokens; None when none is padded.
-        batch_size, device, dtype: of the attention inputs.
-        model: the ``ModelInfo`` of the transformer.
-        state: the method's per-generation state of this branch.
-        prepared: what the method's ``begin_forward`` returned.
-    """
-
-    generation: int
-    step_index: int
-    branch: int
-    branch_name: str | None
-    timestep: float
-    num_steps: int | None
-    token_layout: TokenLayout
-    key_padding_mask: torch.Tensor | None
-    text_valid_lens: tuple[int, ...] | None
-    batch_size: int
-    device: torch.device
-    dtype: torch.dtype
-    model: "ModelInfo"
-    state: Any = None
-    prepared: Any = None
 
 
 @dataclass
@@ -112,20 +78,14 @@ class StepTracker:
         transformer: the diffusers transformer.
         method: the attention method (its ``new_state`` and ``begin_forward`` are called here).
         model: the transformer's ``ModelInfo``.
-        read_inputs: the family's parser, ``(transformer, bound_arguments) -> ForwardInputs``.
+        family: the transformer's family record (reads a forward's inputs, builds its token layout).
     """
 
-    def __init__(
-        self,
-        transformer: torch.nn.Module,
-        method: "AttentionMethod",
-        model: "ModelInfo",
-        read_inputs: Callable[[torch.nn.Module, dict], ForwardInputs],
-    ) -> None:
+    def __init__(self, transformer: torch.nn.Module, method: AttentionMethod, model: ModelInfo, family: "Family") -> None:
         self.transformer = transformer
         self.method = method
         self.model = model
-        self._read_inputs = read_inputs
+        self.family = family
         self._signature = inspect.signature(type(transformer).forward)
         self._generation: _Generation | None = None
         self._generations = 0
@@ -161,7 +121,13 @@ class StepTracker:
     # ------------------------------------------------------------------ hook
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         bound = self._signature.bind_partial(module, *args, **kwargs).arguments
-        inputs = self._read_inputs(module, bound)
+        if any(isinstance(value, torch.Tensor) and value.is_meta for value in bound.values()):
+            raise RuntimeError(
+                "sparse-vdit needs real tensors: the transformer's inputs are on the meta device. Load the "
+                "weights (accelerate's init_empty_weights leaves them on meta) and move the transformer and "
+                "its inputs to a real device before generating"
+            )
+        inputs = self.family.read_inputs(module, bound)
         t = _timestep_value(inputs.timestep)
         name, ctx_step, ctx_num = self._context_hook.current()
         gen = self._advance(t, name, ctx_step)
@@ -173,11 +139,6 @@ class StepTracker:
         gen.names_at_step.append(name)
         if branch not in gen.states:
             gen.states[branch] = self.method.new_state()
-        padding = None
-        if inputs.text_valid_lens is not None:
-            real = torch.arange(layout.seq_len, device=inputs.device)
-            limits = torch.tensor([layout.text_start + n for n in inputs.text_valid_lens], device=inputs.device)
-            padding = (real < layout.text_start) | (real.unsqueeze(0) < limits.unsqueeze(1))
         num_steps = ctx_num if ctx_num is not None else (len(gen.schedule) if gen.schedule else None)
         ctx = ForwardContext(
             generation=gen.index,
@@ -187,7 +148,7 @@ class StepTracker:
             timestep=t,
             num_steps=num_steps,
             token_layout=layout,
-            key_padding_mask=padding,
+            kv_lens=_key_lengths(layout, inputs.text_valid_lens, inputs.device),
             text_valid_lens=inputs.text_valid_lens,
             batch_size=inputs.batch_size,
             device=inputs.device,
@@ -195,7 +156,7 @@ class StepTracker:
             model=self.model,
             state=gen.states[branch],
         )
-        self.current = ForwardContext(**{**ctx.__dict__, "prepared": self.method.begin_forward(ctx)})
+        self.current = dataclasses.replace(ctx, prepared=self.method.begin_forward(ctx))
 
     def _advance(self, t: float, name: str | None, ctx_step: int | None) -> _Generation:
         """Update the bookkeeping for a forward at timestep ``t``; returns the current generation."""
@@ -236,6 +197,18 @@ class StepTracker:
         if gen.last_step is None:
             return 0
         return gen.last_step + 1 if t < gen.last_timestep - TIMESTEP_MATCH_TOL else gen.last_step
+
+
+def _key_lengths(layout: TokenLayout, text_valid_lens: tuple[int, ...] | None, device) -> torch.Tensor | None:
+    """[B] int32 on ``device``: per sample, the real keys, which lead the sequence (its padded text ends it)."""
+    if text_valid_lens is None:
+        return None
+    if layout.text_position != "after":
+        raise ValueError(
+            f"a family with padded text must put the text last (after the video), not {layout.text_position!r}: "
+            "per-sample key lengths describe padding only at the end of the joint sequence"
+        )
+    return torch.tensor([layout.text_start + n for n in text_valid_lens], dtype=torch.int32, device=device)
 
 
 def _timestep_value(timestep) -> float:

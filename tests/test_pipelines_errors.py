@@ -4,16 +4,19 @@ says what differs and what to do."""
 import pytest
 import torch
 
+from kernels.block_layout import BlockLayout
 from pipelines import (
     AttentionMethod,
     FullAttention,
+    SparseAttnProcessorBase,
     StaticMaskAttention,
     apply_sparse_attention,
+    attach_sparse_attention,
     check_model_matches,
 )
 from pipelines import tiny
 from pipelines.families import model_info
-from pipelines.processors import ProcessorConfig, WanSparseAttnProcessor
+from pipelines import ProcessorConfig, WanSparseAttnProcessor
 from sparse_vdit.token_layout import TokenLayout
 
 
@@ -87,3 +90,110 @@ def test_processor_without_tracker_says_how_to_install():
     with pytest.raises(RuntimeError, match="apply_sparse_attention"):
         with torch.no_grad():
             wan(**tiny.wan_inputs())
+
+
+# --------------------------------------------------------------------------- bad input, pipelines side
+class Returns(AttentionMethod):
+    """A method whose __call__ returns ``make(call, q)``."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, call, q, k, v):
+        return self.make(call, q)
+
+    def __repr__(self):
+        return "Returns(<bad result>)"
+
+
+@torch.no_grad()
+def test_float64_model_refuses_static_mask_and_sparse_layouts():
+    wan = tiny.tiny_wan_transformer(num_layers=1).double()
+    kwargs = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in tiny.wan_inputs().items()}
+    stock = wan(**kwargs)[0]
+    with apply_sparse_attention(wan, StaticMaskAttention(lambda b, h, q, kv: q >= kv, block_size=16)):
+        with pytest.raises(ValueError, match=r"runs sparse in bfloat16, float16, float32.*float64.*pipe.to\(torch.bfloat16\)"):
+            wan(**kwargs)
+    layout = BlockLayout.dense(32, block_size=16)
+    with apply_sparse_attention(wan, Returns(lambda call, q: layout)):
+        with pytest.raises(ValueError, match=r"Returns\(<bad result>\) returned a BlockLayout.*float64.*bfloat16, float16, float32"):
+            wan(**kwargs)
+    with apply_sparse_attention(wan, FullAttention()):  # what the message offers: dense in float64
+        torch.testing.assert_close(wan(**kwargs)[0], stock, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda call, q: "dense please", TypeError, r"Returns\(<bad result>\) returned a str: .*must return None"),
+        (lambda call, q: (q, None), TypeError, r"returned a tuple: .*BlockLayout.*\[B, H, S, D\]"),
+        (lambda call, q: q[:, :1].clone(), ValueError, r"Returns\(<bad result>\) returned a tensor \(1, 1, 32, 64\).*q is \(1, 2, 32, 64\)"),
+        (lambda call, q: q.double(), ValueError, r"returned a tensor .*torch.float64.*q is .*torch.float32"),
+        (lambda call, q: q.to("meta"), ValueError, r"returned a tensor .* on meta.*on cpu"),
+    ],
+    ids=["str", "tuple", "shape", "dtype", "device"],
+)
+@torch.no_grad()
+def test_wrong_result_of_a_method_names_it(make, error, match):
+    wan = tiny.tiny_wan_transformer(num_layers=1)
+    with apply_sparse_attention(wan, Returns(make)):
+        with pytest.raises(error, match=match):
+            wan(**tiny.wan_inputs())
+
+
+def test_method_class_instead_of_instance():
+    wan = tiny.tiny_wan_transformer(num_layers=1)
+    with pytest.raises(TypeError, match=r"FullAttention is a class.*apply_sparse_attention\(pipe, FullAttention\(\)\)"):
+        apply_sparse_attention(wan, FullAttention)
+    with pytest.raises(TypeError, match=r"StaticMaskAttention is a class.*StaticMaskAttention\(\)"):
+        apply_sparse_attention(tiny.tiny_wan_pipeline(num_layers=1), StaticMaskAttention)
+    assert not any(isinstance(p, SparseAttnProcessorBase) for p in wan.attn_processors.values())
+    apply_sparse_attention(wan, FullAttention()).remove()  # nothing was left attached
+
+
+def _methods_installed(model):
+    return {p.method for p in model.attn_processors.values() if isinstance(p, SparseAttnProcessorBase)}
+
+
+def test_stale_detach_is_refused_and_detaching_twice_is_harmless():
+    wan = tiny.tiny_wan_transformer(num_layers=1)
+    first, second = FullAttention(), FullAttention()
+    old = attach_sparse_attention(wan, first)
+    wan.set_attn_processor(old.processors())
+    old.detach()
+    old.detach()  # twice: nothing happens
+    assert _methods_installed(wan) == set()
+    new = attach_sparse_attention(wan, second)
+    wan.set_attn_processor(new.processors())
+    with pytest.raises(RuntimeError, match=r"stale.*attached to the transformer now.*its own handle"):
+        old.detach()
+    assert _methods_installed(wan) == {second} and new.tracker.current is None
+    with torch.no_grad():
+        wan(**tiny.wan_inputs())
+    assert new.tracker.current is not None, "the newer method's step tracker must still run"
+    new.detach()
+    assert _methods_installed(wan) == set()
+
+    handle = apply_sparse_attention(wan, first)
+    handle.remove()
+    handle.remove()  # twice: nothing happens
+    newer = apply_sparse_attention(wan, second)
+    with pytest.raises(RuntimeError, match="stale"):
+        handle.remove()
+    assert _methods_installed(wan) == {second}
+    newer.remove()
+    assert _methods_installed(wan) == set()
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_meta_device_says_to_load_the_weights(family):
+    if family == "wan":
+        model, kwargs = tiny.tiny_wan_transformer(num_layers=1), tiny.wan_inputs()
+    else:
+        model, kwargs = tiny.tiny_hunyuan_transformer(), tiny.hunyuan_inputs()
+    model = model.to("meta")
+    kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    with apply_sparse_attention(model, FullAttention()):
+        with pytest.raises(RuntimeError, match=r"needs real tensors.*meta device.*init_empty_weights"):
+            with torch.no_grad():
+                model(**kwargs)

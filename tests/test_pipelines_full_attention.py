@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pipelines.processors as processors_mod
-from pipelines import FullAttention, apply_sparse_attention, attach_sparse_attention
+from pipelines import FullAttention, WanSparseAttnProcessor, apply_sparse_attention, attach_sparse_attention
 from pipelines import tiny
 from pipelines.processors import SparseAttnProcessorBase
 
@@ -44,7 +44,7 @@ def test_processors_only_where_they_belong():
     after = wan.attn_processors
     for key, proc in after.items():
         if ".attn1." in key:
-            assert isinstance(proc, processors_mod.WanSparseAttnProcessor)
+            assert isinstance(proc, WanSparseAttnProcessor)
             assert proc.config.layer_index == int(key.split(".")[1])
         else:
             assert proc is before[key], key  # attn2 keeps its stock processor

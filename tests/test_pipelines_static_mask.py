@@ -48,7 +48,7 @@ class ReferenceMaskAttention(AttentionMethod):
 CASES = {
     # latent T x H x W chosen so the joint sequence spans several 32-token blocks, not a multiple of 32
     "wan": (tiny.tiny_wan_transformer, lambda m: tiny.wan_inputs(frames=3, height=12, width=10)),
-    "hunyuan": (tiny.tiny_hunyuan_transformer, lambda m: tiny.hunyuan_inputs(frames=2, height=12, width=10, text_lens=(6, 2))),
+    "hunyuan": (tiny.tiny_hunyuan_transformer, lambda m: tiny.hunyuan_inputs(frames=2, height=16, width=16, text_lens=(6, 2))),
     "cogvideox": (tiny.tiny_cogvideox_transformer, lambda m: tiny.cogvideox_inputs(m, frames=4, height=16, width=12)),
     "cogvideox1.5": (lambda: tiny.tiny_cogvideox_transformer(patch_size_t=2), lambda m: tiny.cogvideox_inputs(m, frames=8, height=16, width=12)),
 }
