@@ -5,20 +5,18 @@
     ...
     handle.remove()
 
-Supported transformers: Wan 2.1 / 2.2, HunyuanVideo, CogVideoX / CogVideoX1.5. A method is any object following the protocol in
+Supported transformers: Wan 2.1 / 2.2, HunyuanVideo, CogVideoX / CogVideoX1.5 (and subclasses),
+one record each in ``pipelines.families``. A method is any object following the protocol in
 ``sparse_vdit.protocol`` (subclass ``AttentionMethod``); the protocol and the static methods are
 re-exported here.
 """
 
 from pipelines.apply import AttachedAttention, SparseAttentionHandle, apply_sparse_attention, attach_sparse_attention
-from pipelines.families import Family, family_of, model_info
-from pipelines.processors import (
-    CogVideoXSparseAttnProcessor,
-    HunyuanVideoSparseAttnProcessor,
-    ProcessorConfig,
-    SparseAttnProcessorBase,
-    WanSparseAttnProcessor,
-)
+from pipelines.families import Family, family_of, model_info, token_layout_of
+from pipelines.families.cogvideox import CogVideoXSparseAttnProcessor
+from pipelines.families.hunyuan_video import HunyuanVideoSparseAttnProcessor
+from pipelines.families.wan import WanSparseAttnProcessor
+from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs, StepTracker
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo, check_model_matches
 from sparse_vdit.static_methods import FullAttention, StaticMaskAttention
@@ -40,6 +38,7 @@ __all__ = [
     "Family",
     "family_of",
     "model_info",
+    "token_layout_of",
     "ProcessorConfig",
     "SparseAttnProcessorBase",
     "WanSparseAttnProcessor",

@@ -34,7 +34,7 @@ from sparse_vdit.protocol import AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
 if TYPE_CHECKING:
-    from pipelines.families import Family
+    from pipelines.families.record import Family
 
 __all__ = ["ForwardContext", "ForwardInputs", "StepTracker"]
 
@@ -131,8 +131,8 @@ class StepTracker:
         t = _timestep_value(inputs.timestep)
         name, ctx_step, ctx_num = self._context_hook.current()
         gen = self._advance(t, name, ctx_step)
-        layout = TokenLayout.from_transformer_config(
-            module, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len
+        layout = self.family.token_layout(
+            module.config, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len
         )
         branch = gen.branch_names.index(name) if name is not None else gen.calls_at_step
         gen.calls_at_step += 1

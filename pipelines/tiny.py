@@ -2,7 +2,8 @@
 
 The project's proxy models: tests use them on the CPU, demos use them to show the API without a
 GPU. Every transformer has 2 heads x 64 head_dim (the block-sparse kernel needs a power-of-two
-head_dim >= 16) and one or two layers.
+head_dim >= 16) and one or two layers. Each family's tiny transformer and inputs live with its
+record (``pipelines.families.<family>``) and are re-exported here; the whole pipeline is built here.
 
     tiny_wan_transformer()            WanTransformer3DModel, 2 layers
     tiny_hunyuan_transformer()        HunyuanVideoTransformer3DModel, 1 dual + 1 single block
@@ -16,156 +17,32 @@ from __future__ import annotations
 
 import torch
 
+from pipelines.families.cogvideox import cogvideox_inputs, tiny_cogvideox_transformer
+from pipelines.families.hunyuan_video import hunyuan_inputs, tiny_hunyuan_transformer
+from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM
+from pipelines.families.wan import tiny_wan_transformer, wan_inputs
+
 __all__ = [
     "TINY_HEADS",
     "TINY_HEAD_DIM",
+    "TINY_TEXT_DIM",
+    "TINY_LATENT_CHANNELS",
+    "WAN_VAE_Z_DIM",
     "tiny_wan_transformer",
     "tiny_hunyuan_transformer",
     "tiny_cogvideox_transformer",
     "tiny_wan_pipeline",
+    "tiny_word_tokenizer",
     "wan_inputs",
     "hunyuan_inputs",
     "cogvideox_inputs",
 ]
 
-TINY_HEADS = 2
-TINY_HEAD_DIM = 64
-TINY_TEXT_DIM = 32
-TINY_LATENT_CHANNELS = 4
 WAN_VAE_Z_DIM = 16  # AutoencoderKLWan's latent channels: the pipeline's transformer must match
 TINY_VOCAB = (
     "a cat dog bird runs jumps flies over under the green red blue field sky river slowly quickly "
     "in on with and video of high quality blurry low worst"
 ).split()
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def tiny_wan_transformer(*, num_layers: int = 2, in_channels: int = TINY_LATENT_CHANNELS, seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=TINY_HEADS,
-        attention_head_dim=TINY_HEAD_DIM,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        text_dim=TINY_TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=64,
-    ).eval()
-
-
-def tiny_hunyuan_transformer(*, num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    torch.manual_seed(seed)
-    return HunyuanVideoTransformer3DModel(
-        in_channels=TINY_LATENT_CHANNELS,
-        out_channels=TINY_LATENT_CHANNELS,
-        num_attention_heads=TINY_HEADS,
-        attention_head_dim=TINY_HEAD_DIM,
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        num_refiner_layers=1,
-        mlp_ratio=1.0,
-        patch_size=2,
-        patch_size_t=1,
-        guidance_embeds=False,
-        text_embed_dim=TINY_TEXT_DIM,
-        pooled_projection_dim=16,
-        rope_axes_dim=(16, 24, 24),
-    ).eval()
-
-
-def tiny_cogvideox_transformer(*, patch_size_t: int | None = None, num_layers: int = 1, max_text_seq_length: int = 8, seed: int = 0):
-    """CogVideoX (``patch_size_t=None``) or CogVideoX1.5 (``patch_size_t=2``), with RoPE like the 5B models."""
-    from diffusers import CogVideoXTransformer3DModel
-
-    torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(
-        num_attention_heads=TINY_HEADS,
-        attention_head_dim=TINY_HEAD_DIM,
-        in_channels=TINY_LATENT_CHANNELS,
-        out_channels=TINY_LATENT_CHANNELS,
-        time_embed_dim=16,
-        text_embed_dim=TINY_TEXT_DIM,
-        num_layers=num_layers,
-        sample_width=16,
-        sample_height=16,
-        sample_frames=9,
-        patch_size=2,
-        patch_size_t=patch_size_t,
-        max_text_seq_length=max_text_seq_length,
-        use_rotary_positional_embeddings=True,
-    ).eval()
-
-
-# ----------------------------------------------------------------------------------- inputs
-def wan_inputs(frames: int = 2, height: int = 8, width: int = 8, *, batch: int = 1, text_len: int = 6, timestep: float = 500.0, seed: int = 0):
-    """kwargs of a WanTransformer3DModel forward: latent [B, C, T, H, W], text [B, L, text_dim]."""
-    g = _generator(seed)
-    return dict(
-        hidden_states=torch.randn(batch, TINY_LATENT_CHANNELS, frames, height, width, generator=g),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, text_len, TINY_TEXT_DIM, generator=g),
-        return_dict=False,
-    )
-
-
-def hunyuan_inputs(frames: int = 2, height: int = 8, width: int = 8, *, text_lens=(5, 3), text_len: int = 6, timestep: float = 500.0, seed: int = 0):
-    """kwargs of a HunyuanVideoTransformer3DModel forward; one sample per entry of ``text_lens``
-    (real tokens of a prompt padded to ``text_len``)."""
-    g = _generator(seed)
-    batch = len(text_lens)
-    mask = torch.zeros(batch, text_len, dtype=torch.long)
-    for i, n in enumerate(text_lens):
-        mask[i, :n] = 1
-    return dict(
-        hidden_states=torch.randn(batch, TINY_LATENT_CHANNELS, frames, height, width, generator=g),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, text_len, TINY_TEXT_DIM, generator=g),
-        encoder_attention_mask=mask,
-        pooled_projections=torch.randn(batch, 16, generator=g),
-        return_dict=False,
-    )
-
-
-def cogvideox_inputs(transformer, frames: int = 2, height: int = 8, width: int = 8, *, batch: int = 1, timestep: int = 500, seed: int = 0):
-    """kwargs of a CogVideoXTransformer3DModel forward, RoPE computed as CogVideoXPipeline does.
-
-    Latent is [B, T, C, H, W] (CogVideoX puts frames second).
-    """
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-
-    g = _generator(seed)
-    cfg = transformer.config
-    p, p_t = cfg.patch_size, cfg.patch_size_t
-    grid_h, grid_w = height // p, width // p
-    if p_t is None:
-        cos, sin = get_3d_rotary_pos_embed(
-            embed_dim=cfg.attention_head_dim, crops_coords=((0, 0), (grid_h, grid_w)), grid_size=(grid_h, grid_w),
-            temporal_size=frames, device="cpu",
-        )
-    else:
-        cos, sin = get_3d_rotary_pos_embed(
-            embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(grid_h, grid_w),
-            temporal_size=-(-frames // p_t), grid_type="slice", max_size=(grid_h, grid_w), device="cpu",
-        )
-    return dict(
-        hidden_states=torch.randn(batch, frames, TINY_LATENT_CHANNELS, height, width, generator=g),
-        encoder_hidden_states=torch.randn(batch, cfg.max_text_seq_length, TINY_TEXT_DIM, generator=g),
-        timestep=torch.full((batch,), int(timestep), dtype=torch.long),
-        image_rotary_emb=(cos, sin),
-        return_dict=False,
-    )
 
 
 # ---------------------------------------------------------------------------------- pipeline

@@ -1,8 +1,10 @@
 """sparse-vdit: sparse attention for video diffusion transformers (Sparse-vDiT modes and AdaSpa).
 
-Packages: ``sparse_vdit`` (Sparse-vDiT modes and runtime, and the token layout every package
-shares), ``adaspa`` (AdaSpa), ``kernels`` (Triton kernels: ``kernels.attention``), ``search``
-(offline plan search), ``pipelines`` (diffusers processors).
+Packages: ``sparse_vdit`` (the core, no diffusers import: the token layout every package shares,
+the method protocol ``sparse_vdit.protocol``, the static methods ``sparse_vdit.static_methods`` and
+the Sparse-vDiT modes), ``adaspa`` (AdaSpa), ``kernels`` (Triton kernels: ``kernels.attention``),
+``search`` (offline plan search), ``pipelines`` (diffusers adapters: one record per model family,
+processors, apply, step tracking).
 """
 
 from importlib.metadata import PackageNotFoundError, version

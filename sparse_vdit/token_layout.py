@@ -11,19 +11,11 @@ rather than raw token indices, so one plan serves any resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 TextPosition = Literal["none", "before", "after"]
-
-# Model families this layout knows, by diffusers transformer class name.
-WAN = "WanTransformer3DModel"
-HUNYUAN = "HunyuanVideoTransformer3DModel"
-COGVIDEOX = "CogVideoXTransformer3DModel"
-SUPPORTED_TRANSFORMERS = (WAN, HUNYUAN, COGVIDEOX)
-
-HUNYUAN_DEFAULT_TEXT_LEN = 256  # HunyuanVideoPipeline's max_sequence_length default
 
 
 @dataclass(frozen=True)
@@ -111,58 +103,34 @@ class TokenLayout:
 
     # --------------------------------------------------------------- builders
     @classmethod
-    def from_transformer_config(
+    def from_latent(
         cls,
-        config: Any,
         latent_frames: int,
         latent_height: int,
         latent_width: int,
         *,
-        text_len: int | None = None,
-        class_name: str | None = None,
+        patch_size: tuple[int, int, int] = (1, 1, 1),
+        text_len: int = 0,
+        text_position: TextPosition = "none",
     ) -> "TokenLayout":
-        """Layout of a diffusers video transformer's joint attention for a latent of T x H x W.
+        """Layout of a joint sequence whose video part is a T x H x W latent patchified by ``patch_size``.
 
         Args:
-            config: the transformer's ``config`` (or the transformer itself).
             latent_frames, latent_height, latent_width: the latent video (after the VAE, before
                 patchify), e.g. Wan 480p 81 frames: 21 x 60 x 104.
-            text_len: text tokens in the joint sequence: HunyuanVideo's padded prompt length
-                (default 256); CogVideoX defaults to ``max_text_seq_length``; Wan has none.
-            class_name: model class if ``config`` does not carry ``_class_name``.
+            patch_size: (t, h, w) patch; each latent size must be a multiple of its patch.
+            text_len, text_position: text tokens in the joint sequence and where they sit.
+
+        ``pipelines.families.token_layout_of(transformer, T, H, W)`` reads the patch size and the
+        text of a diffusers transformer for you.
         """
-        if hasattr(config, "config") and not isinstance(config, dict):
-            class_name = class_name or type(config).__name__
-            config = config.config
-        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        class_name = class_name or get("_class_name")
-        if class_name not in SUPPORTED_TRANSFORMERS:
-            raise ValueError(
-                f"unsupported transformer {class_name!r}: sparse-vdit knows {', '.join(SUPPORTED_TRANSFORMERS)}"
-            )
-        if class_name == WAN:
-            pt, ph, pw = tuple(get("patch_size"))
-            text, position = 0, "none"
-        elif class_name == HUNYUAN:
-            ph = pw = int(get("patch_size"))
-            pt = int(get("patch_size_t") or 1)
-            text, position = (HUNYUAN_DEFAULT_TEXT_LEN if text_len is None else text_len), "after"
-        else:  # CogVideoX / CogVideoX1.5
-            ph = pw = int(get("patch_size"))
-            pt = int(get("patch_size_t") or 1)
-            text, position = (int(get("max_text_seq_length")) if text_len is None else text_len), "before"
-        if class_name == WAN and text_len:
-            raise ValueError("Wan self-attention has no text tokens; leave text_len unset")
+        pt, ph, pw = (int(p) for p in patch_size)
+        if min(pt, ph, pw) < 1:
+            raise ValueError(f"patch sizes must be >= 1, got {patch_size}")
         for name, size, patch in (("frames", latent_frames, pt), ("height", latent_height, ph), ("width", latent_width, pw)):
             if size % patch:
                 raise ValueError(
-                    f"latent {name} {size} is not a multiple of the patch size {patch} of {class_name}; "
-                    "the pipeline pads or rounds the resolution to a multiple first (CogVideoX1.5 pads latent frames)"
+                    f"latent {name} {size} is not a multiple of the patch size {patch}; the pipeline pads or "
+                    "rounds the resolution to a multiple first (CogVideoX1.5 pads latent frames)"
                 )
-        return cls(
-            frames=latent_frames // pt,
-            rows=latent_height // ph,
-            cols=latent_width // pw,
-            text_len=text if text else 0,
-            text_position=position if text else "none",
-        )
+        return cls(latent_frames // pt, latent_height // ph, latent_width // pw, text_len, text_position)

@@ -1,131 +1,44 @@
-"""TokenLayout: where video and text tokens sit, built from diffusers transformer configs."""
+"""TokenLayout: where video and text tokens sit, built from a latent's size and patch (geometry only;
+the diffusers families' layouts are tested in test_pipelines_families.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sparse_vdit.token_layout import HUNYUAN_DEFAULT_TEXT_LEN, TokenLayout
-
-diffusers = pytest.importorskip("diffusers")
+from sparse_vdit.token_layout import TokenLayout
 
 
-# --------------------------------------------------------------------------- tiny diffusers models
-@pytest.fixture(scope="module")
-def tiny_wan():
-    return diffusers.WanTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, text_dim=16,
-        freq_dim=16, ffn_dim=16, num_layers=1, rope_max_seq_len=32,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_hunyuan():
-    return diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8,
-        rope_axes_dim=(2, 2, 4),
-    )
-
-
-def _tiny_cogvideox(**extra):
-    return diffusers.CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
-        text_embed_dim=16, num_layers=1, sample_width=8, sample_height=8, sample_frames=5, **extra,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_cogvideox():
-    return _tiny_cogvideox()
-
-
-@pytest.fixture(scope="module")
-def tiny_cogvideox15():
-    return _tiny_cogvideox(patch_size_t=2, ofs_embed_dim=8, use_rotary_positional_embeddings=True)
-
-
-# --------------------------------------------------------------------------- from models / configs
-def test_wan_from_model(tiny_wan):
-    assert tuple(tiny_wan.config.patch_size) == (1, 2, 2)
-    layout = TokenLayout.from_transformer_config(tiny_wan, 3, 6, 10)
-    assert (layout.frames, layout.rows, layout.cols) == (3, 3, 5)
-    assert (layout.text_len, layout.text_position) == (0, "none")
-    assert layout.seq_len == layout.video_len == 45
-    assert layout.video_slice == slice(0, 45)
-
-
-def test_hunyuan_from_model_text_after(tiny_hunyuan):
-    layout = TokenLayout.from_transformer_config(tiny_hunyuan, 5, 8, 12)
-    assert (layout.frames, layout.rows, layout.cols) == (5, 4, 6)
-    assert layout.text_len == HUNYUAN_DEFAULT_TEXT_LEN == 256
-    assert layout.text_position == "after"
-    assert layout.video_start == 0 and layout.text_start == 120
-    assert layout.text_slice == slice(120, 376) and layout.seq_len == 376
-    short = TokenLayout.from_transformer_config(tiny_hunyuan, 5, 8, 12, text_len=77)
-    assert (short.text_len, short.text_position, short.seq_len) == (77, "after", 197)
-    none = TokenLayout.from_transformer_config(tiny_hunyuan, 5, 8, 12, text_len=0)
-    assert (none.text_len, none.text_position, none.seq_len) == (0, "none", 120)
-
-
-def test_cogvideox_from_model_text_before(tiny_cogvideox):
-    assert tiny_cogvideox.config.patch_size_t is None
-    layout = TokenLayout.from_transformer_config(tiny_cogvideox, 13, 60, 90)
-    assert (layout.frames, layout.rows, layout.cols) == (13, 30, 45)
-    assert (layout.text_len, layout.text_position) == (226, "before")
-    assert layout.video_start == 226 and layout.text_start == 0
-    assert layout.video_slice == slice(226, 226 + 13 * 30 * 45)
-    assert layout.seq_len == 226 + 17550
-
-
-def test_cogvideox15_from_model_patch_t(tiny_cogvideox15):
-    layout = TokenLayout.from_transformer_config(tiny_cogvideox15, 4, 6, 10)
-    assert (layout.frames, layout.rows, layout.cols) == (2, 3, 5)
-    assert (layout.text_len, layout.text_position) == (226, "before")
-    with pytest.raises(ValueError, match="frames 5 is not a multiple of the patch size 2"):
-        TokenLayout.from_transformer_config(tiny_cogvideox15, 5, 6, 10)
-
-
-def test_plain_dict_configs():
-    wan = {"_class_name": "WanTransformer3DModel", "patch_size": [1, 2, 2]}
-    assert TokenLayout.from_transformer_config(wan, 21, 60, 104).seq_len == 32_760
-    hy = {"_class_name": "HunyuanVideoTransformer3DModel", "patch_size": 2, "patch_size_t": 1}
-    assert TokenLayout.from_transformer_config(hy, 1, 2, 2).seq_len == 1 + 256
-    cog = {"_class_name": "CogVideoXTransformer3DModel", "patch_size": 2, "patch_size_t": None, "max_text_seq_length": 226}
-    assert TokenLayout.from_transformer_config(cog, 1, 2, 2, text_len=10).seq_len == 11
-    # A model's config (a FrozenDict without _class_name) works with an explicit class_name.
-    layout = TokenLayout.from_transformer_config({"patch_size": (1, 2, 2)}, 2, 4, 4, class_name="WanTransformer3DModel")
-    assert (layout.frames, layout.rows, layout.cols) == (2, 2, 2)
-
-
-def test_model_config_object_needs_class_name(tiny_wan):
-    with pytest.raises(ValueError, match="unsupported transformer None"):
-        TokenLayout.from_transformer_config(tiny_wan.config, 3, 6, 10)
-    layout = TokenLayout.from_transformer_config(tiny_wan.config, 3, 6, 10, class_name="WanTransformer3DModel")
-    assert layout == TokenLayout.from_transformer_config(tiny_wan, 3, 6, 10)
-
-
-# --------------------------------------------------------------------------- full-size numbers
-def test_full_size_wan_480p():
-    wan = {"_class_name": "WanTransformer3DModel", "patch_size": (1, 2, 2)}
-    layout = TokenLayout.from_transformer_config(wan, 21, 60, 104)
+# --------------------------------------------------------------------------- from a latent
+def test_from_latent_patchifies():
+    layout = TokenLayout.from_latent(21, 60, 104, patch_size=(1, 2, 2))
     assert (layout.frames, layout.rows, layout.cols) == (21, 30, 52)
+    assert (layout.text_len, layout.text_position) == (0, "none")
     assert layout.frame_len == 1560 and layout.seq_len == 32_760
+    with_text = TokenLayout.from_latent(22, 96, 170, patch_size=(2, 2, 2), text_len=226, text_position="before")
+    assert (with_text.frames, with_text.rows, with_text.cols) == (11, 48, 85)
+    assert with_text.video_start == 226 and with_text.seq_len == 44_880 + 226
+    assert TokenLayout.from_latent(3, 4, 5) == TokenLayout(3, 4, 5)  # patch (1, 1, 1)
 
 
-def test_full_size_hunyuan_720p(tiny_hunyuan):
-    layout = TokenLayout.from_transformer_config(tiny_hunyuan, 33, 90, 160)
-    assert (layout.frames, layout.rows, layout.cols) == (33, 45, 80)
-    assert layout.video_len == 118_800 and layout.text_len == 256
-    assert layout.seq_len == 118_800 + 256
-    assert layout.text_slice == slice(118_800, 119_056)
+@pytest.mark.parametrize(
+    "shape, patch, what",
+    [
+        ((21, 60, 105), (1, 2, 2), "width 105"),
+        ((21, 61, 104), (1, 2, 2), "height 61"),
+        ((21, 96, 170), (2, 2, 2), "frames 21"),
+    ],
+)
+def test_from_latent_non_divisible(shape, patch, what):
+    with pytest.raises(ValueError, match=f"latent {what} is not a multiple of the patch size"):
+        TokenLayout.from_latent(*shape, patch_size=patch)
 
 
-def test_full_size_cogvideox15(tiny_cogvideox15):
-    layout = TokenLayout.from_transformer_config(tiny_cogvideox15, 22, 96, 170)
-    assert (layout.frames, layout.rows, layout.cols) == (11, 48, 85)
-    assert layout.video_len == 44_880 and layout.seq_len == 44_880 + 226
-    assert layout.video_start == 226
+def test_from_latent_bad_patch_and_text():
+    with pytest.raises(ValueError, match="patch sizes must be >= 1"):
+        TokenLayout.from_latent(2, 4, 4, patch_size=(0, 2, 2))
+    with pytest.raises(ValueError, match="disagree"):
+        TokenLayout.from_latent(2, 4, 4, text_len=5)
 
 
 # --------------------------------------------------------------------------- index <-> position
@@ -185,34 +98,6 @@ def test_describe_mentions_sizes():
 
 
 # --------------------------------------------------------------------------- errors
-def test_unsupported_class():
-    with pytest.raises(ValueError, match="unsupported transformer 'FluxTransformer2DModel'.*WanTransformer3DModel"):
-        TokenLayout.from_transformer_config({"_class_name": "FluxTransformer2DModel", "patch_size": 2}, 1, 2, 2)
-
-
-@pytest.mark.parametrize(
-    "config, shape, what",
-    [
-        ({"_class_name": "WanTransformer3DModel", "patch_size": (1, 2, 2)}, (21, 60, 105), "width 105"),
-        ({"_class_name": "WanTransformer3DModel", "patch_size": (1, 2, 2)}, (21, 61, 104), "height 61"),
-        ({"_class_name": "HunyuanVideoTransformer3DModel", "patch_size": 2, "patch_size_t": 1}, (33, 90, 161), "width 161"),
-        (
-            {"_class_name": "CogVideoXTransformer3DModel", "patch_size": 2, "patch_size_t": 2, "max_text_seq_length": 226},
-            (21, 96, 170),
-            "frames 21",
-        ),
-    ],
-)
-def test_non_divisible_latent(config, shape, what):
-    with pytest.raises(ValueError, match=f"latent {what} is not a multiple of the patch size"):
-        TokenLayout.from_transformer_config(config, *shape)
-
-
-def test_wan_rejects_text_len():
-    with pytest.raises(ValueError, match="no text tokens"):
-        TokenLayout.from_transformer_config({"_class_name": "WanTransformer3DModel", "patch_size": (1, 2, 2)}, 1, 2, 2, text_len=5)
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
