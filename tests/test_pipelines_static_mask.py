@@ -27,7 +27,8 @@ def local_window(layout: TokenLayout, frames: int = 0, rows: int = 1, cols: int 
 
 
 class ReferenceMaskAttention(AttentionMethod):
-    """The reference: float64 dense attention under mask_mod & key padding (kernels.reference)."""
+    """The reference: float64 dense attention under mask_mod & key padding (kernels.reference); it
+    applies ``call.kv_lens`` itself, as a method computing its own output without the bound ops must."""
 
     def __init__(self, factory):
         self.factory = factory
@@ -39,8 +40,8 @@ class ReferenceMaskAttention(AttentionMethod):
             torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1, dtype=torch.long),
             idx.view(1, 1, -1, 1), idx.view(1, 1, 1, -1),
         )
-        if call.key_padding_mask is not None:
-            mask = mask & call.key_padding_mask[:, None, None, :]
+        if call.kv_lens is not None:  # padded keys: index >= kv_lens[b]
+            mask = mask & (idx.view(1, 1, 1, -1) < call.kv_lens.view(-1, 1, 1, 1))
         out, _ = attention_ref(q, k, v, mask)
         return out.to(q.dtype)
 
@@ -83,6 +84,7 @@ def test_hunyuan_padded_text_is_masked_on_the_sparse_path():
     forward = handle.trackers[0].current
     assert forward.text_valid_lens == (6, 2)
     assert forward.key_padding_mask.shape == (2, forward.token_layout.seq_len)
+    assert forward.kv_lens.tolist() == [forward.token_layout.video_len + 6, forward.token_layout.video_len + 2]
     # Garbage in the padded text of sample 1 must not reach the video.
     kwargs["encoder_hidden_states"][1, 2:] = 1e3 * torch.randn(4, kwargs["encoder_hidden_states"].shape[-1])
     torch.testing.assert_close(model(**kwargs)[0], out, rtol=1e-5, atol=1e-5)
