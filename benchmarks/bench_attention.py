@@ -21,7 +21,7 @@ all keys; relative-norm error must be < 1e-2 (bf16 operands land near 2e-3..5e-3
     python benchmarks/bench_attention.py                        # all cases (H200: ~4 min)
     python benchmarks/bench_attention.py --cases wan-sparse64,cog-sparse64
     python benchmarks/bench_attention.py --block-n 64 --warps 4 --stages 3 --config-key 128,64
-    python benchmarks/bench_attention.py --sweep                # tune KERNEL_DEFAULTS (~5 min)
+    python benchmarks/bench_attention.py --sweep                # tune the tile tables of this GPU (~5 min), written to kernels/tuning_tables.json
     python benchmarks/bench_attention.py --smoke [--sweep]      # tiny shapes; CPU if no CUDA
 
 Targets (TARGETS below) are ratios speedup = peer ms / ours ms unless said otherwise.
@@ -48,7 +48,7 @@ CASES = (
 )
 SWEEP_CASES = ("wan-sparse128", "wan-sparse64", "wan-lse")
 SWEEP_CHOICES = SWEEP_CASES + ("wan-lse", "wan-mass64", "wan-mass128", "cog-sparse128", "cog-sparse64")
-# wan-mass* patch MASS_DEFAULTS, wan-lse DENSE_DEFAULTS (keyed by head_dim), the others KERNEL_DEFAULTS
+# wan-mass* tune the "mass" table, wan-lse and wan-dense "dense" (keyed by head_dim), the others "attention"
 SPARSE_DENSITY = {128: 0.10, 64: 0.20}  # the issue's layouts: 10% of 128-blocks, 20% of 64-blocks
 TOL = 1e-2  # relative-norm error against float64
 MEMORY_SLACK = 1.05  # peak extra memory may exceed output + LSE by 5%
@@ -79,7 +79,7 @@ def parse_args(argv=None):
                    help="on the CPU: run compiled FlexAttention (slow) or skip it")
     p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=150, help="do_bench rep, ms (raised to >= 5 calls)")
-    g = p.add_argument_group("kernel config overrides (patch kernels.attention.KERNEL_DEFAULTS before the runs)")
+    g = p.add_argument_group("kernel config overrides (kernels.tuning overrides of the 'attention' table before the runs)")
     g.add_argument("--block-n", type=int, default=None, help="BLOCK_N (clipped to KV_BLOCK by the launcher)")
     g.add_argument("--warps", type=int, default=None, help="num_warps")
     g.add_argument("--stages", type=int, default=None, help="num_stages")
@@ -349,23 +349,32 @@ RUNNERS = {
 
 
 # --------------------------------------------------------------------------- config overrides
-def patch_config(ops, key, block_n=None, warps=None, stages=None, device=None, table: str = "KERNEL_DEFAULTS") -> None:
-    """Patch ``ops.<table>[key] = (BLOCK_N, num_warps, num_stages, ...)`` in place (the launchers
-    read the table on every call; later fields, if any, are kept). On the CPU interpreter the
-    launchers read INTERPRETER_CONFIG instead, so that is patched too (smoke runs then execute the
-    same tile sizes; warps / stages mean nothing there)."""
-    tab = getattr(ops, table)
-    cfg = list(tab.get(key, (64, 4, 2)))
+
+
+def current_config(ops, key, table: str, device) -> tuple[int, int, int]:
+    """The (BLOCK_N, num_warps, num_stages) the launchers use now for ``key`` of ``table``."""
+    if device.type != "cuda":
+        return tuple(ops.tuning.INTERPRETER)
+    return tuple(ops.tuning.config(table, tuple(key) if isinstance(key, tuple) else (key,), device))
+
+
+def patch_config(ops, key, block_n=None, warps=None, stages=None, device=None, table: str = "attention") -> None:
+    """Make the launchers use this config for ``key`` of ``table`` (kernels.tuning overrides, in
+    memory). On the CPU interpreter the launchers read tuning.INTERPRETER instead, so that is
+    patched too (smoke runs then execute the same tile sizes; warps / stages mean nothing there)."""
+    key = tuple(key) if isinstance(key, tuple) else (key,)
+    cfg = list(current_config(ops, key, table, device) if device is not None and device.type == "cuda"
+               else ops.tuning.GENERIC)
     for i, val in enumerate((block_n, warps, stages)):
         if val is not None:
             cfg[i] = val
-    tab[key] = tuple(cfg)
-    if device is not None and device.type == "cpu" and hasattr(ops, "INTERPRETER_CONFIG"):
-        interp = list(ops.INTERPRETER_CONFIG)
+    ops.tuning.override(table, key, tuple(cfg))
+    if device is not None and device.type == "cpu":
+        interp = list(ops.tuning.INTERPRETER)
         for i, val in enumerate((block_n, warps, stages)):
             if val is not None:
                 interp[i] = val
-        ops.INTERPRETER_CONFIG = tuple(interp)
+        ops.tuning.INTERPRETER = tuple(interp)
 
 
 def apply_overrides(ctx: Ctx) -> None:
@@ -376,10 +385,8 @@ def apply_overrides(ctx: Ctx) -> None:
         ctx.ops.TMA_ENABLED = a.tma == "on"
     if a.block_n is None and a.warps is None and a.stages is None:
         return
-    if not hasattr(ctx.ops, "KERNEL_DEFAULTS"):
-        raise SystemExit("kernels.attention has no KERNEL_DEFAULTS table: --block-n/--warps/--stages cannot be applied")
     keys = ([tuple(int(x) for x in s.split(",")) for s in a.config_key] if a.config_key
-            else list(ctx.ops.KERNEL_DEFAULTS))
+            else [(128, 128), (128, 64), (64, 128), (64, 64)])
     for key in keys:
         patch_config(ctx.ops, key, a.block_n, a.warps, a.stages, ctx.device)
 
@@ -388,7 +395,7 @@ def apply_overrides(ctx: Ctx) -> None:
 @dataclasses.dataclass
 class SweepCase:
     name: str
-    table: str  # which defaults table of kernels.attention the config patches
+    table: str  # which kernels.tuning table the config patches: attention, dense or mass
     key: tuple  # (head_dim, Q_BLOCK)
     kv_block: int
     fn: Callable[[], object]
@@ -409,7 +416,7 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
         ref = common.ref_mass_rows(q, k, lse, heads, qblocks, block)
         hs = torch.tensor(heads, device=q.device)
         return SweepCase(
-            case, "MASS_DEFAULTS", (shape.d, block), block,
+            case, "mass", (shape.d, block), block,
             lambda: ops.block_attention_mass(q, k, lse, block),
             common.mass_flops(shape.b, shape.h, shape.s, shape.s, shape.d),
             lambda mass: common.rel_err(mass.index_select(1, hs)[:, :, qblocks], ref))
@@ -423,7 +430,7 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
         fn = lambda: ops.attention_with_lse(q, k, v)[0]  # noqa: E731
         qblocks = common.check_qblocks(-(-shape.s // block))
         rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
-        return SweepCase(case, "DENSE_DEFAULTS", shape.d, block, fn, flops,
+        return SweepCase(case, "dense", shape.d, block, fn, flops,
                          lambda out: common.rel_err(common.take_rows(out, heads, rows), ref_out))
     else:
         block = 64 if case.endswith("64") else 128
@@ -433,8 +440,8 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
         qblock = block
     qblocks = common.check_qblocks(-(-shape.s // block))
     rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
-    # A complete layout runs the index-free dense loop, which reads DENSE_DEFAULTS.
-    table, key = ("DENSE_DEFAULTS", shape.d) if case == "wan-dense" else ("KERNEL_DEFAULTS", (shape.d, qblock))
+    # A complete layout runs the index-free dense loop, which reads the "dense" table.
+    table, key = ("dense", shape.d) if case == "wan-dense" else ("attention", (shape.d, qblock))
     return SweepCase(case, table, key, block, fn, flops,
                      lambda out: common.rel_err(common.take_rows(out, heads, rows), ref_out))
 
@@ -456,15 +463,11 @@ def sweep(ctx: Ctx) -> None:
     bad = [c for c in cases if c not in SWEEP_CHOICES]
     if bad:
         raise SystemExit(f"unknown sweep case(s) {bad}; choose among {SWEEP_CHOICES}")
-    saved = {t: dict(getattr(ops, t)) for t in ("KERNEL_DEFAULTS", "MASS_DEFAULTS", "DENSE_DEFAULTS") if hasattr(ops, t)}
-    saved_interp = getattr(ops, "INTERPRETER_CONFIG", None)
+    saved_interp = ops.tuning.INTERPRETER
 
     def restore():
-        for t, tab in saved.items():
-            getattr(ops, t).clear()
-            getattr(ops, t).update(tab)
-        if saved_interp is not None:
-            ops.INTERPRETER_CONFIG = saved_interp
+        ops.tuning.clear_overrides()
+        ops.tuning.INTERPRETER = saved_interp
 
     results: list[dict] = []
     best_rows: list[dict] = []
@@ -476,7 +479,7 @@ def sweep(ctx: Ctx) -> None:
             print(f"sweep {case}: set-up failed: {common.short_error(exc, 400)}", file=sys.stderr)
             best_rows.append({"case": case, "best": f"set-up failed: {common.short_error(exc)}"})
             continue
-        default = saved.get(sc.table, {}).get(sc.key)
+        default = current_config(ops, sc.key, sc.table, ctx.device)
         grid = sweep_grid(sc.kv_block, args.smoke)
         print(f"\nsweep {case}: {sc.table}{sc.key}, {len(grid)} configs (default {default})", flush=True)
         case_rows = []
@@ -547,9 +550,33 @@ def sweep(ctx: Ctx) -> None:
             ("table", "table"), ("key", "(D, Q_BLOCK)"), ("cases", "cases"), ("best", "joint best"),
             ("score", "geo-mean of ms / case best"), ("per_case", "ms per case")],
             title="Joint best per key (cases that share a table entry must agree on one config)")
-        print("\nEntries to paste (joint best):")
-        for r in ctx.sweep_joint:
-            print(f"    {r['table']}[{r['key']}] = {r['best']}")
+        write_tuning_table(ctx)
+
+
+def write_tuning_table(ctx: Ctx) -> None:
+    """Write the joint best configs into kernels/tuning_tables.json under this GPU's compute
+    capability (other GPUs and keys kept), and a copy under the output folder."""
+    if ctx.device.type != "cuda" or ctx.args.smoke:
+        print("\n(smoke / CPU sweep: the tuning table is not written)")
+        return
+    import ast
+    import shutil
+
+    entries: dict[str, dict] = {}
+    for r in ctx.sweep_joint:
+        key = ast.literal_eval(r["key"])
+        entries.setdefault(r["table"], {})[tuple(key) if isinstance(key, tuple) else (key,)] = \
+            ast.literal_eval(r["best"])
+    cap = torch.cuda.get_device_capability(ctx.device)
+    path = ctx.ops.tuning.write_tables(cap, torch.cuda.get_device_name(ctx.device), entries,
+                                       source=f"bench_attention.py --sweep, {time.strftime('%Y-%m-%d')}, commit "
+                                              f"{common.env_header(ctx.device)['commit'][:12]}")
+    copy = common.out_dir() / "tuning_tables.json"
+    shutil.copyfile(path, copy)
+    print(f"\ntuning table for sm_{cap[0]}{cap[1]} written to {path} (copy: {copy}):")
+    for kind, values in entries.items():
+        for key, cfg in values.items():
+            print(f"    {kind} {key}: {cfg}")
 
 
 def joint_best(results: list[dict]) -> list[dict]:
@@ -590,8 +617,7 @@ def main(argv=None) -> int:
     apply_overrides(ctx)
     header = common.env_header(device, smoke=args.smoke, extra={
         "script": "bench_attention.py", "args": vars(args),
-        "KERNEL_DEFAULTS": dict(getattr(ops, "KERNEL_DEFAULTS", {})),
-        "MASS_DEFAULTS": dict(getattr(ops, "MASS_DEFAULTS", {})),
+        "tuning_table": str(ops.tuning.TABLE_FILE),
         "TMA_ENABLED": getattr(ops, "TMA_ENABLED", "n/a"),
     })
     common.print_header(header, "sparse-vdit kernels vs peers" + (" (sweep)" if args.sweep else ""))

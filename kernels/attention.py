@@ -17,13 +17,23 @@ and warns once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import torch
 
-from kernels import torch_paths
+from kernels import torch_paths, tuning
 from kernels.block_layout import BlockLayout
+from kernels.limits import (
+    KV_BLOCK_SIZES,
+    MASS_BLOCK_SIZES,
+    Q_BLOCK_SIZES,
+    SUPPORTED_DTYPES,
+    dtype_names,
+    head_dim_error,
+    head_dim_supported,
+)
 
 try:  # Triton is a Linux dependency; elsewhere only the PyTorch path exists.
     import triton
@@ -41,34 +51,20 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
 __all__ = ["BlockLayout", "block_sparse_attention", "attention_with_lse", "block_attention_mass"]
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEFAULT_DENSE_BLOCK_M = 128
 
-# Kernel tiles, (BLOCK_N, num_warps, num_stages), from the H200 sweeps of 2026-11-28
-# (benchmarks/RESULTS.md); other GPUs use them too until measured.
-# Indexed (block-list) loop, keyed (head_dim, Q_BLOCK): 8 warps ran 1.5x slower than 4 at
-# BLOCK_M 128; the D=64 rows were swept at the CogVideoX1.5 shape.
-KERNEL_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {
-    (128, 128): (64, 4, 2),
-    (128, 64): (32, 4, 2),
-    (64, 128): (128, 4, 4),
-    (64, 64): (64, 4, 3),
-}
 # block_attention_mass writes the mass of each group of MASS_ROW_GROUP query rows and sums the
 # groups afterwards (0: reduce whole blocks in the kernel). SPARSE_VDIT_MASS_ROW_GROUP overrides.
 MASS_ROW_GROUP = int(os.environ.get("SPARSE_VDIT_MASS_ROW_GROUP", "16"))
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
-INTERPRETER_CONFIG = (32, 1, 1)  # small tiles: the interpreter's cost grows with tile size
-# Index-free dense loop (attention_with_lse, and layouts where every block is computed unmasked),
-# keyed by head_dim: it pipelines deeper, so its best tile differs. D=64 copies D=128 (not swept).
-DENSE_DEFAULTS: dict[int, tuple[int, int, int]] = {128: (128, 8, 3), 64: (128, 8, 3)}
-MASS_DEFAULTS: dict[tuple[int, int], tuple[int, int, int]] = {  # D=64 rows copy D=128 (not swept)
-    (128, 128): (128, 8, 2),
-    (128, 64): (64, 4, 2),
-    (64, 128): (128, 8, 2),
-    (64, 64): (64, 4, 2),
-}
+# Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
+
+
+def _tile_config(kind: str, key: tuple[int, ...], q: torch.Tensor) -> tuple[int, int, int]:
+    if interpreting() and not q.is_cuda:
+        return tuning.INTERPRETER
+    return tuning.config(kind, key, q.device)
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -93,11 +89,11 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> None
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on B, H or D")
     if v is not None and v.shape != k.shape:
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
-    if d < 16 or d > 256 or d & (d - 1):
-        raise ValueError(f"head_dim {d} is not supported: use a power of two from 16 to 256 (64 and 128 are tuned)")
+    if not head_dim_supported(d):
+        raise ValueError(head_dim_error(d))
     if any(t.dtype != q.dtype for t in tensors) or q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
-            f"q, k, v must share one dtype among bf16, fp16, fp32; got {[t.dtype for t in tensors]}"
+            f"q, k, v must share one dtype among {dtype_names()}; got {[t.dtype for t in tensors]}"
         )
     if any(t.device != q.device for t in tensors):
         raise ValueError("q, k, v must be on one device")
@@ -107,12 +103,27 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
 
-_allocator_set = False
+def _on_device(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _tma_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Scratch memory for device-side TMA descriptors, on the device the kernel launches on
+    (the launchers make it the tensors' device)."""
+    return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+
+def _ensure_allocator() -> None:
+    """Install ``_tma_scratch`` as Triton's allocator unless one is set (the user's is kept).
+    Triton keeps the allocator in a context variable, so each thread is checked on its own."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_tma_scratch)
 
 
 def _tma_ok(*tensors: torch.Tensor) -> bool:
     """TMA descriptors need sm_90+, a contiguous last dim and 16-byte aligned rows and bases."""
-    global _allocator_set
     t0 = tensors[0]
     if not (TMA_ENABLED and t0.is_cuda and torch.cuda.get_device_capability(t0.device)[0] >= 9):
         return False
@@ -120,9 +131,7 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
         es = t.element_size()
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * es) % 16 for st in t.stride()[:-1]):
             return False
-    if not _allocator_set:  # device-side descriptors need scratch memory from an allocator
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _allocator_set = True
+    _ensure_allocator()
     return True
 
 
@@ -138,29 +147,26 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     sk = k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    full_num, full_idx, part_num, part_idx, tile_ids, tiles = layout_tensors
-    lb, lh, nqb, lkb = full_idx.shape
-    stride_b = lh * nqb if lb > 1 else 0
-    stride_h = nqb if lh > 1 else 0
-    if interpreting() and not q.is_cuda:
-        block_n, warps, stages = INTERPRETER_CONFIG
-    elif dense:
-        block_n, warps, stages = DENSE_DEFAULTS.get(d, (64, 4, 2))
-    else:
-        block_n, warps, stages = KERNEL_DEFAULTS.get((d, q_block), (64, 4, 2))
+    full_num, full_idx, part_num, part_idx, tile_ids, tiles, head_patterns = layout_tensors
+    lb, lp, nqb = full_num.shape
+    stride_b = lp * nqb if lb > 1 else 0
+    stride_p = nqb if lp > 1 else 0
+    block_n, warps, stages = _tile_config("dense", (d,), q) if dense else _tile_config("attention", (d, q_block), q)
     block_n = min(block_n, kv_block)
     grid = (triton.cdiv(sq, q_block), b * h)
-    block_sparse_attention_kernel[grid](
-        q, k, v, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        full_num, full_idx, part_num, part_idx, tile_ids, tiles, full_num if kv_lens is None else kv_lens,
-        stride_b, stride_h, lkb,
-        h, sq, sk, scale * LOG2E,
-        HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
-        DENSE=dense, HAS_PARTIAL=has_partial and not dense,
-        DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
-        num_warps=warps, num_stages=stages,
-    )
+    with _on_device(q):  # Triton launches on the current device: make it the tensors'
+        block_sparse_attention_kernel[grid](
+            q, k, v, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            full_num, full_idx, part_num, part_idx, tile_ids, tiles,
+            full_num if kv_lens is None else kv_lens, full_num if head_patterns is None else head_patterns,
+            stride_b, stride_p, full_idx.shape[-1], part_idx.shape[-1],
+            h, sq, sk, scale * LOG2E,
+            HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
+            DENSE=dense, HAS_PARTIAL=has_partial and not dense,
+            DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
+            HAS_HEAD_PATTERNS=head_patterns is not None, num_warps=warps, num_stages=stages,
+        )
     return out, lse
 
 
@@ -168,23 +174,25 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
 def _block_sparse_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
-    tile_ids: torch.Tensor, tile_masks: torch.Tensor, kv_lens: torch.Tensor | None,
+    tile_ids: torch.Tensor, tile_masks: torch.Tensor, head_patterns: torch.Tensor | None, kv_lens: torch.Tensor | None,
     q_block: int, kv_block: int, scale: float, has_partial: bool, dense: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks)
+    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns)
     if _use_triton(q):
         if dense:  # every block computed unmasked: the index-free dense loop computes the same
             return _launch_attention(q, k, v, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
                                      kv_lens, dense=True)
         return _launch_attention(q, k, v, layout_tensors, q_block, kv_block, scale, kv_lens, has_partial=has_partial)
-    layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks,
-                         (q_block, kv_block), (q.shape[2], k.shape[2]))
+    # The op receives only tensors: rebuild the (already checked) layout around them, reading nothing.
+    layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks.bool(),
+                         (q_block, kv_block), (q.shape[2], k.shape[2]), head_patterns,
+                         has_partial=has_partial, is_dense=dense, check=False)
     return torch_paths.attention(q, k, v, layout, scale, kv_lens)
 
 
 @_block_sparse_attention_op.register_fake
-def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, kv_lens, q_block, kv_block, scale,
-      has_partial, dense):
+def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns, kv_lens, q_block, kv_block,
+      scale, has_partial, dense):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -194,7 +202,7 @@ def _attention_with_lse_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q):
         empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
-        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.bool())
+        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
         return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, kv_lens,
                                  dense=True)
     return torch_paths.attention(q, k, v, None, scale, kv_lens)
@@ -257,12 +265,12 @@ def block_sparse_attention(
             "you likely need to build a new layout for this shape"
         )
     lb, lh = block_mask.shape[:2]
-    if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]):
+    if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]) or (block_mask.head_patterns is not None and lh != q.shape[1]):
         raise ValueError(
             f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
         )
     q_block, kv_block = block_mask.block_size
-    if q_block not in (16, 32, 64, 128) or kv_block not in (16, 32, 64, 128, 256):
+    if q_block not in Q_BLOCK_SIZES or kv_block not in KV_BLOCK_SIZES:
         raise ValueError(
             f"block size {block_mask.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
             "(16 / 32 work but are slow) and KV_BLOCK a power of two from 16 to 256; "
@@ -274,7 +282,7 @@ def block_sparse_attention(
         q, k, v,
         block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
         block_mask.kv_num_blocks, block_mask.kv_indices,
-        block_mask.tile_ids, block_mask.tile_masks_i8, _key_lengths(kv_lens, q, k),
+        block_mask.tile_ids, block_mask.tile_masks_i8, block_mask.head_patterns, _key_lengths(kv_lens, q, k),
         q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
     )
     return (out, lse) if return_lse else out
@@ -304,19 +312,17 @@ def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     compute_lse = lse is None
     lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device) if compute_lse else lse
     lse_in = lse_out
-    if interpreting() and not q.is_cuda:
-        block_n, warps, stages = INTERPRETER_CONFIG
-    else:
-        block_n, warps, stages = MASS_DEFAULTS.get((d, block_size), (64, 4, 2))
+    block_n, warps, stages = _tile_config("mass", (d, block_size), q)
     block_n = min(block_n, block_size)
-    block_attention_mass_kernel[(qb, b * h)](
-        q, k, lse_in, mass, lse_out, lse_in if kv_lens is None else kv_lens,
-        *q.stride(), *k.stride(), *lse_in.stride(),
-        h, sq, sk, kb, scale * LOG2E,
-        HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
-        DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, HAS_KV_LENS=kv_lens is not None,
-        num_warps=warps, num_stages=stages,
-    )
+    with _on_device(q):
+        block_attention_mass_kernel[(qb, b * h)](
+            q, k, lse_in, mass, lse_out, lse_in if kv_lens is None else kv_lens,
+            *q.stride(), *k.stride(), *lse_in.stride(),
+            h, sq, sk, kb, scale * LOG2E,
+            HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
+            DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, HAS_KV_LENS=kv_lens is not None,
+            num_warps=warps, num_stages=stages,
+        )
     if groups > 1:
         mass = mass.view(b, h, qb, groups, kb).sum(3)
     return mass, lse_out
@@ -370,7 +376,7 @@ def block_attention_mass(
     row's softmax the LSE accounts for: 1 per query row when the LSE is exact), or (mass, lse).
     """
     _check_qkv(q, k, None)
-    if block_size not in (16, 32, 64, 128):
+    if block_size not in MASS_BLOCK_SIZES:
         raise ValueError(f"block_size {block_size} is not supported: use 64 or 128")
     if lse is not None:
         if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:

@@ -115,16 +115,18 @@ def block_sparse_attention_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS,
-    layout_stride_b, layout_stride_h, layout_kb,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS,
+    layout_stride_b, layout_stride_p, full_width, part_width,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
-    h*layout_stride_h + m (strides are 0 on broadcast dims); its index lists hold layout_kb entries.
-    KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys of batch b at or past KV_LENS[b] are padding."""
+    p*layout_stride_p + m, p = HEAD_PATTERNS[h] (HAS_HEAD_PATTERNS) or h (strides are 0 on broadcast
+    dims); its full list holds full_width entries, its partial list and tile ids part_width.
+    Index lists may be int8 / int16 / int32. KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys
+    of batch b at or past KV_LENS[b] are padding."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -167,11 +169,15 @@ def block_sparse_attention_kernel(
                 offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, qk_scale, TILES,
                 tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
     else:
-        row = b * layout_stride_b + h * layout_stride_h + pid_m
+        if HAS_HEAD_PATTERNS:
+            pattern = tl.load(HEAD_PATTERNS + h).to(tl.int32)
+        else:
+            pattern = h
+        row = b * layout_stride_b + pattern * layout_stride_p + pid_m
         n_full = tl.load(FULL_NUM + row)
-        full_idx = FULL_IDX + row.to(tl.int64) * layout_kb
+        full_idx = FULL_IDX + row.to(tl.int64) * full_width
         for j in range(n_full * SUBS):
-            kb = tl.load(full_idx + j // SUBS)
+            kb = tl.load(full_idx + j // SUBS).to(tl.int32)
             start_n = kb * KV_BLOCK + (j % SUBS) * BLOCK_N
             if HAS_KV_LENS:
                 # A full block is inside kv_len, not necessarily inside this batch's kv_valid.
@@ -193,11 +199,11 @@ def block_sparse_attention_kernel(
                     TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
-            part_idx = PART_IDX + row.to(tl.int64) * layout_kb
-            tile_ids = TILE_IDS + row.to(tl.int64) * layout_kb
+            part_idx = PART_IDX + row.to(tl.int64) * part_width
+            tile_ids = TILE_IDS + row.to(tl.int64) * part_width
             for j in range(n_part * SUBS):
-                kb = tl.load(part_idx + j // SUBS)
-                tile = tl.load(tile_ids + j // SUBS)
+                kb = tl.load(part_idx + j // SUBS).to(tl.int32)
+                tile = tl.load(tile_ids + j // SUBS).to(tl.int32)
                 sub = (j % SUBS) * BLOCK_N
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,

@@ -174,6 +174,39 @@ def mode_block_map(mode: Mode, layout: TokenLayout, block_size: int | tuple[int,
     return keep | qt[:, None] | kt[None, :]
 
 
+class ModeBank:
+    """Distinct modes stored once, as the patterns of one ``BlockLayout``; the layout of a layer
+    is a head table over them (``layout(modes)``), so every layer and step that uses the same
+    modes shares one copy of their block lists (at Wan2.1-14B 720p a mode's pattern takes up to
+    0.7 MB; 2,000 (step, layer) layouts of copies would not fit on a GPU).
+
+    Args:
+        modes: every mode the bank serves (duplicates are stored once; order does not matter).
+        token_layout: the token layout the patterns are built for.
+        block_size: layout block size (Q_BLOCK, KV_BLOCK).
+        device: where the patterns live.
+    """
+
+    def __init__(self, modes, token_layout: TokenLayout, *, block_size: int | tuple[int, int] = 128, device=None):
+        self.modes: tuple = tuple(dict.fromkeys(modes))
+        if not self.modes:
+            raise ValueError("a ModeBank needs at least one mode")
+        self.index = {mode: i for i, mode in enumerate(self.modes)}
+        self.token_layout = token_layout
+        maps = torch.stack([mode_block_map(m, token_layout, block_size, device) for m in self.modes]).unsqueeze(0)
+        self.bank = BlockLayout.from_block_maps(
+            maps, block_size=block_size, seq_lengths=token_layout.seq_len,
+            head_patterns=torch.arange(len(self.modes), dtype=torch.int32),
+        )
+
+    def layout(self, modes: Sequence[Mode]) -> BlockLayout:
+        """BlockLayout [1, H, QB, KB] of one layer, head h in mode ``modes[h]``: one launch."""
+        missing = [m for m in modes if m not in self.index]
+        if missing:
+            raise KeyError(f"modes {missing} are not in this ModeBank (it holds {list(self.modes)})")
+        return self.bank.with_head_patterns([self.index[m] for m in modes])
+
+
 def head_layout(
     modes: Sequence[Mode],
     layout: TokenLayout,
@@ -183,16 +216,10 @@ def head_layout(
 ) -> BlockLayout:
     """One BlockLayout [1, H, QB, KB] serving every head of a layer in one launch (head fusion).
 
-    ``modes[h]`` is head h's mode; heads sharing a mode share one block map computation.
+    ``modes[h]`` is head h's mode; heads sharing a mode share one stored pattern (the layout's
+    ``head_patterns`` table). For many layers and steps, build a ``ModeBank`` once instead.
     """
-    cache: dict[Mode, torch.Tensor] = {}
-    maps = []
-    for mode in modes:
-        if mode not in cache:
-            cache[mode] = mode_block_map(mode, layout, block_size, device)
-        maps.append(cache[mode])
-    full = torch.stack(maps).unsqueeze(0)
-    return BlockLayout.from_block_maps(full, block_size=block_size, seq_lengths=layout.seq_len)
+    return ModeBank(modes, layout, block_size=block_size, device=device).layout(modes)
 
 
 def mode_density(mode: Mode, layout: TokenLayout, block_size: int | tuple[int, int] = 128) -> float:

@@ -278,17 +278,49 @@ def test_output_strides_follow_q(request):
 
 
 @pytest.mark.parametrize("kv_block", [48, 80])
-def test_accepted_kv_block_sizes_are_right(request, kv_block):
-    """Block-list path (a causal layout) and index-free dense path (an all-full layout)."""
+def test_kv_block_not_power_of_two_is_refused(request, kv_block):
+    """The kernel loads BLOCK_N-wide key tiles that must divide KV_BLOCK: a layout of 48- or
+    80-token key blocks (valid for FlexAttention) is refused with a message, on the block-list
+    path (a causal layout) and for an all-full layout alike, never computed wrongly."""
     S = 192
     q, k, v = to_dev(*diffusers_qkv(1, S, 1, 64, torch.float32, gen=fresh_generator(request)))
     causal = BlockLayout.from_mask_mod(lambda b, h, qi, ki: ki <= qi, None, None, S, S, block_size=(64, kv_block))
     for layout in (causal, BlockLayout.dense(S, (64, kv_block))):
-        try:
-            out = block_sparse_attention(q, k, v, layout)
-        except ValueError:
-            continue  # rejecting the block size is a fine answer too
-        check_attention(q, k, v, layout.to_dense(), out, name=f"KV_BLOCK {kv_block}")
+        with pytest.raises(ValueError, match="not served by the kernel"):
+            block_sparse_attention(q, k, v, layout)
+
+
+def test_block_sparse_head_patterns(request):
+    """Heads that share a stored pattern (head_patterns), and a view over the same bank with
+    another head table, compute exactly what the unshared per-head layout computes."""
+    gen = fresh_generator(request)
+    S, H = 200, 5
+
+    def mm(b, h, q, k):
+        return torch.where(h % 2 == 0, (q - k).abs() <= 40, k <= q)
+
+    shared = BlockLayout.from_mask_mod(mm, None, H, S, S, block_size=64)
+    assert shared.num_patterns == 2 and shared.head_patterns is not None
+    unshared = BlockLayout.from_block_maps(*shared.block_maps(), block_size=64, seq_lengths=S,
+                                           tile_ids=shared.tile_map(), tile_masks=shared.tile_masks,
+                                           share_head_patterns=False)
+    q, k, v = to_dev(*diffusers_qkv(2, S, H, 64, torch.float16, gen=gen))
+    out, lse = block_sparse_attention(q, k, v, shared, return_lse=True)
+    check_attention(q, k, v, shared.to_dense(), out, lse, name="head patterns")
+    assert torch.equal(out, block_sparse_attention(q, k, v, unshared))
+    view = shared.with_head_patterns([1, 1, 0, 0, 1])
+    out_v = block_sparse_attention(q, k, v, view)
+    check_attention(q, k, v, view.to_dense(), out_v, name="head table view")
+
+
+def test_block_sparse_int16_indices(request):
+    """More than 127 key blocks: int16 index lists (a narrow band keeps the interpreter quick)."""
+    S, blk = 2100, 16
+    layout = BlockLayout.from_mask_mod(lambda b, h, q, k: (q - k).abs() <= 20, None, None, S, S, block_size=blk)
+    assert layout.full_kv_indices.dtype == torch.int16 and layout.kv_indices.dtype == torch.int16
+    q, k, v = to_dev(*diffusers_qkv(1, S, 1, 16, torch.float16, gen=fresh_generator(request)))
+    out, lse = block_sparse_attention(q, k, v, layout, return_lse=True)
+    check_attention(q, k, v, layout.to_dense(), out, lse, name="int16 indices")
 
 
 # --------------------------------------------------------------------------- errors
@@ -369,14 +401,16 @@ def test_attention_with_lse_cross_lengths_and_scale(request, dtype):
 
 
 def test_attention_with_lse_equals_dense_layout(request):
-    """The dense op and the block-sparse op with an all-full layout compute the same function."""
+    """The dense op and the block-sparse op with an all-full layout run the same index-free loop:
+    the same numbers, each within 2x of PyTorch's own error against float64."""
     q, k, v = to_dev(*diffusers_qkv(1, 200, 2, 64, torch.float32, gen=fresh_generator(request)))
     out_d, lse_d = attention_with_lse(q, k, v)
-    out_s, lse_s = block_sparse_attention(q, k, v, BlockLayout.dense(200, 128), return_lse=True)
-    ref, ref_lse = attention_ref(q, k, v)
-    # Both are within fp32 rounding of the float64 reference, hence of each other.
-    assert_close_to_reference(out_d, ref, out_s)
-    assert_close_to_reference(lse_d, ref_lse, lse_s)
+    dense = BlockLayout.dense(200, 128)
+    assert dense.is_dense
+    out_s, lse_s = block_sparse_attention(q, k, v, dense, return_lse=True)
+    check_attention(q, k, v, None, out_d, lse_d, name="attention_with_lse")
+    check_attention(q, k, v, None, out_s, lse_s, name="dense layout")
+    assert torch.equal(out_d, out_s) and torch.equal(lse_d, lse_s)
 
 
 # =========================================================================== block_attention_mass
@@ -515,11 +549,35 @@ def _check_compiled(layout, q, k, v, fn):
 
 
 def test_torch_compile_fullgraph_prepared_layout(request):
-    """Under torch.compile(fullgraph=True) the custom ops and their fake implementations keep one graph."""
+    """Under torch.compile(fullgraph=True) the custom ops and their fake implementations keep one
+    graph, with a layout built before compilation."""
     layout, q, k, v = _compile_case(request)
     _check_compiled(layout, q, k, v, _fn(layout))
 
 
-def test_torch_compile_fullgraph_fresh_layout(request):
-    layout, q, k, v = _compile_case(request)
-    _check_compiled(layout, q, k, v, _fn(layout))
+def test_torch_compile_fullgraph_layout_built_inside(request):
+    """AdaSpa's flow inside one compiled graph: dense pass with LSE, block mass, a per-row top-k,
+    a layout from those device tensors (from_kv_blocks, check=False: no host synchronisation)
+    and the block-sparse pass over it."""
+    import torch._dynamo
+
+    _, q, k, v = _compile_case(request)
+    S, blk, keep = q.shape[2], 64, 2
+
+    def fn(q, k, v):
+        _, lse = attention_with_lse(q, k, v)
+        mass = block_attention_mass(q, k, lse, blk)
+        idx = mass.topk(keep, dim=-1).indices
+        num = torch.full(idx.shape[:3], keep, dtype=torch.int32, device=idx.device)
+        layout = BlockLayout.from_kv_blocks(full_kv_num_blocks=num, full_kv_indices=idx, block_size=blk,
+                                            seq_lengths=S, check=False)
+        return block_sparse_attention(q, k, v, layout), idx
+
+    torch._dynamo.reset()
+    got, idx = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v)
+    want, want_idx = fn(q, k, v)
+    assert torch.equal(idx, want_idx) and torch.equal(got, want)
+    kb = -(-S // blk)
+    chosen = torch.zeros(*idx.shape[:3], kb, dtype=torch.int32).scatter_add_(-1, idx.cpu(), torch.ones_like(idx.cpu(), dtype=torch.int32)) > 0
+    layout = BlockLayout.from_block_maps(chosen, block_size=blk, seq_lengths=S)
+    check_attention(q, k, v, layout.to_dense(), got, name="compiled top-k layout")
