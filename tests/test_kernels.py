@@ -581,3 +581,36 @@ def test_torch_compile_fullgraph_layout_built_inside(request):
     chosen = torch.zeros(*idx.shape[:3], kb, dtype=torch.int32).scatter_add_(-1, idx.cpu(), torch.ones_like(idx.cpu(), dtype=torch.int32)) > 0
     layout = BlockLayout.from_block_maps(chosen, block_size=blk, seq_lengths=S)
     check_attention(q, k, v, layout.to_dense(), got, name="compiled top-k layout")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_layout_built_inside(request):
+    """The same top-k flow captured in a CUDA graph: from_kv_blocks(check=False) reads nothing
+    back to the host, so capture succeeds, and a replay on new inputs equals an eager run."""
+    gen = fresh_generator(request)
+    S, H, blk, keep = 1000, 2, 64, 3
+    q, k, v = to_dev(*diffusers_qkv(1, S, H, 64, torch.bfloat16, gen=gen))
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+
+    def fn():
+        _, lse = attention_with_lse(q, k, v)
+        idx = block_attention_mass(q, k, lse, blk).topk(keep, dim=-1).indices
+        num = torch.full(idx.shape[:3], keep, dtype=torch.int32, device=idx.device)
+        layout = BlockLayout.from_kv_blocks(full_kv_num_blocks=num, full_kv_indices=idx, block_size=blk,
+                                            seq_lengths=S, check=False)
+        return block_sparse_attention(q, k, v, layout)
+
+    fn()  # compile the kernels outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    for _ in range(2):
+        q.copy_(torch.randn_like(q))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, fn())
