@@ -61,10 +61,10 @@ TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0
 # Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
 
 
-def _tile_config(kind: str, key: tuple[int, ...], q: torch.Tensor) -> tuple[int, int, int]:
+def _tile_config(kind: str, key: tuple[int, ...], q: torch.Tensor, block_m: int) -> tuple[int, int, int]:
     if interpreting() and not q.is_cuda:
         return tuning.INTERPRETER
-    return tuning.config(kind, key, q.device)
+    return tuning.config(kind, key, q.device, block_m=block_m, elem_size=q.element_size())
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -151,7 +151,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
-    block_n, warps, stages = _tile_config("dense", (d,), q) if dense else _tile_config("attention", (d, q_block), q)
+    block_n, warps, stages = _tile_config("dense" if dense else "attention", (d,) if dense else (d, q_block), q, q_block)
     block_n = min(block_n, kv_block)
     grid = (triton.cdiv(sq, q_block), b * h)
     with _on_device(q):  # Triton launches on the current device: make it the tensors'
@@ -312,7 +312,7 @@ def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     compute_lse = lse is None
     lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device) if compute_lse else lse
     lse_in = lse_out
-    block_n, warps, stages = _tile_config("mass", (d, block_size), q)
+    block_n, warps, stages = _tile_config("mass", (d, block_size), q, block_size)
     block_n = min(block_n, block_size)
     with _on_device(q):
         block_attention_mass_kernel[(qb, b * h)](

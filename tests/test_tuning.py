@@ -93,3 +93,18 @@ def test_tma_allocator_keeps_the_users():
     assert got is attention._tma_scratch
     got, user = contextvars.copy_context().run(run, True)
     assert got is user
+
+
+def test_fit_shared_memory():
+    """The bf16-tuned configs shrink for fp32 and big head dims, and stay as they are when they fit."""
+    limit = 232448  # H200's opt-in shared memory per block
+    # bf16, D=64, Q_BLOCK 128: 4 stages of 128-key K and V tiles fit.
+    assert tuning.fit_shared_memory((128, 4, 4), block_m=128, head_dim=64, elem_size=2, kv_operands=2,
+                                    limit=limit) == (128, 4, 4)
+    # fp32 doubles every tile: this config needed 311,832 bytes on the H200 and failed to launch.
+    bn, warps, stages = tuning.fit_shared_memory((128, 4, 4), block_m=128, head_dim=64, elem_size=4,
+                                                 kv_operands=2, limit=limit)
+    assert warps == 4 and 4 * 64 * (128 + 2 * stages * bn) <= 0.85 * limit and stages < 4
+    bn, _, stages = tuning.fit_shared_memory((128, 8, 3), block_m=128, head_dim=256, elem_size=4, kv_operands=2,
+                                             limit=limit)
+    assert 4 * 256 * (128 + 2 * stages * bn) <= 0.85 * limit
