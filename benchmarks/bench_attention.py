@@ -79,6 +79,8 @@ def parse_args(argv=None):
                    help="on the CPU: run compiled FlexAttention (slow) or skip it")
     p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=150, help="do_bench rep, ms (raised to >= 5 calls)")
+    p.add_argument("--index-dtype", choices=["narrow", "int32"], default="narrow",
+                   help="index lists of the random layouts: the compact default, or widened to int32 (measurement)")
     g = p.add_argument_group("kernel config overrides (kernels.tuning overrides of the 'attention' table before the runs)")
     g.add_argument("--block-n", type=int, default=None, help="BLOCK_N (clipped to KV_BLOCK by the launcher)")
     g.add_argument("--warps", type=int, default=None, help="num_warps")
@@ -134,8 +136,13 @@ class Ctx:
         return self._cudnn[key]
 
     def layout(self, key: str, block: int, density: float, seed: int = 2):
-        return common.random_block_layout(
+        layout = common.random_block_layout(
             self.shapes[key], block, density, self.device, seed=seed, text_dense=self.args.text_dense)
+        if self.args.index_dtype == "int32":  # measurement: the compact lists widened back to int32
+            layout = dataclasses.replace(
+                layout, kv_indices=layout.kv_indices.int(), full_kv_indices=layout.full_kv_indices.int(),
+                tile_ids=layout.tile_ids.int(), check=False)
+        return layout
 
 
 def _target(kind: str, speedup: float | None, ours_tflops: float | None = None) -> tuple[str, bool | None]:

@@ -87,7 +87,10 @@ def sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- environment
 def git_commit() -> str:
-    """HEAD of the repository (with ``-dirty`` if tracked files changed), else $SPARSE_VDIT_COMMIT."""
+    """$SPARSE_VDIT_COMMIT when set (the GPU machine's copy of the tree may carry a stale .git),
+    else HEAD of the repository (with ``-dirty`` if tracked files changed)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         head = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10

@@ -37,6 +37,7 @@ from kernels.limits import (
 
 try:  # Triton is a Linux dependency; elsewhere only the PyTorch path exists.
     import triton
+    from triton.runtime.errors import OutOfResources
 
     from kernels.triton_block_mass import block_attention_mass_kernel
     from kernels.triton_block_sparse import LOG2E, block_sparse_attention_kernel, interpreting
@@ -61,10 +62,27 @@ TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0
 # Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
 
 
-def _tile_config(kind: str, key: tuple[int, ...], q: torch.Tensor, block_m: int) -> tuple[int, int, int]:
+def _launch_fitting(kind: str, key: tuple[int, ...], q: torch.Tensor, launch) -> None:
+    """``launch(block_n, num_warps, num_stages)`` with the table's config for (kind, key); if it
+    does not fit the GPU's shared memory (Triton raises OutOfResources at its first launch),
+    shrink it until it does and remember that for later launches of the same dtype."""
     if interpreting() and not q.is_cuda:
-        return tuning.INTERPRETER
-    return tuning.config(kind, key, q.device, block_m=block_m, elem_size=q.element_size())
+        launch(*tuning.INTERPRETER)
+        return
+    variant = (q.dtype,)
+    cfg = tuning.config(kind, key, q.device, variant)
+    while True:
+        try:
+            with _on_device(q):  # Triton launches on the current device: make it the tensors'
+                launch(*cfg)
+        except OutOfResources:
+            smaller = tuning.shrink(cfg)
+            if smaller is None:
+                raise
+            cfg = smaller
+            tuning.remember(kind, key, q.device, variant, cfg)
+            continue
+        return
 
 
 def _use_triton(t: torch.Tensor) -> bool:
@@ -151,22 +169,24 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
-    block_n, warps, stages = _tile_config("dense" if dense else "attention", (d,) if dense else (d, q_block), q, q_block)
-    block_n = min(block_n, kv_block)
     grid = (triton.cdiv(sq, q_block), b * h)
-    with _on_device(q):  # Triton launches on the current device: make it the tensors'
+
+    def launch(block_n: int, warps: int, stages: int) -> None:
         block_sparse_attention_kernel[grid](
             q, k, v, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             full_num, full_idx, part_num, part_idx, tile_ids, tiles,
             full_num if kv_lens is None else kv_lens, full_num if head_patterns is None else head_patterns,
             stride_b, stride_p, full_idx.shape[-1], part_idx.shape[-1],
+            0 if head_patterns is None else head_patterns.stride(0),
             h, sq, sk, scale * LOG2E,
-            HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=block_n,
+            HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=min(block_n, kv_block),
             DENSE=dense, HAS_PARTIAL=has_partial and not dense,
             DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
             HAS_HEAD_PATTERNS=head_patterns is not None, num_warps=warps, num_stages=stages,
         )
+
+    _launch_fitting("dense" if dense else "attention", (d,) if dense else (d, q_block), q, launch)
     return out, lse
 
 
@@ -211,6 +231,15 @@ def _attention_with_lse_op(
 @_attention_with_lse_op.register_fake
 def _(q, k, v, kv_lens, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _head_table(layout: BlockLayout, heads: int) -> torch.Tensor | None:
+    """The layout's head-to-pattern table for ``heads`` heads (a one-entry table broadcast as a
+    stride-0 view: no copy), or None."""
+    table = layout.head_patterns
+    if table is None or table.shape[0] == heads:
+        return table
+    return table.expand(heads)
 
 
 def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
@@ -265,7 +294,7 @@ def block_sparse_attention(
             "you likely need to build a new layout for this shape"
         )
     lb, lh = block_mask.shape[:2]
-    if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]) or (block_mask.head_patterns is not None and lh != q.shape[1]):
+    if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]):
         raise ValueError(
             f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
         )
@@ -282,7 +311,7 @@ def block_sparse_attention(
         q, k, v,
         block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
         block_mask.kv_num_blocks, block_mask.kv_indices,
-        block_mask.tile_ids, block_mask.tile_masks_i8, block_mask.head_patterns, _key_lengths(kv_lens, q, k),
+        block_mask.tile_ids, block_mask.tile_masks_i8, _head_table(block_mask, q.shape[1]), _key_lengths(kv_lens, q, k),
         q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
     )
     return (out, lse) if return_lse else out
@@ -312,17 +341,17 @@ def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     compute_lse = lse is None
     lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device) if compute_lse else lse
     lse_in = lse_out
-    block_n, warps, stages = _tile_config("mass", (d, block_size), q, block_size)
-    block_n = min(block_n, block_size)
-    with _on_device(q):
+    def launch(block_n: int, warps: int, stages: int) -> None:
         block_attention_mass_kernel[(qb, b * h)](
             q, k, lse_in, mass, lse_out, lse_in if kv_lens is None else kv_lens,
             *q.stride(), *k.stride(), *lse_in.stride(),
             h, sq, sk, kb, scale * LOG2E,
-            HEAD_DIM=d, BLOCK=block_size, BLOCK_N=block_n, COMPUTE_LSE=compute_lse,
+            HEAD_DIM=d, BLOCK=block_size, BLOCK_N=min(block_n, block_size), COMPUTE_LSE=compute_lse,
             DOT_FP32=_dot_fp32(q), ROW_GROUP=row_group, HAS_KV_LENS=kv_lens is not None,
             num_warps=warps, num_stages=stages,
         )
+
+    _launch_fitting("mass", (d, block_size), q, launch)
     if groups > 1:
         mass = mass.view(b, h, qb, groups, kb).sum(3)
     return mass, lse_out

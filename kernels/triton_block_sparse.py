@@ -116,15 +116,15 @@ def block_sparse_attention_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS,
-    layout_stride_b, layout_stride_p, full_width, part_width,
+    layout_stride_b, layout_stride_p, full_width, part_width, head_pattern_stride,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
-    p*layout_stride_p + m, p = HEAD_PATTERNS[h] (HAS_HEAD_PATTERNS) or h (strides are 0 on broadcast
-    dims); its full list holds full_width entries, its partial list and tile ids part_width.
+    p*layout_stride_p + m, p = HEAD_PATTERNS[h * head_pattern_stride] (HAS_HEAD_PATTERNS) or h
+    (strides are 0 on broadcast dims); its full list holds full_width entries, its partial list and tile ids part_width.
     Index lists may be int8 / int16 / int32. KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys
     of batch b at or past KV_LENS[b] are padding."""
     pid_m = tl.program_id(0)
@@ -170,7 +170,7 @@ def block_sparse_attention_kernel(
                 tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
     else:
         if HAS_HEAD_PATTERNS:
-            pattern = tl.load(HEAD_PATTERNS + h).to(tl.int32)
+            pattern = tl.load(HEAD_PATTERNS + h * head_pattern_stride).to(tl.int32)
         else:
             pattern = h
         row = b * layout_stride_b + pattern * layout_stride_p + pid_m

@@ -88,51 +88,40 @@ def clear_overrides() -> None:
     _OVERRIDES.clear()
 
 
-def config(kind: str, key: tuple[int, ...], device: torch.device, *, block_m: int | None = None,
-           elem_size: int = 2) -> Config:
-    """The tile configuration of ``kind`` for ``key`` on ``device`` (a CUDA device), shrunk to
-    the device's shared memory for ``elem_size``-byte inputs when ``block_m`` (query rows per
-    program) is given. Benchmark overrides are returned as set."""
+_SHRUNK: dict[tuple, Config] = {}  # (kind, key, variant, capability) -> a config that fits
+
+
+def config(kind: str, key: tuple[int, ...], device: torch.device, variant: tuple = ()) -> Config:
+    """The tile configuration of ``kind`` for ``key`` on ``device`` (a CUDA device). ``variant``
+    (e.g. the input dtype) tells apart launches whose table config had to shrink (``remember``).
+    Benchmark overrides are returned as set."""
     if (kind, key) in _OVERRIDES:
         return _OVERRIDES[(kind, key)]
     index = device.index if device.index is not None else torch.cuda.current_device()
-    _, table = table_for(_capability(index))
-    cfg = table[kind].get(key, GENERIC)
-    if block_m is None:
-        return cfg
-    return fit_shared_memory(cfg, block_m=block_m, head_dim=key[0], elem_size=elem_size,
-                             kv_operands=1 if kind == "mass" else 2, limit=_shared_memory_limit(index))
+    cap = _capability(index)
+    shrunk = _SHRUNK.get((kind, key, variant, cap))
+    if shrunk is not None:
+        return shrunk
+    _, table = table_for(cap)
+    return table[kind].get(key, GENERIC)
 
 
-SHARED_MEMORY_HEADROOM = 0.85  # Triton's own staging buffers come on top of the operand tiles
+def remember(kind: str, key: tuple[int, ...], device: torch.device, variant: tuple, cfg: Config) -> None:
+    """Use ``cfg`` for later launches of (kind, key, variant) on this GPU model (it fit)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    _SHRUNK[(kind, key, variant, _capability(index))] = cfg
 
 
-@functools.lru_cache(maxsize=None)
-def _shared_memory_limit(device_index: int) -> int:
-    props = torch.cuda.get_device_properties(device_index)
-    return int(getattr(props, "shared_memory_per_block_optin", 0) or 99 * 1024)
-
-
-def fit_shared_memory(cfg: Config, *, block_m: int, head_dim: int, elem_size: int, kv_operands: int,
-                      limit: int) -> Config:
-    """Shrink ``cfg`` until its pipelined tiles fit ``limit`` bytes of shared memory: the tables
-    are tuned for bf16 / fp16, and fp32 inputs or large head dims need twice the bytes per tile.
-
-    Estimate: the query tile plus ``num_stages`` copies of ``kv_operands`` (2 for K and V, 1 for
-    the mass kernel's K) [BLOCK_N, head_dim] tiles; stages go first, then BLOCK_N halves.
-    """
+def shrink(cfg: Config) -> Config | None:
+    """The next smaller config to try when ``cfg`` does not fit the GPU's shared memory (the
+    tables are tuned for bf16 / fp16; fp32 inputs and large head dims need twice the bytes per
+    tile): one pipeline stage fewer, then half the key tile. None when nothing smaller is left."""
     block_n, warps, stages = cfg
-
-    def need(bn: int, st: int) -> int:
-        return elem_size * head_dim * (block_m + st * kv_operands * bn)
-
-    budget = int(limit * SHARED_MEMORY_HEADROOM)
-    while need(block_n, stages) > budget and (stages > 1 or block_n > 16):
-        if stages > 1:
-            stages -= 1
-        else:
-            block_n //= 2
-    return block_n, warps, stages
+    if stages > 1:
+        return block_n, warps, stages - 1
+    if block_n > 16:
+        return block_n // 2, warps, stages
+    return None
 
 
 def write_tables(capability: tuple[int, int], gpu_name: str, entries: dict[str, dict[tuple[int, ...], Config]],

@@ -313,6 +313,20 @@ def test_block_sparse_head_patterns(request):
     check_attention(q, k, v, view.to_dense(), out_v, name="head table view")
 
 
+def test_block_sparse_one_entry_head_table_broadcasts(request):
+    """A one-head layout with a head table (head_layout([mode])) serves every head of q."""
+    from sparse_vdit.modes import Diagonal, head_layout
+    from sparse_vdit.token_layout import TokenLayout
+
+    tokens = TokenLayout(3, 4, 16)
+    one = head_layout([Diagonal(1)], tokens, block_size=64)
+    assert one.head_patterns is not None and one.shape[1] == 1
+    q, k, v = to_dev(*diffusers_qkv(1, tokens.seq_len, 3, 64, torch.float16, gen=fresh_generator(request)))
+    out = block_sparse_attention(q, k, v, one)
+    assert torch.equal(out, block_sparse_attention(q, k, v, head_layout([Diagonal(1)] * 3, tokens, block_size=64)))
+    check_attention(q, k, v, one.to_dense(), out, name="broadcast head table")
+
+
 def test_block_sparse_int16_indices(request):
     """More than 127 key blocks: int16 index lists (a narrow band keeps the interpreter quick)."""
     S, blk = 2100, 16

@@ -95,16 +95,44 @@ def test_tma_allocator_keeps_the_users():
     assert got is user
 
 
-def test_fit_shared_memory():
-    """The bf16-tuned configs shrink for fp32 and big head dims, and stay as they are when they fit."""
-    limit = 232448  # H200's opt-in shared memory per block
-    # bf16, D=64, Q_BLOCK 128: 4 stages of 128-key K and V tiles fit.
-    assert tuning.fit_shared_memory((128, 4, 4), block_m=128, head_dim=64, elem_size=2, kv_operands=2,
-                                    limit=limit) == (128, 4, 4)
-    # fp32 doubles every tile: this config needed 311,832 bytes on the H200 and failed to launch.
-    bn, warps, stages = tuning.fit_shared_memory((128, 4, 4), block_m=128, head_dim=64, elem_size=4,
-                                                 kv_operands=2, limit=limit)
-    assert warps == 4 and 4 * 64 * (128 + 2 * stages * bn) <= 0.85 * limit and stages < 4
-    bn, _, stages = tuning.fit_shared_memory((128, 8, 3), block_m=128, head_dim=256, elem_size=4, kv_operands=2,
-                                             limit=limit)
-    assert 4 * 256 * (128 + 2 * stages * bn) <= 0.85 * limit
+def test_configs_that_do_not_fit_shrink_and_are_remembered(monkeypatch):
+    """A table config too big for the GPU's shared memory (bf16-tuned tiles with fp32 inputs:
+    311,832 bytes asked of the H200's 232,448) shrinks until Triton can launch it, and the launch
+    after that starts from the config that fit."""
+    import contextlib
+    import types
+
+    from triton.runtime.errors import OutOfResources
+
+    import kernels.attention as attention
+
+    monkeypatch.setattr(tuning, "_capability", lambda index: (9, 0))
+    monkeypatch.setattr(tuning, "_SHRUNK", {})
+    monkeypatch.setattr(attention, "interpreting", lambda: False)
+    monkeypatch.setattr(attention, "_on_device", lambda t: contextlib.nullcontext())
+    q = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.float32)
+    tried = []
+
+    def launch(block_n, warps, stages):
+        tried.append((block_n, warps, stages))
+        if block_n * stages > 128:
+            raise OutOfResources(311832, 232448, "shared memory")
+
+    key = (64, 128)
+    table_cfg = tuning.config("attention", key, q.device)
+    assert table_cfg[0] * table_cfg[2] > 128, "the shipped config for (64, 128) is the one that failed"
+    attention._launch_fitting("attention", key, q, launch)
+    fitted = tried[-1]
+    assert tried[0] == table_cfg and fitted[0] * fitted[2] <= 128 and fitted[1] == table_cfg[1]
+    tried.clear()
+    attention._launch_fitting("attention", key, q, launch)
+    assert tried == [fitted], "the next launch starts from the config that fit"
+    q16 = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.bfloat16)
+    assert tuning.config("attention", key, q16.device, (q16.dtype,)) == table_cfg, "bf16 keeps the table config"
+
+    def never(block_n, warps, stages):
+        raise OutOfResources(1 << 30, 232448, "shared memory")
+
+    with pytest.raises(OutOfResources):
+        attention._launch_fitting("mass", (64, 64), q, never)
+    assert tuning.shrink((16, 4, 1)) is None
