@@ -166,6 +166,9 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     full_num, full_idx, part_num, part_idx, tile_ids, tiles, head_patterns = layout_tensors
+    # Index lists are stored narrow (int8 / int16) but loaded as int32: the kernel's per-block
+    # scalar index loads pipeline only at 4 bytes (int16 lists ran 5% slower on the H200).
+    full_idx, part_idx, tile_ids = (t.to(torch.int32) for t in (full_idx, part_idx, tile_ids))
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
