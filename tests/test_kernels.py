@@ -628,3 +628,17 @@ def test_cuda_graph_layout_built_inside(request):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, fn())
+
+
+def test_meta_tensors_give_shapes():
+    """On the meta device (shape propagation, accelerate's empty weights) every op returns meta
+    outputs of the right shapes instead of failing inside a host read; a layout moved there keeps
+    its facts (no tensor is read)."""
+    q = torch.empty(2, 3, 100, 64, device="meta", dtype=torch.bfloat16)
+    layout = BlockLayout.from_mask_mod(lambda b, h, qi, ki: ki <= qi, None, None, 100, 100, block_size=64)
+    out, lse = block_sparse_attention(q, q, q, layout, return_lse=True, kv_lens=torch.tensor([5, 9], device="meta"))
+    assert out.device.type == "meta" and out.shape == q.shape and lse.shape == (2, 3, 100)
+    assert attention_with_lse(q, q, q)[1].shape == (2, 3, 100)
+    assert block_attention_mass(q, q, None, 64).shape == (2, 3, 2, 2)
+    moved = layout.to("meta")
+    assert moved.has_partial == layout.has_partial and moved.device.type == "meta"
