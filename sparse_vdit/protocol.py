@@ -42,8 +42,10 @@ the step index there only if the computation really changes per step; otherwise 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
 
 import torch
 
@@ -56,6 +58,10 @@ __all__ = [
     "AttentionCall",
     "AttentionMethod",
     "check_model_matches",
+    "model_mismatch",
+    "public_config",
+    "config_fingerprint",
+    "config_differences",
 ]
 
 
@@ -70,6 +76,10 @@ class ModelInfo:
         layer_names: module path of each layer's attention, by layer index.
         text_position: where text sits in the joint sequence: "none", "before" or "after".
         patch_size: (t, h, w) patch of the latent grid.
+        config_fingerprint: ``config_fingerprint`` of the transformer config ("" when unknown):
+            models of one structure but other settings (RoPE, norms, sizes of other parts) differ
+            only here. ``differences`` leaves it out.
+        config: the transformer config, ``public_config`` form (None when unknown); not compared.
     """
 
     family: str
@@ -79,12 +89,14 @@ class ModelInfo:
     layer_names: tuple[str, ...]
     text_position: str
     patch_size: tuple[int, int, int]
+    config_fingerprint: str = ""
+    config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def differences(self, other: "ModelInfo") -> list[str]:
-        """Human-readable list of the fields that differ ("num_heads: 12 here, 40 there")."""
+        """Human-readable list of the structural fields that differ ("num_heads: 12 here, 40 there")."""
         out = []
         for f in fields(self):
-            if f.name == "layer_names":
+            if f.name in _NOT_STRUCTURE:
                 continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if mine != theirs:
@@ -94,15 +106,57 @@ class ModelInfo:
         return out
 
 
+_NOT_STRUCTURE = frozenset({"layer_names", "config_fingerprint", "config"})
+
+
+def model_mismatch(expected: ModelInfo, actual: ModelInfo, what: str = "this plan") -> str | None:
+    """The message naming every structural difference between the model ``what`` was made for and
+    ``actual``, and what to do; None when they match."""
+    diffs = expected.differences(actual)
+    if not diffs:
+        return None
+    return (
+        f"{what} was made for a different model ({expected.family}, {expected.num_layers} layers x "
+        f"{expected.num_heads} heads x {expected.head_dim}): " + "; ".join(diffs)
+        + ". Make a plan for this model (or apply the plan to the model it was made for)."
+    )
+
+
 def check_model_matches(expected: ModelInfo, actual: ModelInfo, what: str = "this plan") -> None:
     """Raise ``ValueError`` naming every difference between the model ``what`` was made for and ``actual``."""
-    diffs = expected.differences(actual)
-    if diffs:
-        raise ValueError(
-            f"{what} was made for a different model ({expected.family}, {expected.num_layers} layers x "
-            f"{expected.num_heads} heads x {expected.head_dim}): " + "; ".join(diffs)
-            + ". Make a plan for this model (or apply the plan to the model it was made for)."
-        )
+    message = model_mismatch(expected, actual, what)
+    if message is not None:
+        raise ValueError(message)
+
+
+# ------------------------------------------------------------------------ model config
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A transformer config as plain JSON values: private keys (``_name_or_path``,
+    ``_diffusers_version``, ``_class_name``, ... anything starting with "_") dropped, tuples as
+    lists, anything JSON cannot hold as its ``str``. Idempotent."""
+    public = {str(k): v for k, v in dict(config).items() if not str(k).startswith("_")}
+    return json.loads(json.dumps(public, sort_keys=True, default=str))
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``public_config(config)``: equal configs, equal prints."""
+    canonical = json.dumps(public_config(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def config_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """``"key: <expected value> expected, <value> in this model"`` for each config key whose value
+    differs (both taken in ``public_config`` form; a key one side lacks shows as "absent")."""
+    mine, theirs = public_config(expected), public_config(actual)
+
+    def shown(config: dict, key: str) -> str:
+        return repr(config[key]) if key in config else "absent"
+
+    return [
+        f"{key}: {shown(mine, key)} expected, {shown(theirs, key)} in this model"
+        for key in sorted(set(mine) | set(theirs))
+        if key not in mine or key not in theirs or mine[key] != theirs[key]
+    ]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
-from sparse_vdit.protocol import ModelInfo
+from sparse_vdit.protocol import ModelInfo, config_fingerprint, public_config
 from sparse_vdit.token_layout import TokenLayout
 
 __all__ = ["Family", "config_value", "square_patch_size", "video_inputs"]
@@ -80,12 +80,13 @@ class Family:
         )
 
     def model_info(self, transformer: torch.nn.Module) -> ModelInfo:
-        """The ``ModelInfo`` of a transformer of this family."""
+        """The ``ModelInfo`` of a transformer of this family (with its config and config fingerprint)."""
         names = self.layer_names(transformer)
         if not names:
             raise ValueError(f"found no attention layers in this {self.class_name}: is it a diffusers model?")
         attn = transformer.get_submodule(names[0])
         heads = int(attn.heads)
+        config = public_config(transformer.config)
         return ModelInfo(
             family=self.class_name,
             num_layers=len(names),
@@ -94,6 +95,8 @@ class Family:
             layer_names=tuple(names),
             text_position=self.text_position,
             patch_size=self.patch_size(transformer.config),
+            config_fingerprint=config_fingerprint(config),
+            config=config,
         )
 
 
