@@ -24,12 +24,15 @@ Choices where the paper is open (written down here, tested in tests/test_modes.p
 ``head_layout(modes, token_layout)`` turns one mode per head into a single BlockLayout with a head
 dimension, so one kernel launch serves every head of a layer (head fusion): the per-head block
 lists are the mode table.
+
+``mode_to_dict`` / ``mode_from_dict`` write and read a mode as JSON values (plan files):
+``{"mode": "diagonal", "rows": 4}``, VerticalStripe frames as a list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, fields
+from typing import Any, Sequence, Union
 
 import torch
 
@@ -93,6 +96,71 @@ class VerticalStripe:
 
 Mode = Union[Full, Skip, Diagonal, MultiDiagonal, VerticalStripe]
 MODES = (Full, Skip, Diagonal, MultiDiagonal, VerticalStripe)
+MODE_BY_NAME = {cls.name: cls for cls in MODES}
+
+
+# ------------------------------------------------------------------ (de)serialisation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_int(value: Any) -> int:
+    if not _is_int(value):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _read_optional_int(value: Any) -> int | None:
+    return None if value is None else _read_int(value)
+
+
+def _read_int_tuple(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of integers, got {value!r}")
+    return tuple(_read_int(v) for v in value)
+
+
+# JSON value -> parameter, by the parameter's annotation (a new parameter type needs a reader here).
+_PARAMETER_READERS = {"int": _read_int, "int | None": _read_optional_int, "tuple[int, ...]": _read_int_tuple}
+
+
+def mode_to_dict(mode: Mode) -> dict[str, Any]:
+    """The mode as JSON values: ``{"mode": name, parameter: value, ...}`` (tuples as lists)."""
+    if type(mode) not in MODES:
+        raise TypeError(f"unknown mode {mode!r}; modes are {', '.join(m.__name__ for m in MODES)}")
+    out: dict[str, Any] = {"mode": mode.name}
+    for f in fields(mode):
+        value = getattr(mode, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def mode_from_dict(data: Any) -> Mode:
+    """The mode ``mode_to_dict`` wrote. Every parameter must be given.
+
+    Raises ``ValueError`` naming the valid modes for an unknown name, the valid parameters for an
+    unknown or missing one, and the rule a value breaks (e.g. Diagonal rows >= 0).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("mode"), str):
+        raise ValueError(f'a mode is an object {{"mode": name, parameter: value, ...}}, got {data!r}')
+    name = data["mode"]
+    cls = MODE_BY_NAME.get(name)
+    if cls is None:
+        raise ValueError(f"unknown mode {name!r}: the modes are {', '.join(MODE_BY_NAME)}")
+    params = {f.name: f for f in fields(cls)}
+    valid = ", ".join(params) or "none"
+    given = {key: value for key, value in data.items() if key != "mode"}
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}: its parameters are {valid}")
+    missing = [key for key in params if key not in given]
+    if missing:
+        raise ValueError(f"{name} needs its parameter(s) {', '.join(missing)} (its parameters are {valid})")
+    try:
+        values = {key: _PARAMETER_READERS[str(f.type)](given[key]) for key, f in params.items()}
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{name} {given}: {exc}") from None
 
 
 def _row_relation(mode: Mode, layout: TokenLayout, device) -> torch.Tensor:
