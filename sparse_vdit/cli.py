@@ -41,7 +41,30 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     demo.add_argument("--output-dir", default=None, help="write stock.mp4 and sparse.mp4 here")
     demo.set_defaults(func=_demo)
+    plan = sub.add_parser("plan", help="inspect Sparse-vDiT plan files")
+    plan_sub = plan.add_subparsers(dest="plan_command", metavar="PLAN_COMMAND", required=True)
+    show = plan_sub.add_parser(
+        "show", help="print a plan: its model, search settings, and the modes per step range and layer with densities"
+    )
+    show.add_argument("plan", help="a plan file, a folder holding plan.json, or a Hugging Face Hub repo id")
+    show.add_argument("--filename", default="plan.json", help="the plan's file name in a folder or Hub repo")
+    show.add_argument("--revision", default=None, help="Hub branch, tag or commit")
+    show.set_defaults(func=_plan_show)
     return parser
+
+
+def _plan_show(args: argparse.Namespace) -> int:
+    from sparse_vdit.plan import PlanError
+    from sparse_vdit.plan_file import load_plan
+    from sparse_vdit.plan_show import format_plan
+
+    try:
+        plan = load_plan(args.plan, filename=args.filename, revision=args.revision)
+    except PlanError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    print(format_plan(plan, str(args.plan)))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
