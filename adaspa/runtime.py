@@ -1,0 +1,111 @@
+"""One AdaSpa attention call, shared by the diffusers method (``AdaSpaConfig``) and the functional
+entry (``adaspa_attention``): run this step's phase for one layer, reading and writing its state.
+
+The kernel ops come from ``ops``, an object with ``attention_with_lse(q, k, v)``,
+``block_attention_mass(q, k, lse, block_size)``, ``block_sparse_attention(q, k, v, layout)`` that
+apply the call's key padding, and ``kv_lens`` ([B] or None): through diffusers that is the
+``AttentionCall`` itself (its bound ops), in the functional entry the kernels with ``kv_lens``
+bound.
+
+Padded tokens (index >= kv_lens[b]) are padding as queries too: their rows get LSE = +inf before
+the mass pass, so they carry no mass and garbage there never moves a selection (a block mixing
+video rows with padded text rows is selected by its real rows only).
+
+Everything on the search and sparse paths is device work with no host synchronisation; the
+branches are on Python values fixed before the call (the phase, the geometry, which layers the
+state holds), so a compiled transformer traces each phase as one graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adaspa.schedule import CACHED_SEARCH, DENSE, FIRST_SEARCH, SPARSE
+from adaspa.search import BlockGeometry, select_blocks
+from adaspa.state import AdaSpaState
+
+if TYPE_CHECKING:
+    from adaspa.config import AdaSpaConfig
+
+__all__ = ["StepPlan", "attend"]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What every attention call of one step does (``AdaSpaConfig.plan``).
+
+    Attributes:
+        phase: one of ``adaspa.schedule.PHASES``.
+        keep_lse: a search in this step leaves the LSE cached (a later search step will read it).
+        geometry: the block grid and text of the step's attention calls.
+    """
+
+    phase: str
+    keep_lse: bool
+    geometry: BlockGeometry
+
+
+def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
+           q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any) -> torch.Tensor | None:
+    """This step's attention for layer ``layer``: q, k, v [B, H, S, D] -> out [B, H, S, D], or None
+    in the dense (warm-up) phase, where the caller computes dense attention its own way.
+
+    A layer whose first search was missed (no selection at a sparse step, no cached LSE at a later
+    search step: a state handed in mid-generation, say) runs a first search now.
+    """
+    if plan.phase == DENSE:
+        return None
+    geometry = plan.geometry
+    if q.shape[2] != geometry.seq_len or k.shape[2] != geometry.seq_len:
+        raise ValueError(
+            f"AdaSpa is self-attention over one sequence: q has {q.shape[2]} tokens, k {k.shape[2]}, "
+            f"the step's token layout {geometry.seq_len}"
+        )
+    state.check(geometry, q.shape[0])
+    phase = plan.phase
+    missed = (phase == SPARSE and not state.has_selection(layer)) or (
+        phase == CACHED_SEARCH and state.cached_lse(layer) is None
+    )
+    if phase == FIRST_SEARCH or missed:
+        out, lse = ops.attention_with_lse(q, k, v)
+        lse = _padded_rows_massless(lse, ops.kv_lens)
+        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse)
+        return out
+    if phase == CACHED_SEARCH:
+        lse = state.cached_lse(layer)
+        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse)
+    out = ops.block_sparse_attention(q, k, v, state.layout(layer))
+    return _dense_text_rows(out, q, k, v, geometry, ops)
+
+
+def _search(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
+            mass: torch.Tensor, lse: torch.Tensor) -> None:
+    selection = select_blocks(
+        mass, plan.geometry, sparsity=config.sparsity, recall_threshold=config.recall_threshold, tiers=config.tiers
+    )
+    state.store(layer, selection, plan.geometry)
+    if plan.keep_lse:
+        state.cache_lse(layer, lse)
+    else:
+        state.drop_lse(layer)
+
+
+def _padded_rows_massless(lse: torch.Tensor, kv_lens: torch.Tensor | None) -> torch.Tensor:
+    """lse [B, H, S] with +inf on the rows of padded tokens (exp(s - inf) = 0: no mass)."""
+    if kv_lens is None:
+        return lse
+    rows = torch.arange(lse.shape[-1], device=lse.device)
+    return lse.masked_fill(rows >= kv_lens.to(lse.device).view(-1, 1, 1), float("inf"))
+
+
+def _dense_text_rows(out: torch.Tensor, q, k, v, geometry: BlockGeometry, ops: Any) -> torch.Tensor:
+    """Text query rows attend every key (the text sink): computed densely, written over ``out``."""
+    if not geometry.text_len:
+        return out
+    rows = slice(geometry.text_start, geometry.text_end)
+    text_out, _ = ops.attention_with_lse(q[:, :, rows], k, v)
+    out[:, :, rows] = text_out
+    return out

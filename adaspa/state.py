@@ -1,0 +1,134 @@
+"""AdaSpa's per-generation, per-branch state: the LSE cache and the block selection of every layer.
+
+One ``AdaSpaState`` serves one generation and one CFG branch. Through diffusers, the step tracker
+makes a fresh one per generation and branch (``method.new_state()`` -> ``call.state``): Wan's cond
+and uncond calls of one step get separate states, CogVideoX's batched cond / uncond (B = 2) shares
+one whose tensors keep a batch dimension (each sample its own selection). With
+``adaspa.adaspa_attention`` you make one per generation and branch yourself.
+
+Storage, chosen to stay compact (sizes at HunyuanVideo 720p in ``cache_bytes`` and the README):
+
+- LSE: [B, H, S] **float16**, per layer, cached at the first search step and only while a later
+  search step will read it (dropped after the last one; never stored when there is none). fp16
+  keeps 11 significant bits: an LSE error e scales one row's mass by exp(e), |e| <= |LSE| * 2^-11,
+  which moves no block across a top-k boundary unless two blocks' masses agree to that precision
+  (tests check the selection is unchanged). bf16 (8 bits) would be 8x coarser for the same bytes.
+- Selection: [B, H, QB, ceil(KB / 8)] uint8 **bitmask** per layer (one bit per block). At the
+  default sparsity rows keep 10-30% of blocks, where int16 index lists would take 2.6x to 8x more;
+  the layout's index lists are rebuilt from the bitmask on the device at each sparse step
+  (``search.layout_from_blocks``, no host synchronisation).
+- Per head (diagnostics): recall and tier sparsity, [B, H] float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adaspa.search import BlockGeometry, Selection, layout_from_blocks, pack_blocks, unpack_blocks
+from kernels.block_layout import BlockLayout
+
+__all__ = ["AdaSpaState", "LSE_CACHE_DTYPE", "cache_bytes"]
+
+LSE_CACHE_DTYPE = torch.float16
+PER_HEAD_DTYPE = torch.float32
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cache_bytes(*, layers: int, heads: int, seq_len: int, block_size: int, batch: int = 1) -> dict[str, int]:
+    """Bytes an ``AdaSpaState`` holds at most, for ``layers`` layers of ``heads`` heads over
+    ``seq_len`` tokens: {"lse", "selection", "per_head", "total"} (one CFG branch; the LSE part is
+    held only from the first to the last search step)."""
+    qb = _cdiv(seq_len, block_size)
+    lse = layers * batch * heads * seq_len * torch.finfo(LSE_CACHE_DTYPE).bits // 8
+    selection = layers * batch * heads * qb * _cdiv(qb, 8)
+    per_head = 2 * layers * batch * heads * torch.finfo(PER_HEAD_DTYPE).bits // 8
+    return {"lse": lse, "selection": selection, "per_head": per_head, "total": lse + selection + per_head}
+
+
+class AdaSpaState:
+    """What AdaSpa keeps between the steps of one generation and CFG branch.
+
+    Attributes (dicts keyed by layer index):
+        lse: [B, H, S] float16, the row LSE cached at the first search step.
+        selections: [B, H, QB, ceil(KB / 8)] uint8, the packed block selection in use.
+        widths: the index-list width that holds every row of the selection (Python int).
+        recall: [B, H] float32, the fraction of each head's attention mass the selection keeps
+            (measured at the search that made it).
+        head_sparsity: [B, H] float32, each head's tier sparsity.
+        geometry: the block grid all layers share (set by the first search), or None.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (a new generation)."""
+        self.lse: dict[int, torch.Tensor] = {}
+        self.selections: dict[int, torch.Tensor] = {}
+        self.widths: dict[int, int] = {}
+        self.recall: dict[int, torch.Tensor] = {}
+        self.head_sparsity: dict[int, torch.Tensor] = {}
+        self.geometry: BlockGeometry | None = None
+
+    def __repr__(self) -> str:
+        return f"AdaSpaState({len(self.selections)} layers selected, {len(self.lse)} LSE cached, {self.nbytes()} bytes)"
+
+    # ------------------------------------------------------------------ writing
+    def check(self, geometry: BlockGeometry, batch: int) -> None:
+        """Raise ``ValueError`` when a call does not fit what this state holds (another resolution,
+        block size or batch: a state must not outlive its generation)."""
+        if self.geometry is not None and geometry != self.geometry:
+            raise ValueError(
+                f"this AdaSpa state holds selections for {self.geometry.seq_len} tokens in blocks of "
+                f"{self.geometry.block_size}, but the call has {geometry.seq_len} tokens in blocks of "
+                f"{geometry.block_size}: use a fresh state per generation and CFG branch "
+                "(through diffusers the step tracker makes one; handle.reset() starts a new generation)"
+            )
+        held = next(iter(self.selections.values()), None)
+        if held is not None and held.shape[0] != batch:
+            raise ValueError(
+                f"this AdaSpa state holds selections for batch {held.shape[0]}, but the call has batch {batch}: "
+                "use a fresh state per generation and CFG branch"
+            )
+
+    def store(self, layer: int, selection: Selection, geometry: BlockGeometry) -> None:
+        """Keep ``selection`` (packed) as layer ``layer``'s selection until the next search."""
+        self.check(geometry, selection.blocks.shape[0])
+        self.geometry = geometry
+        self.selections[layer] = pack_blocks(selection.blocks)
+        self.widths[layer] = selection.width
+        self.recall[layer] = selection.recall
+        self.head_sparsity[layer] = selection.head_sparsity
+
+    def cache_lse(self, layer: int, lse: torch.Tensor) -> None:
+        """Cache layer ``layer``'s row LSE ([B, H, S] float32) for the later search steps."""
+        self.lse[layer] = lse.to(LSE_CACHE_DTYPE)
+
+    def drop_lse(self, layer: int) -> None:
+        self.lse.pop(layer, None)
+
+    # ------------------------------------------------------------------ reading
+    def has_selection(self, layer: int) -> bool:
+        return layer in self.selections
+
+    def cached_lse(self, layer: int) -> torch.Tensor | None:
+        """The LSE cached for ``layer`` ([B, H, S] float16), or None."""
+        return self.lse.get(layer)
+
+    def selected_blocks(self, layer: int) -> torch.Tensor:
+        """[B, H, QB, KB] bool: the key blocks each query block of layer ``layer`` computes."""
+        if layer not in self.selections:
+            raise KeyError(f"layer {layer} has no AdaSpa selection yet (layers with one: {sorted(self.selections)})")
+        return unpack_blocks(self.selections[layer], self.geometry.num_blocks)
+
+    def layout(self, layer: int) -> BlockLayout:
+        """The ``BlockLayout`` of layer ``layer``'s selection, built on the device (no synchronisation)."""
+        return layout_from_blocks(self.selected_blocks(layer), self.geometry, self.widths[layer])
+
+    def nbytes(self) -> int:
+        """Bytes of every tensor held (LSE, selections, per-head values)."""
+        groups = (self.lse, self.selections, self.recall, self.head_sparsity)
+        return sum(t.numel() * t.element_size() for group in groups for t in group.values())
