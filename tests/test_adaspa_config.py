@@ -1,10 +1,15 @@
-"""AdaSpaConfig: the paper's defaults, the step schedule for any number of steps, and a clear error
-for every configuration AdaSpa cannot run, at construction and when applied."""
+"""AdaSpaConfig: the paper's defaults, the step schedule for any number of steps, a clear error for
+every configuration AdaSpa cannot run, at construction and when applied; adaspa needs no diffusers."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,8 @@ from adaspa.schedule import CACHED_SEARCH, DENSE, FIRST_SEARCH, SPARSE, round_ha
 from pipelines import apply_sparse_attention, tiny
 from sparse_vdit.protocol import ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_papers():
@@ -122,3 +129,27 @@ def test_unsupported_dtype_is_refused_after_warm_up_only():
     assert cfg.begin_forward(_forward(3, 50, torch.float64)).phase == DENSE
     with pytest.raises(ValueError, match="pipe.to\\(torch.bfloat16\\)"):
         cfg.begin_forward(_forward(10, 50, torch.float64))
+
+
+NO_DIFFUSERS = """
+import json, sys
+sys.modules["diffusers"] = None  # any import of diffusers now raises ImportError
+import torch
+from adaspa import AdaSpaConfig, AdaSpaState, adaspa_attention
+q, k, v = torch.randn(3, 1, 2, 40, 64).unbind(0)
+cfg = AdaSpaConfig(block_size=16, warmup_steps=0, search_steps=(0,), schedule_steps=None)
+state = AdaSpaState()
+shapes = [list(adaspa_attention(q, k, v, state, step=step, config=cfg).shape) for step in range(2)]
+loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("diffusers", "pipelines"))
+print(json.dumps({"loaded": loaded, "shapes": shapes}))
+"""
+
+
+def test_adaspa_runs_without_diffusers():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", NO_DIFFUSERS], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"loaded": [], "shapes": [[1, 2, 40, 64]] * 2}
