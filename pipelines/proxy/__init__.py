@@ -1,0 +1,42 @@
+"""The proxy model: a small Wan video DiT trained here on procedural videos with known structure.
+
+Real checkpoints cannot be downloaded on our machines and random weights have no attention
+structure; the proxy gives quality numbers that mean something (see /work/shared/docs/proxy.md).
+
+    from pipelines.proxy import load_proxy_pipeline, PROXY_GENERATION
+    pipe = load_proxy_pipeline("cpu")                      # WanPipeline, no download
+    video = pipe("a red circle moves right", **PROXY_GENERATION).frames
+
+    python -m pipelines.proxy.train [--minutes 9] [--smoke]     # make the checkpoint
+    python -m pipelines.proxy.attention_stats                    # does it have structure?
+
+Modules: ``latent`` (the exact latent map standing in for the VAE), ``data`` (procedural captioned
+videos, caption checks), ``model`` (architecture, checkpoint, loader), ``train``, ``attention_stats``.
+"""
+
+from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, VideoBatch, caption_checks, procedural_videos
+from pipelines.proxy.latent import SpaceToDepthVideoVAE
+from pipelines.proxy.model import (
+    PROXY_CHECKPOINT,
+    PROXY_CONFIG,
+    PROXY_GENERATION,
+    SMOKE_CONFIG,
+    ProxyCheckpointMissing,
+    ProxyConfig,
+    build_proxy_pipeline,
+    load_proxy_pipeline,
+    place_proxy_pipeline,
+    proxy_parameter_count,
+    read_proxy_metadata,
+    save_proxy_checkpoint,
+)
+
+__all__ = [
+    # the data and the latent map
+    "PROXY_CAPTIONS", "PROXY_SAMPLE_PROMPTS", "PROXY_VOCAB", "VideoBatch", "procedural_videos", "caption_checks",
+    "SpaceToDepthVideoVAE",
+    # the model: configs, loader, checkpoint
+    "ProxyConfig", "PROXY_CONFIG", "SMOKE_CONFIG", "PROXY_CHECKPOINT", "PROXY_GENERATION", "ProxyCheckpointMissing",
+    "build_proxy_pipeline", "load_proxy_pipeline", "place_proxy_pipeline", "save_proxy_checkpoint",
+    "read_proxy_metadata", "proxy_parameter_count",
+]
