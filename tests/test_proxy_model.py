@@ -1,0 +1,174 @@
+"""The proxy model: sizes, the smoke training run, the checkpoint and loader, the missing-checkpoint error."""
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pipelines.proxy import (
+    PROXY_CHECKPOINT,
+    PROXY_CONFIG,
+    PROXY_GENERATION,
+    PROXY_VOCAB,
+    SMOKE_CONFIG,
+    ProxyConfig,
+    ProxyCheckpointMissing,
+    load_proxy_pipeline,
+    proxy_parameter_count,
+    read_proxy_metadata,
+)
+from pipelines.proxy.model import MAX_CHECKPOINT_BYTES
+from pipelines.proxy.train import SMOKE_OPTIONS, main, parse_args, train, training_flops_per_video
+
+
+def test_proxy_size_and_geometry():
+    n = proxy_parameter_count()
+    assert 8e6 < n < 12e6
+    assert 2 * n <= MAX_CHECKPOINT_BYTES  # bfloat16 transformer; the text encoder adds < 0.2 MB
+    assert PROXY_CONFIG.tokens == (9, 16, 24)  # 3,456 tokens per forward
+    assert PROXY_CONFIG.latent_channels == 48
+    assert (PROXY_GENERATION["num_frames"], PROXY_GENERATION["height"], PROXY_GENERATION["width"]) == (33, 64, 96)
+    assert 4e11 < training_flops_per_video() < 5e11
+
+
+def test_config_guards_the_output_width():
+    """A token's outputs (channels x patch) must fit the width, else the noise outside proj_out's
+    range is never removed: Wan's VAE-like 4x spatial factor (192 channels) does not fit 256."""
+    with pytest.raises(ValueError, match="exceeds the transformer width 256"):
+        ProxyConfig(scale_factor_spatial=4, height=128, width=192)
+    assert ProxyConfig(scale_factor_spatial=4, height=128, width=192, num_heads=12).latent_channels == 192
+    with pytest.raises(ValueError, match="multiples of 16"):
+        ProxyConfig(height=72)
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    with pytest.raises(ProxyCheckpointMissing, match="python -m pipelines.proxy.train") as info:
+        load_proxy_pipeline(path=tmp_path / "absent.safetensors")
+    assert "build_proxy_pipeline" in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    if not PROXY_CHECKPOINT.exists():
+        with pytest.raises(ProxyCheckpointMissing, match=str(PROXY_CHECKPOINT)):
+            load_proxy_pipeline()
+    bogus = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(bogus))
+    with pytest.raises(ValueError, match="not a proxy checkpoint"):
+        load_proxy_pipeline(path=bogus)
+
+
+def test_parse_args():
+    smoke = parse_args(["--smoke", "--out", "x"])
+    assert smoke.config == SMOKE_CONFIG and smoke.max_steps == SMOKE_OPTIONS["max_steps"] and smoke.out == "x"
+    full = parse_args(["--minutes", "8.5", "--batch-size", "48", "--no-samples"])
+    assert full.config == PROXY_CONFIG and full.minutes == 8.5 and full.batch_size == 48 and not full.samples
+    assert full.max_steps is None and full.ema == 0.999
+    with pytest.raises(ValueError, match="--install"):
+        train(parse_args(["--smoke", "--install"]))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy_smoke")
+    assert main(["--smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_training_learns_and_writes_everything(smoke_run):
+    record = json.loads((smoke_run / "training.json").read_text())
+    assert record["steps"] == SMOKE_OPTIONS["max_steps"] and record["seed"] == 0
+    assert record["validation_loss"] < 0.85 * record["initial_validation_loss"]
+    with open(smoke_run / "loss.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert len(curve) == SMOKE_OPTIONS["max_steps"] // SMOKE_OPTIONS["log_every"]
+    val = [float(row["val_loss"]) for row in curve]
+    assert val[-1] < val[0] and sum(val[-3:]) < sum(val[:3])
+    checkpoint = smoke_run / "proxy.safetensors"
+    assert checkpoint.stat().st_size == record["checkpoint_bytes"] < MAX_CHECKPOINT_BYTES
+    meta = read_proxy_metadata(checkpoint)
+    assert meta["proxy_config"] == SMOKE_CONFIG.to_dict() and meta["training"]["steps"] == record["steps"]
+    assert meta["vocab"] == list(PROXY_VOCAB)
+    assert len(meta["latents_mean"]) == 48 and 0.2 < meta["latents_std"][0] < 0.7
+    prompts = SMOKE_OPTIONS["sample_prompts"]
+    assert len(list((smoke_run / "samples").glob("*.mp4"))) == len(prompts)
+    assert (smoke_run / "samples" / "samples.png").exists() and (smoke_run / "data.png").exists()
+    assert [r["prompt"] for r in json.loads((smoke_run / "samples" / "samples.json").read_text())] == list(prompts)
+
+
+def test_checkpoint_loads_and_generates(smoke_run):
+    checkpoint = smoke_run / "proxy.safetensors"
+    pipe = load_proxy_pipeline(path=checkpoint)
+    assert pipe.transformer.config.num_layers == SMOKE_CONFIG.num_layers and pipe.proxy_training["steps"] == 40
+    with safe_open(str(checkpoint), framework="pt") as f:
+        stored = f.get_tensor("transformer.blocks.0.attn1.to_q.weight")
+        assert stored.dtype == torch.bfloat16
+        assert torch.equal(pipe.transformer.blocks[0].attn1.to_q.weight, stored.float())
+        assert torch.equal(pipe.text_encoder.shared.weight, f.get_tensor("text_encoder.shared.weight"))
+    kwargs = dict(height=SMOKE_CONFIG.height, width=SMOKE_CONFIG.width, num_frames=SMOKE_CONFIG.frames,
+                  num_inference_steps=2, max_sequence_length=16, output_type="pt")
+    video = pipe("a red circle moves right", generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert video.shape == (1, 9, 3, SMOKE_CONFIG.height, SMOKE_CONFIG.width) and torch.isfinite(video).all()
+    again = load_proxy_pipeline(path=checkpoint)("a red circle moves right", generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert torch.equal(video, again)  # loading depends on no RNG
+
+    low = load_proxy_pipeline("cpu", torch.bfloat16, path=checkpoint)
+    assert low.transformer.dtype == torch.bfloat16 and low.transformer.blocks[0].scale_shift_table.dtype == torch.float32
+    video16 = low("a red circle moves right", generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert video16.shape == video.shape and (video16.float() - video).abs().mean() < 0.05
+
+
+def test_training_is_deterministic(tmp_path):
+    opts = replace(parse_args(["--smoke"]), max_steps=3, samples=False, log_every=1)
+    a = train(replace(opts, out=str(tmp_path / "a")))
+    b = train(replace(opts, out=str(tmp_path / "b")))
+    assert [row["loss"] for row in a.curve] == [row["loss"] for row in b.curve]
+    with safe_open(str(a.checkpoint), framework="pt") as fa, safe_open(str(b.checkpoint), framework="pt") as fb:
+        assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+
+def test_training_objective_matches_the_pipeline():
+    """A transformer predicting the training target exactly (an oracle that knows x0) makes
+    WanPipeline reproduce x0's video: interpolation, target sign, timestep scale and latent
+    normalisation of the training agree with the scheduler's Euler steps and the pipeline's decode."""
+    from pipelines.proxy import build_proxy_pipeline, procedural_videos
+    from pipelines.proxy.train import TIMESTEP_SCALE, flow_matching_example, latent_statistics
+
+    c = SMOKE_CONFIG
+    video = procedural_videos(1, frames=c.frames, height=c.height, width=c.width, seed=0, labels=["a red circle moves right"]).video
+    mean, std = latent_statistics(c, 0, 2, "cpu")
+    pipe = build_proxy_pipeline(c, latents_mean=mean, latents_std=std)
+    pipe.set_progress_bar_config(disable=True)
+    x0 = pipe.vae.normalize(pipe.vae.encode(video))
+    seen = []
+
+    def oracle(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs):
+        sigma = timestep.float() / TIMESTEP_SCALE
+        noise = (hidden_states - (1 - sigma) * x0) / sigma  # the noise that puts x_t on x0's line
+        x_t, t, target = flow_matching_example(x0, noise, sigma)
+        torch.testing.assert_close(x_t, hidden_states)
+        torch.testing.assert_close(t, timestep.float())
+        seen.append(float(sigma))
+        return (target,)
+
+    pipe.transformer.forward = oracle
+    frames = pipe("a red circle moves right", height=c.height, width=c.width, num_frames=c.frames, num_inference_steps=4,
+                  guidance_scale=1.0, max_sequence_length=16, output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    assert len(seen) == 4 and seen[0] == 1.0
+    torch.testing.assert_close(frames, (video / 2 + 0.5).permute(0, 2, 1, 3, 4), atol=1e-4, rtol=0)
+
+
+def test_training_sigmas_have_the_schedules_density():
+    """shifted_sigma of an even grid is the scheduler's sigma schedule: uniform u in training."""
+    from pipelines.proxy import build_proxy_pipeline
+    from pipelines.proxy.train import shifted_sigma
+
+    scheduler = build_proxy_pipeline(SMOKE_CONFIG).scheduler
+    scheduler.set_timesteps(20)
+    sigma = scheduler.sigmas[:-1].double()
+    shift = SMOKE_CONFIG.shift
+    u = sigma / (shift - (shift - 1) * sigma)
+    torch.testing.assert_close(shifted_sigma(u, shift), sigma)
+    torch.testing.assert_close(u.diff(), torch.full((19,), float(u.diff().mean()), dtype=torch.float64), atol=1e-6, rtol=0)
