@@ -50,6 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--filename", default="plan.json", help="the plan's file name in a folder or Hub repo")
     show.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     show.set_defaults(func=_plan_show)
+    from search.command import add_parser as add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 

@@ -53,7 +53,12 @@ def _header(plan: Plan, source: str | None) -> list[tuple[str, str]]:
         runs = ", ".join(f"{len(calibration[k])} {k}" for k in ("prompts", "seeds") if isinstance(calibration.get(k), list))
         method = calibration.get("method")
         detail = ", ".join(str(x) for x in (method, runs) if x)
-        rows.append(("calibration", f"consistency {calibration['consistency']}" + (f" ({detail})" if detail else "")))
+        value = calibration["consistency"]
+        shown = f"{value:.1%}" if isinstance(value, float) else str(value)
+        extra = [f"{label} {calibration[key]:.1%}" for key, label in (("kind_agreement", "same kind"),
+                 ("unanimous", "unanimous")) if isinstance(calibration.get(key), float)]
+        rows.append(("calibration", f"consistency {shown}" + "".join(f", {e}" for e in extra)
+                     + (f" ({detail})" if detail else "")))
     if plan.created:
         rows.append(("created", plan.created))
     if source:

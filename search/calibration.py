@@ -1,0 +1,57 @@
+"""Several searches (prompts x seeds) combined into one plan, and how consistent they were.
+
+The paper claims the modes depend on layer and head, not on the prompt. Here that is measured:
+for every (step, layer, head) the runs vote; the plan takes the majority mode (a tie goes to the
+costliest of the tied modes, i.e. the one that computes most: the safe side), and the report says
+
+    consistency     mean over (step, layer, head) of the share of runs that chose the plan's mode
+    kind_agreement  the same, comparing only the mode kind (diagonal vs multi-diagonal ...), not
+                    its parameters
+    unanimous       share of (step, layer, head) where every run chose the same mode
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from sparse_vdit.modes import Full, Mode
+
+StepModes = Sequence[Sequence[Sequence[Mode]]]  # [step][layer][head]
+
+
+def combine_runs(runs: Sequence[StepModes], costs: dict[Mode, float]) -> tuple[list, dict]:
+    """(majority step modes [step][layer][head], consistency report) of several runs' decisions."""
+    if not runs:
+        raise ValueError("no search runs to combine")
+    shape = (len(runs[0]), len(runs[0][0]), len(runs[0][0][0]))
+    for r in runs:
+        if (len(r), len(r[0]), len(r[0][0])) != shape:
+            raise ValueError("search runs of different step, layer or head counts cannot be combined")
+    n = len(runs)
+    plan, agree, kind_agree, unanimous, cells = [], 0.0, 0.0, 0, 0
+    for s in range(shape[0]):
+        layers = []
+        for layer in range(shape[1]):
+            heads = []
+            for h in range(shape[2]):
+                votes = Counter(r[s][layer][h] for r in runs)
+                top = max(votes.values())
+                tied = [m for m, c in votes.items() if c == top]
+                choice = max(tied, key=lambda m: (costs.get(m, 1.0 if isinstance(m, Full) else 0.0), repr(m)))
+                heads.append(choice)
+                kinds = Counter(type(r[s][layer][h]) for r in runs)
+                agree += top / n
+                kind_agree += kinds[type(choice)] / n
+                unanimous += top == n
+                cells += 1
+            layers.append(tuple(heads))
+        plan.append(layers)
+    report = {
+        "runs": n,
+        "consistency": agree / cells,
+        "kind_agreement": kind_agree / cells,
+        "unanimous": unanimous / cells,
+        "method": "majority per (step, layer, head); ties to the costliest mode",
+    }
+    return plan, report

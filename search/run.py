@@ -1,0 +1,97 @@
+"""``search_plan``: the offline search of a pipeline over prompts and seeds, into a ``Plan``.
+
+    from search import search_plan
+    plan = search_plan(pipe, ["a cat runs", "a red bird flies"], seeds=[0, 1], num_inference_steps=50,
+                       height=480, width=832, num_frames=81)
+    save_plan(plan, "plan.json")
+
+Every (prompt, seed) is one greedy search along its own trajectory (``search.greedy``); the runs
+are combined by majority (``search.calibration``), and the plan records how consistent they were.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from pipelines.apply import apply_sparse_attention
+from pipelines.families import family_of, model_info
+from search.calibration import combine_runs
+from search.candidates import DEFAULT_CANDIDATES
+from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA, PlanSearch
+from sparse_vdit.modes import Mode
+
+
+def default_block_size(device: torch.device | str) -> int:
+    """128 on a GPU (the tuned kernel tile); 16 elsewhere (tiny proxy models on the CPU)."""
+    return 128 if torch.device(device).type == "cuda" else 16
+
+
+def search_plan(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    *,
+    num_inference_steps: int = 50,
+    candidates: Sequence[Mode] = DEFAULT_CANDIDATES,
+    lam: float = DEFAULT_LAMBDA,
+    epsilon: float = DEFAULT_EPSILON,
+    block_size: int | None = None,
+    cost: str = "auto",
+    progress: bool = True,
+    **call_kwargs: Any,
+):
+    """Search a Sparse-vDiT plan for ``pipe`` (a diffusers pipeline of a supported family).
+
+    Args:
+        prompts, seeds: every combination is one search run (calibration).
+        num_inference_steps: steps of each run (the plan serves other counts, see ``Plan``).
+        candidates, lam, epsilon, block_size, cost: as ``search.greedy.PlanSearch`` (block size
+            default: per device, ``default_block_size``).
+        call_kwargs: passed to ``pipe(...)`` (height, width, num_frames, guidance_scale, ...).
+
+    Returns a ``sparse_vdit.plan.Plan``.
+    """
+    from sparse_vdit.plan import CostTable, Plan
+
+    if not prompts:
+        raise ValueError("give at least one prompt to search with")
+    transformer = pipe.transformer
+    device = transformer.device
+    block = block_size or default_block_size(device)
+    PlanSearch(candidates, lam=lam, epsilon=epsilon, block_size=block, cost=cost)  # bad arguments fail here, first
+    call_kwargs.setdefault("output_type", "latent")  # the search needs the trajectory, not the pixels
+    runs, costs, source, gpu, shape, layout = [], None, None, None, None, None
+    combos = list(itertools.product(prompts, seeds))
+    for prompt, seed in tqdm(combos, desc="search runs (prompt x seed)", disable=not progress):
+        method = PlanSearch(candidates, lam=lam, epsilon=epsilon, block_size=block, cost=cost,
+                            costs=costs, cost_source=source, gpu=gpu)
+        with apply_sparse_attention(pipe, method):
+            pipe(prompt, num_inference_steps=num_inference_steps,
+                 generator=torch.Generator(device="cpu").manual_seed(int(seed)), **call_kwargs)
+        runs.append(method.step_modes())
+        costs, source, gpu = method.costs, method.cost_source, method.gpu
+        shape = shape or method.cost_shape
+        layout = layout or method.token_layout
+    step_modes, report = combine_runs(runs, costs)
+    report.update(prompts=list(prompts), seeds=[int(s) for s in seeds])
+    info = model_info(transformer, family_of(transformer))
+    return Plan.from_step_modes(
+        step_modes,
+        model=info,
+        model_config=dict(info.config),
+        token_layout=layout,
+        num_steps=len(step_modes),
+        block_size=block,
+        lam=lam,
+        epsilon=epsilon,
+        cost=CostTable(source=source, gpu=gpu, shape=shape.describe(),
+                       costs=tuple((m, float(c)) for m, c in costs.items())),
+        calibration=report,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
