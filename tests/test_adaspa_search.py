@@ -367,3 +367,31 @@ def test_state_refuses_another_generation_shape(request, fallback):
         adaspa_attention(*shorter, state, step=2, config=config(0.5))
     with pytest.raises(ValueError, match="batch 1"):
         adaspa_attention(*(t.expand(2, -1, -1, -1) for t in (q, k, v)), state, step=2, config=config(0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@torch.no_grad()
+def test_cached_search_and_sparse_steps_capture_in_a_cuda_graph(request):
+    """Neither a later search step (mass with the cached LSE, top-k, tiers, selection written to the
+    state) nor a sparse step (layout rebuilt from the bitmask, block-sparse kernel) reads anything
+    back to the host: both capture in a CUDA graph, and a replay equals the eager step."""
+    q, k, v = (t.cuda() for t in structured_qkv(fresh_generator(request), seq=1000, dtype=torch.bfloat16))
+    cfg = AdaSpaConfig(block_size=64, warmup_steps=0, search_steps=(0, 1, 2), schedule_steps=None)
+    state = AdaSpaState()
+    adaspa_attention(q, k, v, state, step=0, config=cfg)  # the first search, eager
+    for step in (1, 3):  # a search step that keeps the LSE (step 2 follows), a sparse step
+        def run():
+            return adaspa_attention(q, k, v, state, step=step, config=cfg)
+
+        want = run()  # compiles the kernels outside the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want), f"step {step}: the replayed step differs from the eager one"
