@@ -113,12 +113,13 @@ def test_flop_costs_are_densities():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measured costs need a GPU")
 def test_measured_costs_are_cached(tmp_path):
-    layout = TokenLayout(4, 16, 32)
-    shape = CostShape(layout, 4, 64, 1, 64, torch.bfloat16)
+    # A real shape (Wan 480p, 12 heads): at toy sizes the launch overhead, not the kernel, is timed.
+    layout = TokenLayout(21, 30, 52)
+    shape = CostShape(layout, 12, 128, 1, 128, torch.bfloat16)
     cands = (Skip(), Diagonal(1), MultiDiagonal(1, None))
     costs, source, gpu = candidate_costs(cands, shape, torch.device("cuda"), "measured", cache=tmp_path)
     assert source == "measured" and gpu and costs[Full()] == 1.0
-    assert costs[Skip()] < costs[Diagonal(1)] < costs[MultiDiagonal(1, None)] < 2.0
+    assert costs[Skip()] < costs[Diagonal(1)] < costs[MultiDiagonal(1, None)] < 1.0
     again, _, _ = candidate_costs(cands, shape, torch.device("cuda"), "measured", cache=tmp_path)
     assert again == costs, "the second search at the same shape reads the cache"
 
