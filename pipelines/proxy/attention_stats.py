@@ -266,7 +266,8 @@ def attention_statistics(
         steps: step indices to record; None: first, middle and last step.
         query_stride: see ``query_rows``.
         generation: pipeline call arguments over ``PROXY_GENERATION`` (height, width, num_frames,
-            guidance_scale, max_sequence_length); the output is left as a latent.
+            guidance_scale, max_sequence_length; the size defaults to the one a proxy pipeline was
+            trained at); the output is left as a latent.
     """
     from pipelines.apply import apply_sparse_attention
     from pipelines.proxy.model import PROXY_GENERATION
@@ -274,7 +275,10 @@ def attention_statistics(
     if steps is None:
         steps = sorted({0, num_inference_steps // 2, num_inference_steps - 1})
     recorder = AttentionRecorder(steps=steps, query_stride=query_stride)
-    kwargs = {**PROXY_GENERATION, **generation, "num_inference_steps": num_inference_steps, "output_type": "latent"}
+    config = getattr(pipe, "proxy_config", None)  # a proxy made at another size runs at its own
+    trained = {} if config is None else dict(height=config.height, width=config.width, num_frames=config.frames,
+                                              max_sequence_length=config.max_sequence_length)
+    kwargs = {**PROXY_GENERATION, **trained, **generation, "num_inference_steps": num_inference_steps, "output_type": "latent"}
     with apply_sparse_attention(pipe, recorder), torch.no_grad():
         for i, prompt in enumerate(prompts):
             pipe(prompt, generator=torch.Generator().manual_seed(seed + i), **kwargs)
