@@ -294,8 +294,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     started_at = time.monotonic() if started_at is None else started_at
     deadline = started_at + opts.minutes * 60 - opts.tail_seconds
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 parts (validation, samples)
     torch.manual_seed(opts.seed)
 
     mean, std = latent_statistics(config, opts.seed, opts.batch_size, device)
