@@ -199,3 +199,19 @@ BIG_HARD_SHAPES = [
 
 def hard_shapes(include_big: bool = True) -> list:
     return HARD_SHAPES + (BIG_HARD_SHAPES if include_big else [])
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+def capture_cuda_graph(fn):
+    """(graph, outputs) of ``fn()`` captured in a CUDA graph, after the warm-up on a side stream
+    that capture needs (kernels compiled and allocator pools set outside the capture)."""
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

@@ -23,7 +23,7 @@ from adaspa.search import (
     unpack_blocks,
 )
 from adaspa.state import cache_bytes
-from helpers import assert_close_to_reference, fresh_generator
+from helpers import assert_close_to_reference, capture_cuda_graph, fresh_generator
 from kernels.attention import attention_with_lse, block_attention_mass
 from kernels.reference import attention_ref, key_padding_ref
 from sparse_vdit.token_layout import TokenLayout
@@ -383,15 +383,8 @@ def test_cached_search_and_sparse_steps_capture_in_a_cuda_graph(request):
         def run():
             return adaspa_attention(q, k, v, state, step=step, config=cfg)
 
-        want = run()  # compiles the kernels outside the capture
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = run()
+        want = run()
+        graph, out = capture_cuda_graph(run)
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, want), f"step {step}: the replayed step differs from the eager one"

@@ -14,6 +14,7 @@ import torch
 
 from helpers import (
     HARD_SHAPE_ARGS,
+    capture_cuda_graph,
     HARD_SHAPES,
     assert_close_to_reference,
     diffusers_qkv,
@@ -614,15 +615,7 @@ def test_cuda_graph_layout_built_inside(request):
                                             seq_lengths=S, check=False)
         return block_sparse_attention(q, k, v, layout)
 
-    fn()  # compile the kernels outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    graph, out = capture_cuda_graph(fn)
     for _ in range(2):
         q.copy_(torch.randn_like(q))
         graph.replay()
