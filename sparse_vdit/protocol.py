@@ -35,6 +35,13 @@ members (subclass ``AttentionMethod`` to get the no-op defaults):
     index >= ``call.kv_lens[b]``, and the processor and the bound ops exclude them. Anything else
     returned is an error naming the method.
 
+Heads: q, k, v hold ``call.num_heads`` heads, the model's heads ``call.heads`` (all of them on one
+GPU; under Ulysses context parallelism each process attends the whole sequence for its share of
+the heads, e.g. ``range(20, 40)`` of 40). A returned ``BlockLayout`` may cover the call's heads, one
+broadcast head, or every model head (the processor then keeps the call's heads). A method keeping
+per-head results keeps them for ``call.heads``; ``call.gather_heads(x)`` collects a per-head value
+from every process when a decision needs all heads of a layer (AdaSpa's head tiers).
+
 torch.compile: ``__call__`` is traced. Everything it reads off ``call`` becomes a guard, so read
 the step index there only if the computation really changes per step; otherwise decide in
 ``begin_forward`` and read the decision (``call.prepared``), which keeps one graph for all steps.
@@ -54,6 +61,7 @@ from sparse_vdit.token_layout import TokenLayout
 
 __all__ = [
     "ModelInfo",
+    "HeadShard",
     "ForwardContext",
     "AttentionCall",
     "AttentionMethod",
@@ -160,6 +168,27 @@ def config_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -
 
 
 @dataclass(frozen=True)
+class HeadShard:
+    """The heads of every attention layer that this process computes, when a layer's heads are
+    split across processes (Ulysses context parallelism: each process attends the whole sequence
+    for some heads). The adapters make it (``pipelines.context_parallel``); methods read it through
+    ``ForwardContext.head_shard`` / ``AttentionCall.heads``.
+
+    Attributes:
+        heads: the model's head ids computed here, ascending and contiguous, e.g. range(20, 40).
+        num_heads: the model's heads per layer.
+    """
+
+    heads: range
+    num_heads: int
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head values of this process's heads [..., len(heads)] -> every head's [..., num_heads],
+        in head order. A collective: every process of the group calls it at the same point."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to gather heads from the other processes")
+
+
+@dataclass(frozen=True)
 class ForwardContext:
     """Everything per transformer forward that a method may read (``AttentionCall.forward``).
 
@@ -179,6 +208,8 @@ class ForwardContext:
         model: the ``ModelInfo`` of the transformer.
         state: the method's per-generation state of this branch.
         prepared: what the method's ``begin_forward`` returned.
+        head_shard: the heads this process computes when heads are split across processes
+            (Ulysses context parallelism), else None (every head here).
     """
 
     generation: int
@@ -196,6 +227,12 @@ class ForwardContext:
     model: ModelInfo
     state: Any = None
     prepared: Any = None
+    head_shard: HeadShard | None = None
+
+    @property
+    def heads(self) -> range:
+        """The model's heads this process computes: all of them, or the shard's."""
+        return range(self.model.num_heads) if self.head_shard is None else self.head_shard.heads
 
     @property
     def key_padding_mask(self) -> torch.Tensor | None:
@@ -218,7 +255,9 @@ class AttentionCall:
         layer_index: 0-based attention layer (Wan ``blocks.i.attn1`` -> i; HunyuanVideo dual blocks
             first, then single blocks; CogVideoX ``transformer_blocks.i.attn1`` -> i).
         layer_name: the attention module's path, e.g. "blocks.3.attn1".
-        num_heads, head_dim: of this layer.
+        num_heads: heads in this call's q, k, v (``len(heads)``: the layer's heads, or this
+            process's share of them under Ulysses context parallelism).
+        head_dim: of this layer.
         forward: the ``ForwardContext`` of the transformer forward this call belongs to.
     """
 
@@ -232,6 +271,20 @@ class AttentionCall:
     def step_index(self) -> int:
         """Denoising step of this forward, 0-based (both CFG branches of one step share it)."""
         return self.forward.step_index
+
+    @property
+    def heads(self) -> range:
+        """The model's head ids of this call's heads, in order (q[:, i] is head ``heads[i]``):
+        ``range(num_heads)``, or this process's share under Ulysses context parallelism."""
+        shard = self.forward.head_shard
+        return range(self.num_heads) if shard is None else shard.heads
+
+    def gather_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head values of this call's heads [..., num_heads] -> the layer's every head [..., H]:
+        ``x`` itself on one process; under Ulysses context parallelism an all-gather over the
+        processes sharing the layer (a collective: call it at the same point on every process)."""
+        shard = self.forward.head_shard
+        return x if shard is None else shard.gather(x)
 
     @property
     def branch(self) -> int:
