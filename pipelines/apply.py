@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pipelines.context_parallel import ulysses_group
 from pipelines.families import Family, family_of, model_info
 from pipelines.processors import ProcessorConfig
 from pipelines.step_tracking import StepTracker
@@ -80,8 +81,10 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     """Validate ``method`` against ``transformer``, hook a step tracker on it and build our processors.
 
     Nothing is swapped: pass ``.processors()`` to ``transformer.set_attn_processor`` (or use
-    ``apply_sparse_attention``, which does). Raises ``TypeError`` for unsupported transformers and
-    whatever ``method.validate`` raises for a method made for another model.
+    ``apply_sparse_attention``, which does). Raises ``TypeError`` for unsupported transformers,
+    whatever ``method.validate`` raises for a method made for another model, and ``ValueError``
+    when Ulysses context parallelism is on with a degree that does not divide the heads (the same
+    check runs at the first forward when parallelism is enabled later).
     """
     transformer = getattr(transformer, "_orig_mod", transformer)
     family: Family = family_of(transformer)
@@ -93,6 +96,7 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     _check_method(method)
     info = model_info(transformer, family)
     method.validate(info)
+    ulysses_group(getattr(transformer, "_parallel_config", None), info.num_heads)  # heads that do not split: raise now
     originals = dict(transformer.attn_processors)
     tracker = StepTracker(transformer, method, info, family)
     ours = {}

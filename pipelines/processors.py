@@ -9,7 +9,11 @@ run here (``sparse_vdit.protocol``): None (dense heads, warm-up steps, FullAtten
 sparse path cannot serve goes through diffusers' ``dispatch_attention_fn``, so the user's attention
 backend (``transformer.set_attention_backend``) and context parallelism apply; a ``BlockLayout``
 runs the block-sparse kernel with the forward's key lengths; a tensor is the method's own output.
-Key padding is handled here, once, for every method.
+Key padding and context parallelism are handled here, once, for every method: under diffusers'
+Ulysses context parallelism the local sequence shards are exchanged for the whole sequence of this
+process's heads (``pipelines.context_parallel``), the method runs on those heads (``call.heads``;
+dense through ``dispatch_attention_fn`` on the exchanged tensors), and the output is exchanged
+back; under ring attention the processors run dense through diffusers (logged once).
 
 Build processors with ``pipelines.apply_sparse_attention`` (or ``attach_sparse_attention`` for a
 ``set_attn_processor`` dict); a processor needs the transformer's ``StepTracker``.
@@ -26,7 +30,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from kernels.block_layout import BlockLayout
 from kernels.limits import dtype_names, dtype_supported, head_dim_error, head_dim_supported
-from sparse_vdit.protocol import AttentionCall, AttentionMethod
+from pipelines.context_parallel import UlyssesGroup, local_heads
+from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext
 
 if TYPE_CHECKING:
     from pipelines.step_tracking import StepTracker
@@ -35,6 +40,11 @@ __all__ = ["ProcessorConfig", "SparseAttnProcessorBase"]
 
 logger = logging.getLogger(__name__)
 
+RING_DENSE = (
+    "context parallelism with ring attention (ring_degree > 1) is on: sparse-vdit runs attention densely there, "
+    "through diffusers' ring attention; use ContextParallelConfig(ulysses_degree=N) for sparse attention under "
+    "context parallelism"
+)
 METHOD_RESULT = (
     "a method's __call__ must return None (dense attention), a kernels.block_layout.BlockLayout (run by "
     "the block-sparse kernel) or the attention output, a tensor [B, H, S, D] of q's dtype and device"
@@ -77,14 +87,18 @@ class SparseAttnProcessorBase:
         attn_mask: torch.Tensor | None,
         *,
         mask_is_key_padding: bool = False,
+        text_tokens: int = 0,
     ) -> torch.Tensor:
         """Self-attention of the joint sequence.
 
         Args:
-            query, key, value: [B, S, H, D] (diffusers' layout; views are fine).
+            query, key, value: [B, S, H, D] (diffusers' layout; views are fine). Under context
+                parallelism, this process's shard of the sequence.
             attn_mask: the stock processor's mask, passed unchanged to the dense path.
             mask_is_key_padding: the mask only marks padded keys, which the tracker already
                 exposes as ``call.kv_lens`` (HunyuanVideo); any other mask makes the call dense.
+            text_tokens: text tokens in this call's sequence (the shard's, under context
+                parallelism: it places them in the whole sequence after the exchange).
 
         Returns [B, S, H, D].
         """
@@ -97,19 +111,30 @@ class SparseAttnProcessorBase:
             )
         if not self._asks_method(attn_mask, mask_is_key_padding):
             return self._dense(query, key, value, attn_mask)
+        if self._parallel_config is not None or forward.head_shard is not None:
+            return self._attend_context_parallel(forward, query, key, value, attn_mask, text_tokens)
+        out = self._run_method(forward, query, key, value, self.config.num_heads)
+        return self._dense(query, key, value, attn_mask) if out is None else out
+
+    def _run_method(
+        self, forward: ForwardContext, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int
+    ) -> torch.Tensor | None:
+        """The method's attention on [B, S, h, D] inputs of ``forward.heads``: [B, S, h, D], or None (dense)."""
         call = AttentionCall(
             layer_index=self.config.layer_index,
             layer_name=self.config.layer_name,
-            num_heads=self.config.num_heads,
+            num_heads=num_heads,
             head_dim=self.config.head_dim,
             forward=forward,
         )
         q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         out = self.method(call, q, k, v)
         if out is None:
-            return self._dense(query, key, value, attn_mask)
+            return None
         if isinstance(out, BlockLayout):
             self._check_layout_servable(q)
+            if forward.head_shard is not None:
+                out = self._local_layout(out, forward)
             out = call.block_sparse_attention(q, k, v, out)
         elif isinstance(out, torch.Tensor):
             self._check_output(out, q)
@@ -117,8 +142,32 @@ class SparseAttnProcessorBase:
             raise TypeError(f"{self.method!r} returned a {type(out).__name__}: {METHOD_RESULT}")
         return out.transpose(1, 2)
 
-    def _dense(self, query, key, value, attn_mask) -> torch.Tensor:
-        """Dense attention through diffusers: [B, S, H, D] in and out, with the stock mask."""
+    def _attend_context_parallel(self, forward: ForwardContext, query, key, value, attn_mask, text_tokens: int):
+        """Ulysses: exchange the shards for this process's heads of the whole sequence, attend, exchange back."""
+        group = forward.head_shard
+        if not isinstance(group, UlyssesGroup):
+            _warn_once(RING_DENSE)
+            return self._dense(query, key, value, attn_mask)
+        split = group.token_split(forward.token_layout, query.shape[1], text_tokens)
+        q, k, v = group.to_heads((query, key, value), split)
+        out = self._run_method(forward, q, k, v, len(group.heads))
+        if out is None:
+            # Dense on the exchanged heads (diffusers' Ulysses would exchange again); the key
+            # padding mask is rebuilt in the model's token order from the tracker's kv_lens.
+            padding = forward.key_padding_mask
+            mask = None if padding is None else padding[:, None, None, :]
+            out = self._dense(q, k, v, mask, parallel=False)
+        return group.to_sequence(out, split)
+
+    def _local_layout(self, layout: BlockLayout, forward: ForwardContext) -> BlockLayout:
+        try:
+            return local_heads(layout, forward.head_shard.heads, forward.model.num_heads)
+        except ValueError as exc:
+            raise ValueError(f"{self.method!r} returned a BlockLayout it cannot serve here: {exc}") from None
+
+    def _dense(self, query, key, value, attn_mask, *, parallel: bool = True) -> torch.Tensor:
+        """Dense attention through diffusers: [B, S, H, D] in and out, with the stock mask; with
+        diffusers' context parallelism unless ``parallel`` is False (tensors already exchanged)."""
         return dispatch_attention_fn(
             query,
             key,
@@ -127,7 +176,7 @@ class SparseAttnProcessorBase:
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+            parallel_config=self._parallel_config if parallel else None,
         )
 
     def _check_layout_servable(self, q: torch.Tensor) -> None:
@@ -147,12 +196,9 @@ class SparseAttnProcessorBase:
                 f"{tuple(q.shape)} {q.dtype} on {q.device}: {METHOD_RESULT}"
             )
 
-    def _asks_method(self, attn_mask, mask_is_key_padding: bool) -> bool:
+    @staticmethod
+    def _asks_method(attn_mask, mask_is_key_padding: bool) -> bool:
         """Whether the method is asked at all (else the call is dense, as stock)."""
-        if self._parallel_config is not None:
-            # Context parallelism shards the sequence; only dispatch_attention_fn does the exchange.
-            _warn_once("context parallelism is on: sparse-vdit runs attention densely through diffusers")
-            return False
         return attn_mask is None or mask_is_key_padding
 
 

@@ -18,6 +18,11 @@ How the step index is found, most reliable first:
 A new generation starts when ``set_timesteps`` runs, when ``reset()`` is called, when the
 timestep goes up, when the cache context's step index goes down, or when a branch name repeats
 within one step. Batched CFG (CogVideoX: one forward with 2B samples) is one branch.
+
+Context parallelism: the hook sees the transformer's whole inputs (diffusers splits the sequence
+later, at the module its ``_cp_plan`` names, e.g. Wan's ``blocks.0``), so the token layout and the
+key lengths always describe the whole sequence. Under Ulysses, the forward's ``head_shard`` (a
+``pipelines.context_parallel.UlyssesGroup``) says which heads this process computes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipelines.context_parallel import UlyssesGroup, ulysses_group
 from sparse_vdit.protocol import AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
@@ -92,6 +98,8 @@ class StepTracker:
         self._pending_schedule: list[float] | None = None
         self._reset_pending = False
         self.current: ForwardContext | None = None
+        self._parallel_config = None
+        self._head_shard: UlyssesGroup | None = None
         self._context_hook = _CacheContextListener.install(transformer)
         self._hook = transformer.register_forward_pre_hook(
             torch.compiler.disable(self._pre_forward), with_kwargs=True
@@ -155,8 +163,20 @@ class StepTracker:
             dtype=inputs.dtype,
             model=self.model,
             state=gen.states[branch],
+            head_shard=self.head_shard(module),
         )
         self.current = dataclasses.replace(ctx, prepared=self.method.begin_forward(ctx))
+
+    def head_shard(self, module: torch.nn.Module) -> UlyssesGroup | None:
+        """The heads this process computes under the transformer's Ulysses context parallelism
+        (None without it, or with ring attention); made once per parallel config.
+
+        Raises ``ValueError`` when the heads do not split over the Ulysses degree."""
+        config = getattr(module, "_parallel_config", None)
+        if config is not self._parallel_config:
+            self._head_shard = None if config is None else ulysses_group(config, self.model.num_heads)
+            self._parallel_config = config
+        return self._head_shard
 
     def _advance(self, t: float, name: str | None, ctx_step: int | None) -> _Generation:
         """Update the bookkeeping for a forward at timestep ``t``; returns the current generation."""

@@ -60,7 +60,9 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessorBase):
             if not attn.is_cross_attention:
                 key[:, :, n_text:] = apply_rotary_emb(key[:, :, n_text:], image_rotary_emb)
 
-        hidden_states = self.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask)
+        hidden_states = self.attend(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, text_tokens=n_text
+        )
         hidden_states = hidden_states.reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

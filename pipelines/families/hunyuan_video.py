@@ -5,6 +5,8 @@ Joint attention in ``transformer_blocks.{i}.attn`` (dual stream, layers first) a
 padded to a fixed length and ``encoder_attention_mask`` marks the real tokens of each prompt, so
 sample b's real keys are the first ``video_len + text_valid_lens[b]``. The text-only token refiner
 stays stock. Latent [B, C, T, H, W]; patch (``patch_size_t``, ``patch_size``, ``patch_size``).
+Context parallelism: diffusers 0.42 has no ``_cp_plan`` for this model; ``hunyuan_video_cp_plan()``
+is one that our processors serve.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
 
-__all__ = ["FAMILY", "HunyuanVideoSparseAttnProcessor", "tiny_hunyuan_transformer", "hunyuan_inputs"]
+__all__ = ["FAMILY", "HunyuanVideoSparseAttnProcessor", "hunyuan_video_cp_plan", "tiny_hunyuan_transformer", "hunyuan_inputs"]
 
 PIPELINE_TEXT_LEN = 256  # HunyuanVideoPipeline's max_sequence_length default
 
@@ -72,11 +74,11 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessorBase):
             )
             query, key, value = (torch.cat([video, txt], dim=1) for video, txt in zip((query, key, value), text))
 
-        hidden_states = self.attend(query, key, value, attention_mask, mask_is_key_padding=True)
+        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        hidden_states = self.attend(query, key, value, attention_mask, mask_is_key_padding=True, text_tokens=n_text)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:
-            n_text = encoder_hidden_states.shape[1]
             hidden_states, encoder_hidden_states = hidden_states[:, :-n_text], hidden_states[:, -n_text:]
             if getattr(attn, "to_out", None) is not None:
                 hidden_states = attn.to_out[0](hidden_states)
@@ -84,6 +86,32 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessorBase):
             if getattr(attn, "to_add_out", None) is not None:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
+
+
+# ------------------------------------------------------------------------------- context parallelism
+def hunyuan_video_cp_plan() -> dict:
+    """A ``cp_plan`` for diffusers' context parallelism on HunyuanVideo, which ships none:
+
+        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2), cp_plan=hunyuan_video_cp_plan())
+
+    The video tokens and the (padded) text tokens are each split across the ranks in order at the
+    inputs of the first dual-stream block (the token refiner before it sees the whole text), the
+    RoPE tables with the video, and the video is gathered at ``proj_out``: the split sparse-vdit's
+    exchange expects (``pipelines.context_parallel``). The model's key-padding mask stays whole:
+    our processors take key padding from the step tracker instead, in the whole sequence's order.
+    Use it with sparse-vdit's processors: a stock processor would apply that whole mask to the
+    exchanged sequence, whose text sits in rank order, which is wrong when prompts are padded.
+    Needs video tokens and text length divisible by the degree (or ``ulysses_anything=True``).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+    rope = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    return {
+        "transformer_blocks.0": {"hidden_states": tokens, "encoder_hidden_states": tokens},
+        "rope": {0: rope, 1: rope},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
 
 # ------------------------------------------------------------------------------- forward inputs
