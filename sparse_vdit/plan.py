@@ -24,7 +24,9 @@ the layer's ``BlockLayout`` [1, H, QB, KB] from one ``ModeBank`` per (token layo
 that share a mode share one stored pattern and the layer is one kernel launch. Skip heads have no
 blocks, so the kernel writes zeros for them (text rows too). Key padding is the processor's job.
 Modes are in layout units, so a plan runs at any resolution; layouts are built once per (step
-range, token layout, device) and cached on the plan.
+range, token layout, device, heads) and cached on the plan. Under Ulysses context parallelism a
+process computes some heads of every layer (``ForwardContext.heads``): its layouts cover those
+heads, each in its own mode, and a layer whose heads *here* are all Full runs dense here.
 """
 
 from __future__ import annotations
@@ -406,7 +408,8 @@ class Plan(AttentionMethod):
             )
 
     def begin_forward(self, forward: ForwardContext) -> tuple[BlockLayout | None, ...]:
-        """Per layer: None (all heads Full: dense) or the layer's BlockLayout, at this forward's step."""
+        """Per layer: None (all heads Full: dense) or the layer's BlockLayout, at this forward's step,
+        for the heads this process computes (``forward.heads``: all of them on one GPU)."""
         num_steps = forward.num_steps
         if num_steps is None:
             self._warn_once(
@@ -418,19 +421,21 @@ class Plan(AttentionMethod):
             num_steps = self.num_steps
         step = self.searched_step(min(forward.step_index, num_steps - 1), num_steps)
         index = self._range_index(step)
-        key = (index, forward.token_layout, str(forward.device))
+        heads = forward.heads
+        key = (index, forward.token_layout, str(forward.device), heads)
         prepared = self._prepared.get(key)
         if prepared is None:
-            prepared = self._prepared[key] = self._layer_layouts(self.steps[index], forward.token_layout, forward.device)
+            prepared = self._prepared[key] = self._layer_layouts(self.steps[index], forward.token_layout, forward.device, heads)
         return prepared
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> BlockLayout | None:
         return call.prepared[call.layer_index]
 
-    def _layer_layouts(self, step_range: StepRange, layout: TokenLayout, device) -> tuple[BlockLayout | None, ...]:
+    def _layer_layouts(self, step_range: StepRange, layout: TokenLayout, device, heads: range) -> tuple[BlockLayout | None, ...]:
         by_modes: dict[tuple[Mode, ...], BlockLayout] = {}
         out: list[BlockLayout | None] = []
-        for modes in step_range.layers:
+        for layer in step_range.layers:
+            modes = layer[heads.start : heads.stop]
             if _all_full(modes):
                 out.append(None)
                 continue
