@@ -198,4 +198,4 @@ class AdaSpaConfig(AttentionMethod):
         return plan
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
-        return attend(self, call.prepared, call.state, call.layer_index, q, k, v, call)
+        return attend(self, call.prepared, call.state, call.layer_index, q, k, v, call, call.forward.head_shard)

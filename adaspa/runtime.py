@@ -14,6 +14,10 @@ video rows with padded text rows is selected by its real rows only).
 Everything on the search and sparse paths is device work with no host synchronisation; the
 branches are on Python values fixed before the call (the phase, the geometry, which layers the
 state holds), so a compiled transformer traces each phase as one graph.
+
+Under Ulysses context parallelism q, k, v hold this process's heads (``head_shard.heads``) of the
+whole sequence, and the state holds the selections, LSE and per-head values of those heads only;
+the head tiers still rank the layer's every head (``adaspa.search``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from adaspa.state import AdaSpaState
 
 if TYPE_CHECKING:
     from adaspa.config import AdaSpaConfig
+    from sparse_vdit.protocol import HeadShard
 
 __all__ = ["StepPlan", "attend"]
 
@@ -49,9 +54,11 @@ class StepPlan:
 
 
 def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
-           q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any) -> torch.Tensor | None:
+           q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any,
+           head_shard: "HeadShard | None" = None) -> torch.Tensor | None:
     """This step's attention for layer ``layer``: q, k, v [B, H, S, D] -> out [B, H, S, D], or None
     in the dense (warm-up) phase, where the caller computes dense attention its own way.
+    ``head_shard``: the layer's heads q, k, v hold when heads are split across processes.
 
     A layer whose first search was missed (no selection at a sparse step, no cached LSE at a later
     search step: a state handed in mid-generation, say) runs a first search now.
@@ -72,19 +79,20 @@ def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: in
     if phase == FIRST_SEARCH or missed:
         out, lse = ops.attention_with_lse(q, k, v)
         lse = _padded_rows_massless(lse, ops.kv_lens)
-        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse)
+        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse, head_shard)
         return out
     if phase == CACHED_SEARCH:
         lse = state.cached_lse(layer)
-        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse)
+        _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse, head_shard)
     out = ops.block_sparse_attention(q, k, v, state.layout(layer))
     return _dense_text_rows(out, q, k, v, geometry, ops)
 
 
 def _search(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
-            mass: torch.Tensor, lse: torch.Tensor) -> None:
+            mass: torch.Tensor, lse: torch.Tensor, head_shard: "HeadShard | None") -> None:
     selection = select_blocks(
-        mass, plan.geometry, sparsity=config.sparsity, recall_threshold=config.recall_threshold, tiers=config.tiers
+        mass, plan.geometry, sparsity=config.sparsity, recall_threshold=config.recall_threshold, tiers=config.tiers,
+        head_shard=head_shard,
     )
     state.store(layer, selection, plan.geometry)
     if plan.keep_lse:

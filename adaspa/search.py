@@ -31,6 +31,9 @@ Choices where the paper is silent (each one tested):
   s - d, the rest s, with d = min((1 - s) / 2, s): the paper's (1 + s) / 2 and (3s - 1) / 2 when
   s >= 1/3, and for smaller s the same three tiers narrowed so the denser one stays at >= 0 and the
   tier sparsities still average exactly s. Ties in recall rank the lower head index first.
+- **Heads split across processes** (Ulysses context parallelism, ``head_shard``): each process
+  selects for its own heads, but the tiers rank every head of the layer, as on one GPU: the base
+  recalls are all-gathered (B x H floats, on the device) and each process keeps its heads' tiers.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.block_layout import BlockLayout
+from sparse_vdit.protocol import HeadShard
 from sparse_vdit.token_layout import TokenLayout
 
 __all__ = [
@@ -185,15 +189,19 @@ def select_blocks(
     sparsity: float,
     recall_threshold: float,
     tiers: bool = True,
+    head_shard: HeadShard | None = None,
 ) -> Selection:
     """Block selection of one layer from its block mass (see the module docstring for the rules).
 
     Args:
-        mass: [B, H, QB, KB] float32 block attention mass (``block_attention_mass``).
+        mass: [B, H, QB, KB] float32 block attention mass (``block_attention_mass``); H = the
+            shard's heads when ``head_shard`` is given.
         geometry: the call's block grid and text.
         sparsity: base sparsity s in [0, 1).
         recall_threshold: heads with base recall above it count toward n (tiers).
         tiers: head-adaptive three tiers; False keeps every head at s.
+        head_shard: the layer's heads this process computes, when they are split across
+            processes: the tiers then rank all of the layer's heads (``head_shard.gather``).
     """
     b, h, qb, kb = mass.shape
     if qb != geometry.num_blocks or kb != geometry.num_blocks:
@@ -218,7 +226,11 @@ def select_blocks(
     kept_at_base = top_mass[..., :k_base].sum(-1) + text_mass
     base_recall = (kept_at_base * rows_f).sum(-1) / total
     if tiers:
-        tier = head_tiers(base_recall, recall_threshold)
+        if head_shard is None:
+            tier = head_tiers(base_recall, recall_threshold)
+        else:
+            tier = head_tiers(head_shard.gather(base_recall), recall_threshold)
+            tier = tier[..., head_shard.heads.start : head_shard.heads.stop]
         k = _per_tier(tier, k_denser, k_base, k_sparser)
         head_sparsity = _per_tier(tier, denser, base, sparser).to(torch.float32)
     else:

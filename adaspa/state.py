@@ -18,6 +18,9 @@ Storage, chosen to stay compact (sizes at HunyuanVideo 720p in ``cache_bytes`` a
   the layout's index lists are rebuilt from the bitmask on the device at each sparse step
   (``search.layout_from_blocks``, no host synchronisation).
 - Per head (diagnostics): recall and tier sparsity, [B, H] float32.
+
+H is the heads this process computes: all of the layer's, or its share under Ulysses context
+parallelism (each process keeps the state of its own heads).
 """
 
 from __future__ import annotations
