@@ -4,8 +4,13 @@
     load_pipeline("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "cuda", torch.bfloat16)
     load_pipeline("/models/wan-1.3b", "cuda", torch.bfloat16)          # a local diffusers folder
 
-The proxy needs no download (``pipelines.tiny``); anything else goes through diffusers'
-``DiffusionPipeline.from_pretrained`` (the local Hub cache serves it offline).
+"proxy" is the project's proxy model (``pipelines.proxy``): the trained checkpoint
+``pipelines/proxy/proxy.safetensors`` when it is there, else the same architecture with random
+weights (``build_proxy_pipeline``), which ``weights_note(pipe)`` then says loudly. It needs no
+download. Anything else goes through diffusers' ``DiffusionPipeline.from_pretrained`` with
+``torch_dtype`` (the local Hub cache serves it offline). Every pipeline is built in its dtype the
+way ``from_pretrained`` does it (modules diffusers keeps in float32 stay so), never cast with
+``pipe.to(dtype)``, which makes diffusers warn.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ from dataclasses import dataclass, field
 import torch
 
 PROXY = "proxy"
+UNTRAINED_NOTE = "proxy checkpoint not trained yet: random weights, quality numbers mean nothing"
 
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """What a pipeline is called with unless the command line says otherwise."""
+    """What a pipeline is called with unless the command line says otherwise.
+
+    Attributes:
+        height, width, num_frames, guidance_scale, negative_prompt, extra: pipeline call arguments.
+        num_inference_steps: denoising steps.
+        prompts: prompts to generate (evaluate) with.
+        search_prompts: prompts a plan is searched on, kept apart from ``prompts`` so an evaluation
+            never judges a plan on the prompts it was made from.
+    """
 
     height: int
     width: int
@@ -28,6 +42,8 @@ class GenerationDefaults:
     prompts: tuple[str, ...]
     negative_prompt: str | None = None
     extra: dict = field(default_factory=dict)
+    num_inference_steps: int = 50
+    search_prompts: tuple[str, ...] = ()
 
     def call_kwargs(self) -> dict:
         out = dict(height=self.height, width=self.width, num_frames=self.num_frames,
@@ -37,27 +53,61 @@ class GenerationDefaults:
         return out
 
 
-PROXY_DEFAULTS = GenerationDefaults(
-    height=64, width=96, num_frames=9, guidance_scale=5.0,
-    prompts=("a red bird flies over the river", "a cat runs in the green field", "a blue dog jumps slowly"),
-    negative_prompt="blurry low quality", extra={"max_sequence_length": 16},
-)
+def _proxy_defaults(height: int, width: int, num_frames: int, num_inference_steps: int) -> GenerationDefaults:
+    from pipelines.proxy import PROXY_GENERATION, PROXY_SAMPLE_PROMPTS
+
+    return GenerationDefaults(
+        height=height, width=width, num_frames=num_frames, guidance_scale=PROXY_GENERATION["guidance_scale"],
+        prompts=PROXY_SAMPLE_PROMPTS[:2], extra={"max_sequence_length": PROXY_GENERATION["max_sequence_length"]},
+        num_inference_steps=num_inference_steps, search_prompts=("a green triangle moves down",),
+    )
+
+
+# The proxy at the size it is trained at (33 frames of 64 x 96: 3,456 tokens), for GPUs ...
+PROXY_DEFAULTS = _proxy_defaults(64, 96, 33, 20)
+# ... and on the CPU, where attention runs the PyTorch fallback: 9 frames of 32 x 48 (288 tokens),
+# so a generation takes seconds. Pass --height 64 --width 96 --frames 33 for the trained size.
+PROXY_CPU_DEFAULTS = _proxy_defaults(32, 48, 9, 8)
 MODEL_DEFAULTS = GenerationDefaults(
     height=480, width=832, num_frames=81, guidance_scale=5.0,
     prompts=("A cat walks on the grass, realistic", "A red car drives along a coastal road at sunset"),
+    search_prompts=("A dog runs along the beach at sunrise, realistic",),
 )
 
 
-def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
-    """(pipeline on ``device`` in ``dtype``, its GenerationDefaults)."""
-    if model == PROXY:
-        from pipelines.tiny import tiny_wan_pipeline
+def load_proxy(device: str | torch.device, dtype: torch.dtype):
+    """The proxy pipeline: the trained checkpoint if it is there, else random weights (see
+    ``weights_note``). Built in ``dtype`` with the float32 modules kept, progress bar off."""
+    from pipelines.proxy import ProxyCheckpointMissing, build_proxy_pipeline, load_proxy_pipeline, place_proxy_pipeline
 
-        return tiny_wan_pipeline().to(device, dtype), PROXY_DEFAULTS
+    try:
+        return load_proxy_pipeline(device, dtype)
+    except ProxyCheckpointMissing:
+        pipe = build_proxy_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        return place_proxy_pipeline(pipe, device, dtype)
+
+
+def weights_note(pipe) -> str | None:
+    """``UNTRAINED_NOTE`` for a proxy pipeline with random weights (no checkpoint loaded), else None."""
+    if getattr(pipe, "proxy_config", None) is not None and getattr(pipe, "proxy_training", None) is None:
+        return UNTRAINED_NOTE
+    return None
+
+
+def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
+    """(pipeline on ``device`` in ``dtype``, its GenerationDefaults for that device)."""
+    if model == PROXY:
+        on_gpu = torch.device(device).type == "cuda"
+        return load_proxy(device, dtype), PROXY_DEFAULTS if on_gpu else PROXY_CPU_DEFAULTS
+    import warnings
+
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+        with warnings.catch_warnings():  # newer diffusers renamed it `dtype`; older ones know only torch_dtype
+            warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - diffusers raises many kinds; the message is what matters
         raise ValueError(
             f"could not load the pipeline {model!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
