@@ -1,0 +1,169 @@
+"""``sparse-vdit eval``: dense against a Sparse-vDiT plan, AdaSpa and two baselines, on the same
+prompts and seeds; a table on the screen, CSV / JSON / side-by-side videos / plots in ``--out``.
+
+    sparse-vdit eval                                                   # the proxy, on this machine
+    sparse-vdit eval --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --device cuda --plan plan.json --seed 0 --seed 1
+
+``open_model`` (also the demo's) resolves the device, dtype and block size, loads the model and
+says up front what changes how to read the numbers: untrained proxy weights, the CPU fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+
+from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
+from sparse_vdit.cli_args import (
+    DefaultsFormatter,
+    add_model_options,
+    add_video_options,
+    comma_floats,
+    comma_ints,
+    positive_int,
+    prepare_device,
+    resolve_block_size,
+    resolve_device,
+    resolve_dtype,
+)
+
+__all__ = ["Session", "open_model", "generation_kwargs", "add_parser", "run", "CPU_FALLBACK_NOTE", "CPU_WARMUP_STEPS"]
+
+CPU_FALLBACK_NOTE = (
+    "no CUDA device: attention runs on the PyTorch fallback path (float32, every score computed then masked), "
+    "so times here are of that path, not of the GPU kernels"
+)
+CPU_WARMUP_STEPS = 2  # on the CPU there is nothing to compile: a short warm-up fills the caches
+
+
+@dataclass
+class Session:
+    """A loaded model and what the run needs to know about it."""
+
+    pipe: object
+    defaults: object
+    device: str
+    block_size: int
+    notes: list
+    untrained: str | None = None  # ``loading.UNTRAINED_NOTE`` for a proxy with random weights
+
+    def meta(self, model: str) -> dict:
+        """What an ``EvalReport`` records about the model."""
+        return {"model": model, "note": self.untrained, "random_weights": self.untrained is not None,
+                "block_size": self.block_size}
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def open_model(model: str, device: str | None, dtype: str | None, block_size: int | None) -> Session:
+    """Load ``model`` on the resolved device; print the notes (untrained weights, CPU fallback)
+    before any progress bar starts, and keep the fallback's own warning out of the bars."""
+    from pipelines.loading import load_pipeline, weights_note
+
+    device = resolve_device(device)
+    prepare_device(device)
+    pipe, defaults = load_pipeline(model, device, resolve_dtype(dtype, device))
+    untrained = weights_note(pipe)
+    notes = [untrained] if untrained else []
+    if not device.startswith("cuda"):
+        notes.append(CPU_FALLBACK_NOTE)
+        warnings.filterwarnings("ignore", message="sparse-vdit: no CUDA device", category=RuntimeWarning)
+    for note in notes:
+        print(f"NOTE: {note}", flush=True)
+    return Session(pipe, defaults, device, resolve_block_size(block_size, device), notes, untrained)
+
+
+def generation_kwargs(defaults, height: int | None, width: int | None, frames: int | None) -> dict:
+    """The defaults' call arguments with the command line's size."""
+    kwargs = defaults.call_kwargs()
+    for name, value in (("height", height), ("width", width), ("num_frames", frames)):
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+def _method_names(text: str) -> list[str]:
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate dense vs a Sparse-vDiT plan, AdaSpa and two baselines: PSNR, SSIM, time, attention density",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DefaultsFormatter,
+    )
+    add_model_options(p)
+    add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 9 x 32 x 48 on the CPU, 20 of "
+                                          "33 x 64 x 96 on a GPU; other models 50 of 81 x 480 x 832")
+    p.add_argument("--methods", type=_method_names, default=",".join(METHOD_NAMES),
+                   help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    p.add_argument("--plan", default=None,
+                   help="a plan file, folder or Hub repo id (default: search one per --epsilons first, as the demo does)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a prompt to evaluate (repeatable; default: the model's built-in prompts)")
+    p.add_argument("--seed", action="append", type=int, default=None, help="a seed (repeatable; default: 0)")
+    p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
+    p.add_argument("--epsilons", type=comma_floats, default=list(DEFAULT_EPSILONS),
+                   help="plan search epsilons, one plan each (a curve); ignored with --plan")
+    p.add_argument("--sparsities", type=comma_floats, default=list(DEFAULT_SPARSITIES), help="AdaSpa sparsities")
+    p.add_argument("--windows", type=comma_ints, default=list(DEFAULT_WINDOWS),
+                   help="window half-widths in latent rows of the svg and window baselines")
+    p.add_argument("--search-prompt", action="append", default=None,
+                   help="a prompt the plan is searched on (repeatable; default: the model's, not among the evaluated)")
+    p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
+    p.add_argument("--candidates", choices=("small", "default"), default=None,
+                   help="plan search candidates: one per mode kind, or search.DEFAULT_CANDIDATES "
+                        "(default: small on the CPU, default on a GPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"steps of the untimed warm-up generation per method, 0 for none "
+                        f"(default: --steps on a GPU, {CPU_WARMUP_STEPS} on the CPU)")
+    p.add_argument("--no-videos", action="store_true", help="do not write the side-by-side videos")
+    p.add_argument("--no-plots", action="store_true", help="do not write the plots")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
+    from pipelines.evaluation.methods import SMALL_CANDIDATES, build_methods
+    from pipelines.evaluation.plots import write_plots
+    from pipelines.evaluation.report import legend
+    from pipelines.evaluation.run import evaluate
+    from search.candidates import DEFAULT_CANDIDATES
+
+    session = open_model(args.model, args.device, args.dtype, args.block_size)
+    pipe, defaults = session.pipe, session.defaults
+    kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
+    steps = args.steps or defaults.num_inference_steps
+    prompts, seeds = args.prompt or list(defaults.prompts), args.seed or [0]
+    small = args.candidates == "small" or (args.candidates is None and not session.on_gpu)
+    methods = build_methods(
+        pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
+        sparsities=args.sparsities, windows=args.windows, search_prompts=args.search_prompt or defaults.search_prompts,
+        num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES,
+        **kwargs,
+    )
+    warmup = args.warmup if args.warmup is not None else (steps if session.on_gpu else CPU_WARMUP_STEPS)
+    report = evaluate(
+        pipe, methods, prompts, seeds, num_inference_steps=steps, out_dir=args.out, warmup=warmup,
+        videos=not args.no_videos, meta=session.meta(args.model), **kwargs,
+    )
+    print(report.table())
+    print(legend(report))
+    for line in report.findings():
+        print(f"FINDING: {line}")
+    if not args.no_plots:
+        for line in write_plots(report, methods, pipe, args.out, prompt=prompts[0], seed=seeds[0],
+                                num_inference_steps=steps, **kwargs):
+            print(line)
+    print(f"written to {args.out}/: report.csv, report.json" + ("" if args.no_videos else ", videos/"))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,267 @@
+"""pipelines.evaluation: the attention density a method computes, PSNR / SSIM, the report (summary,
+CSV, JSON, findings), and evaluate() end to end on a small proxy (videos, plots, timing)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from kernels.block_layout import BlockLayout
+from pipelines.evaluation import (
+    EvalReport,
+    EvalRow,
+    MeteredMethod,
+    computed_fraction,
+    evaluate,
+    frame_psnr,
+    method_settings,
+    video_psnr,
+    video_ssim,
+)
+from pipelines.evaluation.report import legend
+from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip
+from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
+from sparse_vdit.token_layout import TokenLayout
+
+
+# ------------------------------------------------------------------ computed_fraction
+def _brute_fraction(layout: BlockLayout) -> float:
+    """Blocks computed (full or partial, whole), clipped at the sequence ends, by element count."""
+    full, partial = layout.block_maps()
+    (qblk, kvblk), (q_len, kv_len) = layout.block_size, layout.seq_lengths
+    rows = torch.clamp(q_len - torch.arange(full.shape[2]) * qblk, max=qblk)
+    cols = torch.clamp(kv_len - torch.arange(full.shape[3]) * kvblk, max=kvblk)
+    counted = ((full | partial).double() * rows[:, None] * cols[None, :]).sum((-1, -2)) / (q_len * kv_len)
+    return float(counted.mean())
+
+
+@pytest.mark.parametrize("layout_args", [
+    (TokenLayout(3, 5, 7), 16),  # 105 tokens: the last block is clipped
+    (TokenLayout(3, 5, 7, text_len=9, text_position="after"), 32),
+    (TokenLayout(2, 8, 8), 16),  # 128 tokens: no clipping
+])
+def test_computed_fraction_counts_blocks_clipped_at_the_end(layout_args):
+    token_layout, block = layout_args
+    modes = [Full(), Skip(), Diagonal(1), MultiDiagonal(0, None)]
+    bank = ModeBank(modes, token_layout, block_size=block)
+    for table in ([0, 1, 2, 3], [2, 2], [1], [3, 0]):
+        layout = bank.layout([modes[i] for i in table])
+        assert math.isclose(float(computed_fraction(layout)), _brute_fraction(layout), rel_tol=1e-6)
+    assert math.isclose(float(computed_fraction(bank.layout([Full()]))), 1.0, rel_tol=1e-6)
+    assert float(computed_fraction(bank.layout([Skip()]))) == 0.0
+
+
+def test_computed_fraction_of_a_masked_layout_counts_partial_blocks_whole():
+    s = 100
+    layout = BlockLayout.from_mask_mod(lambda b, h, q, k: (q - k).abs() <= 3, None, None, s, s, block_size=16)
+    assert math.isclose(float(computed_fraction(layout)), _brute_fraction(layout), rel_tol=1e-6)
+    assert float(computed_fraction(layout)) > 7 * s / s**2  # more than the band's elements: whole blocks
+
+
+# ------------------------------------------------------------------ MeteredMethod
+INFO = ModelInfo("AnyVideoDiT", 1, 2, 64, ("blocks.0.attn",), "none", (1, 2, 2))
+LAYOUT = TokenLayout(2, 4, 4)  # 32 tokens
+
+
+def _metered_call(metered, step=0, num_steps=4):
+    forward = ForwardContext(0, step, 0, None, 1.0, num_steps, LAYOUT, None, None, 1, torch.device("cpu"),
+                             torch.float32, INFO, state=metered.new_state())
+    prepared = metered.begin_forward(forward)
+    forward = ForwardContext(0, step, 0, None, 1.0, num_steps, LAYOUT, None, None, 1, torch.device("cpu"),
+                             torch.float32, INFO, state=forward.state, prepared=prepared)
+    return AttentionCall(0, "blocks.0.attn", 2, 64, forward)
+
+
+class _Returns(AttentionMethod):
+    def __init__(self, what):
+        self.what = what
+
+    def __call__(self, call, q, k, v):
+        if self.what == "layout":
+            return ModeBank([Diagonal(0)], LAYOUT, block_size=16).layout([Diagonal(0)])
+        if self.what == "tensor-by-ops":  # like AdaSpa's cached search: a mass scan, then a sparse pass
+            _, lse = call.attention_with_lse(q, k, v)
+            call.block_attention_mass(q, k, lse, 16)
+            return call.block_sparse_attention(q, k, v, BlockLayout.dense(32, block_size=16))
+        if self.what == "tensor":
+            return torch.zeros_like(q)
+        return None
+
+
+@pytest.mark.parametrize("what, density, scan", [
+    (None, 1.0, 0.0), ("layout", 0.5, 0.0), ("tensor-by-ops", 2.0, 1.0), ("tensor", 1.0, 0.0),
+])
+def test_metered_method_records_what_each_call_computed(what, density, scan, fallback):
+    metered = MeteredMethod(_Returns(what))
+    q, k, v = (torch.randn(1, 2, 32, 64) for _ in range(3))
+    for _ in range(3):
+        metered(_metered_call(metered), q, k, v)
+    reading = metered.reading()
+    assert reading.calls == 3
+    assert math.isclose(reading.density, density, rel_tol=1e-6) and reading.scan == scan
+    metered.reset()
+    assert metered.reading().calls == 0
+
+
+def test_metered_adaspa_counts_each_phase_honestly(fallback):
+    """AdaSpa at 4 steps: step 0 dense (1.0), 1 first search (dense output: 1.0, plus a scan),
+    2 cached search (its layout, plus a scan), 3 sparse (its layout)."""
+    from adaspa import AdaSpaConfig
+
+    metered = MeteredMethod(AdaSpaConfig(sparsity=0.5, block_size=16, tiers=False))
+    state = metered.new_state()
+    q, k, v = (torch.randn(1, 2, 32, 64, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    readings = []
+    for step in range(4):
+        forward = ForwardContext(0, step, 0, None, 1.0, 4, LAYOUT, None, None, 1, torch.device("cpu"), torch.float32,
+                                 INFO, state=state)
+        forward = ForwardContext(0, step, 0, None, 1.0, 4, LAYOUT, None, None, 1, torch.device("cpu"), torch.float32,
+                                 INFO, state=state, prepared=metered.begin_forward(forward))
+        metered.reset()
+        metered(AttentionCall(0, "blocks.0.attn", 2, 64, forward), q, k, v)
+        readings.append(metered.reading())
+    assert [r.density for r in readings[:2]] == [1.0, 1.0]
+    assert [r.scan for r in readings] == [0.0, 1.0, 1.0, 0.0]
+    assert readings[2].density == readings[3].density == pytest.approx(0.5)  # 1 of 2 key blocks per row
+
+
+# ------------------------------------------------------------------ metrics
+def test_psnr_is_per_frame_then_averaged():
+    ref = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    video = ref.clone()
+    video[0] += 0.1  # mse 0.01 -> 20 dB
+    video[1] += 0.01  # 40 dB
+    video = video.clamp(0, 1)
+    per_frame = frame_psnr(video, ref)
+    mse = ((video - ref) ** 2).flatten(1).mean(1)
+    assert torch.allclose(per_frame[:2], -10 * torch.log10(mse[:2].double()))
+    assert per_frame[2] == math.inf
+    assert video_psnr(video, ref) == pytest.approx(float((per_frame[0] + 2 * per_frame[1]) / 3))  # equal frame: best
+    assert video_psnr(ref, ref) == math.inf
+    with pytest.raises(ValueError, match="differ in shape"):
+        frame_psnr(video[:2], ref)
+
+
+def test_ssim_comes_from_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ref = torch.rand(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noisy = (ref + 0.05 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    assert video_ssim(ref, ref) == pytest.approx(1.0)
+    expected = float(structural_similarity_index_measure(noisy[0], ref[0], data_range=1.0))
+    assert video_ssim(noisy, ref) == pytest.approx(expected) and expected < 0.99
+
+
+# ------------------------------------------------------------------ report
+def _row(method, setting, psnr, density, denoise, seed=0):
+    return EvalRow(method, setting, "p", seed, psnr, 0.9, density, 0.0, denoise + 1.0, denoise, denoise * 0.9, (denoise,))
+
+
+def test_report_summary_files_and_findings(tmp_path):
+    rows = [_row("dense", "", math.inf, 1.0, 2.0), _row("dense", "", math.inf, 1.0, 2.0, seed=1),
+            _row("plan", "eps=0.1", 18.0, 0.5, 1.0), _row("plan", "eps=0.1", 20.0, 0.5, 1.0, seed=1),
+            _row("window", "rows=1", 25.0, 0.4, 1.0), _row("adaspa", "s=0.8", 30.0, 0.45, 1.0)]
+    report = EvalReport(rows, meta={"device": "cpu", "note": "random weights"})
+    by = {s.label: s for s in report.summary()}
+    assert by["plan (eps=0.1)"].psnr == 19.0 and by["plan (eps=0.1)"].speedup == 2.0 and by["plan (eps=0.1)"].runs == 2
+    findings = report.findings()
+    assert len(findings) == 1 and findings[0].startswith("plan (eps=0.1) falls below the baseline window (rows=1)")
+    assert "Why:" in findings[0]
+    table = report.table()
+    assert table.splitlines()[1].startswith("dense") and "ref" in table
+    assert "PyTorch fallback" in legend(report) and "NOTE: random weights" in legend(report)
+    with open(report.to_csv(tmp_path / "r.csv")) as f:
+        read = list(csv.DictReader(f))
+    assert len(read) == 6 and read[0]["psnr"] == "inf" and read[2]["step_s"] == "1.000000"
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert data["rows"][0]["psnr"] == "inf" and data["findings"] == findings
+    again = EvalReport.from_json(tmp_path / "r.json")
+    assert again.rows == rows
+
+
+def test_method_settings_flatten_and_refuse_dense():
+    a, b = object(), object()
+    assert method_settings({"x": a, "y": {"s=1": b, "s=2": None}}) == [("x", "", a), ("y", "s=1", b), ("y", "s=2", None)]
+    with pytest.raises(ValueError, match="reference"):
+        method_settings({"dense": a})
+
+
+# ------------------------------------------------------------------ evaluate, end to end
+@pytest.fixture(scope="module")
+def smoke_pipe():
+    from pipelines.proxy import SMOKE_CONFIG, build_proxy_pipeline
+
+    return build_proxy_pipeline(SMOKE_CONFIG)
+
+
+SMOKE_CALL = dict(height=16, width=32, num_frames=9, max_sequence_length=16, guidance_scale=5.0)
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback, tmp_path):
+    import imageio.v2 as imageio
+
+    from adaspa import AdaSpaConfig
+    from pipelines.evaluation.plots import write_plots
+    from sparse_vdit.baselines import StaticWindowAttention
+
+    methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16)}, "window": {"rows=0": StaticWindowAttention(0, block_size=16)},
+               "stock": None}
+    report = evaluate(smoke_pipe, methods, ["a red circle moves right"], seeds=[0, 1], num_inference_steps=3,
+                      out_dir=tmp_path, warmup=1, progress=False, **SMOKE_CALL)
+    assert [(r.method, r.seed) for r in report.rows][:4] == [("dense", 0), ("adaspa", 0), ("window", 0), ("stock", 0)]
+    by = {s.label: s for s in report.summary()}
+    assert by["stock"].psnr == math.inf and by["stock"].density == 1.0  # nothing applied: the dense video again
+    assert 0 < by["window (rows=0)"].density < 1 and math.isfinite(by["window (rows=0)"].psnr)
+    assert 0 < by["adaspa (s=0.5)"].density < 1 and by["adaspa (s=0.5)"].scan > 0
+    for row in report.rows:
+        assert len(row.step_s) == 3 and row.denoise_s == pytest.approx(sum(row.step_s))
+        assert 0 < row.transformer_s <= row.denoise_s <= row.total_s
+    assert (tmp_path / "report.csv").exists() and (tmp_path / "report.json").exists()
+    video = imageio.mimread(tmp_path / "videos" / "a_red_circle_moves_right" / "seed0" / "window_rows=0.mp4")
+    assert len(video) == 9 and video[0].shape == (16, 96, 3)  # dense | method | difference
+    lines = write_plots(report, {}, smoke_pipe, tmp_path, prompt="a red circle moves right", seed=0,
+                        num_inference_steps=3, **SMOKE_CALL)
+    assert lines == [f"plot: {tmp_path / 'psnr_speedup.png'}"] and (tmp_path / "psnr_speedup.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_attention_maps_plot_for_a_plan(smoke_pipe, fallback, tmp_path):
+    from pipelines.evaluation.plots import write_plots
+    from search.run import search_plan
+
+    plan = search_plan(smoke_pipe, ["a green square moves up"], [0], num_inference_steps=2, epsilon=0.5, block_size=16,
+                       progress=False, **SMOKE_CALL)
+    report = EvalReport([_row("dense", "", math.inf, 1.0, 1.0), _row("plan", "eps=0.5", 20.0, 0.5, 0.5)])
+    lines = write_plots(report, {"plan": {"eps=0.5": plan}}, smoke_pipe, tmp_path, prompt="a red circle moves right",
+                        seed=0, num_inference_steps=2, **SMOKE_CALL)
+    assert lines[-1] == f"plot: {tmp_path / 'attention_maps.png'}" and (tmp_path / "attention_maps.png").stat().st_size > 0
+
+
+def test_without_matplotlib_plots_are_one_note(monkeypatch, tmp_path):
+    import builtins
+
+    from pipelines.evaluation import plots
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    report = EvalReport([_row("dense", "", math.inf, 1.0, 1.0)])
+    assert plots.write_plots(report, {}, None, tmp_path, prompt="p", seed=0, num_inference_steps=1) == [plots.PLOT_NOTE]
+    assert "pip install 'sparse-vdit[plot]'" in plots.PLOT_NOTE
+
+
+def test_evaluate_refuses_what_it_sets_itself(smoke_pipe):
+    with pytest.raises(ValueError, match="leave them out"):
+        evaluate(smoke_pipe, {}, ["p"], num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match="at least one prompt"):
+        evaluate(smoke_pipe, {}, [], num_inference_steps=1)
