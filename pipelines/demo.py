@@ -1,85 +1,99 @@
-"""``sparse-vdit demo``: the main job on the embedded default.
+"""``sparse-vdit demo``: the main job, on the shipped proxy model, on any machine.
 
-Generates a short video with the project's own proxy model (a whole tiny WanPipeline with random
-weights, built from configs: no downloads) twice: stock attention, then a Sparse-vDiT-style
-pattern (one mode for every head, e.g. a spatial window inside each frame) through
-``apply_sparse_attention``. Prints wall time of each and the PSNR of the sparse video against the
-stock one, and writes both videos (mp4) when ``--output-dir`` is given.
+1. Loads the proxy model (``pipelines.proxy``): the trained checkpoint when it is there, else the
+   same architecture with random weights, which it says loudly (quality numbers then mean nothing).
+2. Searches a small Sparse-vDiT plan: one prompt (not the one generated later), one mode per kind
+   as candidates, the demo's step count.
+3. Generates one prompt and seed with dense attention, the plan, and AdaSpa (its 50-step schedule
+   scaled to the demo's steps), after an untimed warm-up of each (``pipelines.evaluation``), with a
+   progress bar.
+4. Prints a table, what each number means (attention density, PSNR against dense and what a good
+   value is, SSIM, seconds: on the CPU those of the PyTorch fallback, not the GPU kernels), and
+   writes the side-by-side videos, CSV and JSON into ``--output-dir``.
 
-Random weights make the pictures noise; what the demo shows is the whole path (processors, step
-tracking, block layouts from layout units, the kernel or its fallback) running end to end.
+Sizes: on the CPU 9 frames of 32 x 48 pixels, 8 steps (a few seconds per generation on the
+fallback path); on a GPU the proxy's trained size, 33 frames of 64 x 96, 20 steps.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import time
-from pathlib import Path
+import sys
 
-import torch
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, positive_int
 
-from pipelines.apply import apply_sparse_attention
-from pipelines.tiny import tiny_wan_pipeline
-from sparse_vdit.modes import Diagonal, Full, MultiDiagonal, VerticalStripe, mode_mask_mod
-from sparse_vdit.static_methods import StaticMaskAttention
+__all__ = ["DEMO_EPSILON", "DEMO_SPARSITY", "DEMO_OUTPUT_DIR", "add_parser", "run_demo"]
 
-DEMO_MODES = {
-    "diagonal": Diagonal(1),
-    "multi_diagonal": MultiDiagonal(0),
-    "vertical_stripe": VerticalStripe((0,)),
-    "full": Full(),
-}
-PROMPT = "a red bird flies over the river"
-NEGATIVE = "blurry low quality"
+DEMO_EPSILON = 0.1  # the search's threshold: larger, sparser (search.greedy's default is 0.05)
+DEMO_SPARSITY = 0.8  # AdaSpa's default: each query block keeps 20% of the key blocks
+DEMO_OUTPUT_DIR = "sparse-vdit-demo"
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """PSNR in dB of videos in [0, 1]."""
-    mse = float(((x.double() - ref.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "demo",
+        help="the proxy model: a small plan search, then dense, Sparse-vDiT and AdaSpa generations; density, PSNR, time",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DefaultsFormatter,
+    )
+    add_model_options(p, model=False)
+    add_video_options(p, steps=None, what="8 steps of 9 x 32 x 48 on the CPU, 20 of 33 x 64 x 96 on a GPU")
+    p.add_argument("--prompt", default=None, help="the prompt to generate (default: the proxy's first sample prompt)")
+    p.add_argument("--seed", type=int, default=0, help="the generation's seed")
+    p.add_argument("--epsilon", type=float, default=DEMO_EPSILON,
+                   help="plan search threshold on the normalised error + cost (larger: sparser)")
+    p.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help="AdaSpa's sparsity (0.8 keeps 20%% of blocks)")
+    p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
+    p.add_argument("--output-dir", default=DEMO_OUTPUT_DIR, help="where the videos, report.csv and report.json go")
+    p.set_defaults(func=run_demo)
+    return p
 
 
-def _generate(pipe, args) -> tuple[torch.Tensor, float]:
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    video = pipe(
-        PROMPT, negative_prompt=NEGATIVE, num_frames=args.frames, height=args.height, width=args.width,
-        num_inference_steps=args.steps, max_sequence_length=16, guidance_scale=5.0, output_type="pt",
-        generator=torch.Generator().manual_seed(args.seed),
-    ).frames
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    return video.float().cpu().clamp(0, 1), time.perf_counter() - t0
+def run_demo(args: argparse.Namespace) -> int:
+    """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
+    from adaspa import AdaSpaConfig
+    from pipelines.evaluation.command import CPU_WARMUP_STEPS, generation_kwargs, open_model
+    from pipelines.evaluation.methods import SMALL_CANDIDATES
+    from pipelines.evaluation.metrics import psnr_quality
+    from pipelines.evaluation.report import legend
+    from pipelines.evaluation.run import evaluate
+    from search.run import search_plan
 
-
-def run_demo(args) -> int:
-    mode = DEMO_MODES[args.mode]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = tiny_wan_pipeline(num_layers=args.layers, seed=args.seed).to(device, getattr(torch, args.dtype))
-    stock, t_stock = _generate(pipe, args)
-    method = StaticMaskAttention.per_layout(lambda layout: mode_mask_mod(mode, layout), block_size=args.block_size)
-    with apply_sparse_attention(pipe, method):
-        sparse, t_sparse = _generate(pipe, args)
-    again, _ = _generate(pipe, args)
-    print(f"proxy model: tiny WanPipeline ({args.layers} layers, random weights), {args.frames} frames "
-          f"{args.height}x{args.width}, {args.steps} steps, CFG on; {device}, {args.dtype}")
-    print(f"mode: {mode} (text dense), block size {args.block_size}")
-    print(f"{'run':<10} {'seconds':>8} {'PSNR vs stock':>14}")
-    print(f"{'stock':<10} {t_stock:>8.2f} {'-':>14}")
-    print(f"{'sparse':<10} {t_sparse:>8.2f} {psnr(sparse, stock):>14.2f}")
-    if device == "cuda":
-        print("(the sparse run includes Triton's one-time kernel compilation; the proxy model is far too "
-              "small for timings to mean anything: benchmarks/ measures speed)")
-    restored = torch.equal(again, stock)
-    print(f"after remove(): stock output restored exactly: {restored}")
-    if args.output_dir:
-        from diffusers.utils import export_to_video
-
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, video in (("stock", stock), ("sparse", sparse)):
-            frames = [f.permute(1, 2, 0).numpy() for f in video[0]]
-            export_to_video(frames, str(out / f"{name}.mp4"), fps=8)
-        print(f"videos written to {out}/stock.mp4 and {out}/sparse.mp4")
-    return 0 if restored and torch.isfinite(sparse).all() else 1
+    session = open_model("proxy", args.device, args.dtype, args.block_size)
+    pipe, defaults = session.pipe, session.defaults
+    kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
+    steps = args.steps or defaults.num_inference_steps
+    prompt = args.prompt or defaults.prompts[0]
+    print(f"proxy model: WanPipeline, 8 layers x 4 heads, {kwargs['num_frames']} frames of {kwargs['height']} x "
+          f"{kwargs['width']}, {steps} steps, CFG {kwargs['guidance_scale']}; {session.device}, "
+          f"{str(pipe.dtype).replace('torch.', '')}, block size {session.block_size}", flush=True)
+    adaspa = AdaSpaConfig(sparsity=args.sparsity, block_size=session.block_size)
+    print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {args.search_steps or steps} steps, "
+          f"candidates {', '.join(map(str, SMALL_CANDIDATES))}, epsilon {args.epsilon}", flush=True)
+    pipe.set_progress_bar_config(disable=False, desc="plan search", unit="step")  # the search's steps, one bar
+    plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed], num_inference_steps=args.search_steps or steps,
+                       candidates=SMALL_CANDIDATES, epsilon=args.epsilon, block_size=session.block_size, progress=False,
+                       **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    print(f"    plan: attention density {plan.expected_density:.3f}" +
+          (" (every head stayed dense: no mode's error met epsilon)" if plan.expected_density >= 1 else ""), flush=True)
+    schedule = adaspa.schedule(steps)
+    print(f"2/2 generating {prompt!r} (seed {args.seed}): dense, the plan, AdaSpa (s = {args.sparsity}: dense before "
+          f"step {schedule.warmup_steps}, searches at steps {list(schedule.search_steps)}), each after a warm-up", flush=True)
+    warmup = steps if session.on_gpu else CPU_WARMUP_STEPS
+    report = evaluate(pipe, {"plan": {f"eps={args.epsilon:g}": plan}, "adaspa": {f"s={args.sparsity:g}": adaspa}},
+                      [prompt], [args.seed], num_inference_steps=steps, out_dir=args.output_dir, warmup=warmup,
+                      meta=session.meta("proxy"), **kwargs)
+    print()
+    print(report.table())
+    print()
+    print(legend(report))
+    for s in report.summary():
+        if s.method != "dense":
+            print(f"{s.label}: {s.psnr:.1f} dB = {psnr_quality(s.psnr)}, {s.density:.0%} of the attention computed")
+    for line in report.findings():
+        print(f"FINDING: {line}")
+    print(f"videos (dense | method | difference x4), report.csv and report.json written to {args.output_dir}/")
+    sys.stdout.flush()
+    return 1 if any(math.isnan(r.psnr) for r in report.rows) else 0
