@@ -77,7 +77,8 @@ def run_demo(args: argparse.Namespace) -> int:
                        **kwargs)
     pipe.set_progress_bar_config(disable=True)
     print(f"    plan: attention density {plan.expected_density:.3f}" +
-          (" (every head stayed dense: no mode's error met epsilon)" if plan.expected_density >= 1 else ""), flush=True)
+          (" (every head stayed dense: no mode's error met epsilon; a larger --epsilon, e.g. 0.5, allows more error)"
+           if plan.expected_density >= 1 else ""), flush=True)
     schedule = adaspa.schedule(steps)
     print(f"2/2 generating {prompt!r} (seed {args.seed}): dense, the plan, AdaSpa (s = {args.sparsity}: dense before "
           f"step {schedule.warmup_steps}, searches at steps {list(schedule.search_steps)}), each after a warm-up", flush=True)

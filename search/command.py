@@ -16,7 +16,6 @@ from sparse_vdit.cli_args import (
     DefaultsFormatter,
     add_model_options,
     add_video_options,
-    prepare_device,
     resolve_block_size,
     resolve_device,
     resolve_dtype,
@@ -52,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from sparse_vdit.plan_show import format_plan
 
     device = resolve_device(args.device)
-    prepare_device(device)
     pipe, defaults = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
     note = weights_note(pipe)
     if note:

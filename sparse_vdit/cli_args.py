@@ -32,7 +32,6 @@ __all__ = [
     "comma_ints",
     "frame_count",
     "positive_int",
-    "prepare_device",
     "resolve_block_size",
     "resolve_device",
     "resolve_dtype",
@@ -164,16 +163,6 @@ def resolve_device(value: str | None) -> str:
         raise CliError(f"--device {device}, but torch sees no CUDA device here: use --device cpu "
                        "(or install a CUDA build of torch on a GPU machine)")
     return device
-
-
-def prepare_device(device: str) -> None:
-    """Process-wide settings for running on ``device``: on the CPU, flush subnormal floats to zero.
-    x86 CPUs compute on subnormals tens of times slower, and a random-weight model makes many (the
-    untrained proxy's first steps ran 50x slower); flushing changes nothing above 1e-38."""
-    import torch
-
-    if not device.startswith("cuda"):
-        torch.set_flush_denormal(True)
 
 
 def resolve_dtype(value: str | None, device: str):

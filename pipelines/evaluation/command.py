@@ -23,7 +23,6 @@ from sparse_vdit.cli_args import (
     comma_floats,
     comma_ints,
     positive_int,
-    prepare_device,
     resolve_block_size,
     resolve_device,
     resolve_dtype,
@@ -65,7 +64,6 @@ def open_model(model: str, device: str | None, dtype: str | None, block_size: in
     from pipelines.loading import load_pipeline, weights_note
 
     device = resolve_device(device)
-    prepare_device(device)
     pipe, defaults = load_pipeline(model, device, resolve_dtype(dtype, device))
     untrained = weights_note(pipe)
     notes = [untrained] if untrained else []
