@@ -27,6 +27,7 @@ reuses the step's decisions. The search of 50 steps x 2 prompts is COMPUTED from
 
     python benchmarks/bench_end_to_end.py                              # all three (H200: ~8 minutes)
     python benchmarks/bench_end_to_end.py --models 1.3b,14b --search
+    python benchmarks/bench_end_to_end.py --models 14b --densities 0.2 --kinds plan --compile
     python benchmarks/bench_end_to_end.py --smoke                      # tiny models; CPU interpreter without CUDA
 """
 
@@ -191,15 +192,19 @@ def step_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> li
                      "speedup vs diffusers": dense / ms, "note": note})
         print(f"[{spec.key}] {kind}: {ms:.1f} ms (density {common.fmt(density)}) {note}", flush=True)
 
+    if args.compile:
+        model.compile_repeated_blocks()  # diffusers' regional compile of the transformer blocks
+        print(f"[{spec.key}] compile_repeated_blocks set (compiles at the warm-up forwards)", flush=True)
     add("dense (diffusers)", timer(lambda i: model(**kwargs)), 1.0)
-    with apply_sparse_attention(model, FullAttention()):
-        add("dense (FullAttention)", timer(lambda i: at_step(0, 1)), 1.0)
-    for d in args.densities:
+    if "full" in args.kinds:
+        with apply_sparse_attention(model, FullAttention()):
+            add("dense (FullAttention)", timer(lambda i: at_step(0, 1)), 1.0)
+    for d in args.densities if "plan" in args.kinds else ():
         plan, mix = plan_at(model, spec, d, args.plan_block)
         with apply_sparse_attention(model, plan):
             add(f"plan (d = {d})", timer(lambda i: at_step(0, 1)), plan.expected_density,
                 f"blocks {args.plan_block}: {mix}")
-    for d in args.densities:
+    for d in args.densities if "adaspa" in args.kinds else ():
         s = round(1.0 - d, 6)
         config = AdaSpaConfig(sparsity=s, block_size=args.adaspa_block, warmup_steps=0, search_steps=(0,),
                               schedule_steps=None)
@@ -279,9 +284,13 @@ def parse(argv):
     p.add_argument("--adaspa-block", type=int, default=None, help="AdaSpa block size (default 64; smoke on CPU 16)")
     p.add_argument("--reps", type=int, default=1, help="timed forwards of each kind (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards first (kernel compiles; default 1)")
+    p.add_argument("--kinds", default="full,plan,adaspa", help="forwards besides stock dense (default full,plan,adaspa)")
+    p.add_argument("--compile", action="store_true",
+                   help="diffusers' compile_repeated_blocks() on the transformer, for every kind (stock included)")
     p.add_argument("--name", default="bench_end_to_end", help="JSON file name stem")
     args = p.parse_args(argv)
     args.densities = tuple(float(x) for x in args.densities.split(","))
+    args.kinds = tuple(k.strip() for k in args.kinds.split(","))
     return args
 
 
@@ -299,7 +308,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16
     info = common.env_header(device, smoke=args.smoke, extra={
         "models": keys, "densities": args.densities, "plan block": args.plan_block,
-        "AdaSpa block": args.adaspa_block, "reps": args.reps, "warmup": args.warmup})
+        "AdaSpa block": args.adaspa_block, "reps": args.reps, "warmup": args.warmup, "kinds": args.kinds,
+        "compile": args.compile})
     common.print_header(info, "One denoising step, sparse vs dense, at densities " + ", ".join(map(str, args.densities)))
     steps, search = [], []
     if args.search:
