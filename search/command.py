@@ -22,6 +22,14 @@ from sparse_vdit.cli_args import (
 )
 
 
+def add_cost_option(p: argparse.ArgumentParser) -> None:
+    """--cost, shared by the commands that search plans (search, eval)."""
+    p.add_argument("--cost", choices=SOURCES, default="auto",
+                   help="mode costs of the plan search: measured kernel time (GPU), FLOP density, or auto (measured "
+                        "when on a GPU). At toy sizes a GPU is launch-bound and every measured cost exceeds dense's, "
+                        "so the search keeps heads Full: use flops there to judge quality per density")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "search",
@@ -37,8 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost in the loss")
     p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
                    help="a head takes its best mode only if its loss (normalised MSE + lam * cost) is below this")
-    p.add_argument("--cost", choices=SOURCES, default="auto",
-                   help="mode costs: measured kernel time (GPU), FLOP density, or auto (measured when on a GPU)")
+    add_cost_option(p)
     p.set_defaults(func=run)
     return p
 

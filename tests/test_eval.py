@@ -265,3 +265,28 @@ def test_evaluate_refuses_what_it_sets_itself(smoke_pipe):
         evaluate(smoke_pipe, {}, ["p"], num_inference_steps=1, output_type="latent")
     with pytest.raises(ValueError, match="at least one prompt"):
         evaluate(smoke_pipe, {}, [], num_inference_steps=1)
+
+
+def test_mp4_without_imageio_ffmpeg_is_a_clear_error(monkeypatch, tmp_path):
+    """Without imageio-ffmpeg imageio hands .mp4 to another plugin and fails with an unrelated error
+    (seen on the GPU machine): write_video says what is missing instead."""
+    import importlib.util
+
+    from pipelines.evaluation.videos import write_video
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
+    with pytest.raises(RuntimeError, match="pip install imageio-ffmpeg"):
+        write_video(torch.zeros(2, 3, 16, 16), tmp_path / "x.mp4")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch):
+    from pipelines.evaluation import methods as methods_module
+    from search import run as search_run
+
+    seen = []
+    monkeypatch.setattr(search_run, "search_plan", lambda *a, **k: seen.append(k["cost"]) or "plan")
+    out = methods_module.build_methods(smoke_pipe, ["plan"], block_size=16, epsilons=[0.1, 0.2], search_prompts=["p"],
+                                       num_inference_steps=2, cost="flops", **SMOKE_CALL)
+    assert out == {"plan": {"eps=0.1": "plan", "eps=0.2": "plan"}} and seen == ["flops", "flops"]

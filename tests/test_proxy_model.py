@@ -172,3 +172,16 @@ def test_training_sigmas_have_the_schedules_density():
     u = sigma / (shift - (shift - 1) * sigma)
     torch.testing.assert_close(shifted_sigma(u, shift), sigma)
     torch.testing.assert_close(u.diff(), torch.full((19,), float(u.diff().mean()), dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_the_trained_checkpoint_ships_and_loads():
+    """The package carries the trained proxy (issue: at most 25 MB), and it loads as a trained pipeline."""
+    from pipelines.loading import weights_note
+
+    assert PROXY_CHECKPOINT.exists(), f"{PROXY_CHECKPOINT} is missing: python -m pipelines.proxy.train --install"
+    assert PROXY_CHECKPOINT.stat().st_size <= 25e6
+    pipe = load_proxy_pipeline("cpu")
+    record = pipe.proxy_training
+    assert record["steps"] > 1000 and record["weights"] == "ema"
+    assert record["validation_loss"] < record["initial_validation_loss"] / 5  # it learned
+    assert weights_note(pipe) is None

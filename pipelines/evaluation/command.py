@@ -15,6 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+from search.command import add_cost_option
 from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
 from sparse_vdit.cli_args import (
     DefaultsFormatter,
@@ -117,6 +118,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--search-prompt", action="append", default=None,
                    help="a prompt the plan is searched on (repeatable; default: the model's, not among the evaluated)")
     p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
+    add_cost_option(p)
     p.add_argument("--candidates", choices=("small", "default"), default=None,
                    help="plan search candidates: one per mode kind, or search.DEFAULT_CANDIDATES "
                         "(default: small on the CPU, default on a GPU)")
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
         sparsities=args.sparsities, windows=args.windows, search_prompts=args.search_prompt or defaults.search_prompts,
         num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES,
-        **kwargs,
+        cost=args.cost, **kwargs,
     )
     warmup = args.warmup if args.warmup is not None else (steps if session.on_gpu else CPU_WARMUP_STEPS)
     report = evaluate(

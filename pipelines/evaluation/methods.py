@@ -50,6 +50,7 @@ def build_methods(
     search_seeds: Sequence[int] = (0,),
     num_inference_steps: int,
     candidates: Sequence = SMALL_CANDIDATES,
+    cost: str = "auto",
     progress: bool = True,
     **call_kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
@@ -58,7 +59,8 @@ def build_methods(
     Args:
         block_size: of every method's layouts (``search.run.default_block_size`` per device).
         plan: a ``Plan``, or a path / Hub id for ``load_plan``; None: search one per epsilon on
-            ``search_prompts`` x ``search_seeds`` at ``num_inference_steps`` over ``candidates``
+            ``search_prompts`` x ``search_seeds`` at ``num_inference_steps`` over ``candidates``, with
+            ``cost`` ("auto", "measured" or "flops", as ``search.greedy.PlanSearch``)
             (keep the search prompts apart from the evaluation's, so the plan is not judged on the
             prompts it was made from).
         call_kwargs: the generation's size and guidance, for the search runs.
@@ -70,7 +72,7 @@ def build_methods(
     for name in parse_methods(names):
         if name == "plan":
             methods[name] = _plans(pipe, plan, epsilons, search_prompts, search_seeds, num_inference_steps,
-                                   candidates, block_size, progress, call_kwargs)
+                                   candidates, block_size, cost, progress, call_kwargs)
         elif name == "adaspa":
             methods[name] = {f"s={s:g}": AdaSpaConfig(sparsity=s, block_size=block_size) for s in sparsities}
         elif name == "svg":
@@ -80,7 +82,7 @@ def build_methods(
     return methods
 
 
-def _plans(pipe, plan, epsilons, prompts, seeds, steps, candidates, block_size, progress, call_kwargs) -> dict:
+def _plans(pipe, plan, epsilons, prompts, seeds, steps, candidates, block_size, cost, progress, call_kwargs) -> dict:
     from search.run import search_plan
     from sparse_vdit.plan import Plan
     from sparse_vdit.plan_file import load_plan
@@ -96,6 +98,6 @@ def _plans(pipe, plan, epsilons, prompts, seeds, steps, candidates, block_size, 
     kwargs = {k: v for k, v in call_kwargs.items() if k != "output_type"}
     return {
         f"eps={eps:g}": search_plan(pipe, list(prompts), list(seeds), num_inference_steps=steps, candidates=candidates,
-                                    epsilon=eps, block_size=block_size, progress=progress, **kwargs)
+                                    epsilon=eps, block_size=block_size, cost=cost, progress=progress, **kwargs)
         for eps in epsilons
     }

@@ -30,12 +30,17 @@ def side_by_side(dense: torch.Tensor, method: torch.Tensor, gain: float = DIFF_G
 
 def write_video(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
     """Write [F, H, W, 3] uint8 (or [F, C, H, W] / [1, F, C, H, W] floats in [0, 1]) as an mp4."""
+    import importlib.util
+
     import imageio.v2 as imageio
 
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        # without it imageio hands ".mp4" to another plugin, which fails with an unrelated error
+        raise RuntimeError(f"writing {path} needs ffmpeg through imageio-ffmpeg: pip install imageio-ffmpeg")
     if frames.dtype != torch.uint8:
         frames = (_frames(frames).float().clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # sizes are multiples of 16 (diffusers requires it), so no resizing: macro_block_size 1 keeps them exact
-    imageio.mimwrite(str(path), list(frames.cpu().numpy()), fps=fps, macro_block_size=1)
+    imageio.mimwrite(str(path), list(frames.cpu().numpy()), format="FFMPEG", fps=fps, macro_block_size=1)
     return path

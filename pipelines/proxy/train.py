@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipelines.evaluation.videos import slug, write_video
 from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, caption_checks, procedural_videos, to_device
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
@@ -232,14 +233,6 @@ def _sheet(videos: list[torch.Tensor]):
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
-def _write_mp4(path: Path, video: torch.Tensor, fps: int = 8) -> None:
-    """video [3, T, H, W] in [-1, 1] -> mp4."""
-    import imageio
-
-    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    imageio.mimwrite(str(path), list(frames), fps=fps, macro_block_size=1)
-
-
 def write_samples(checkpoint: Path, out: Path, opts: TrainOptions, device) -> list[dict]:
     """Generate one video per sample prompt with the pipeline loaded from ``checkpoint``; write mp4s,
     a contact sheet and ``samples.json`` (each prompt's ``caption_checks``); return the checks."""
@@ -258,7 +251,7 @@ def write_samples(checkpoint: Path, out: Path, opts: TrainOptions, device) -> li
         ).frames[0]  # [T, 3, H, W] in [0, 1]
         video = (frames.permute(1, 0, 2, 3) * 2 - 1).float().cpu()
         videos.append(video)
-        _write_mp4(folder / f"{i:02d}_{prompt.replace(' ', '_')}.mp4", video)
+        write_video(frames, folder / f"{i:02d}_{slug(prompt)}.mp4")
         report.append({"prompt": prompt, "checks": caption_checks(video, prompt)})
     imageio.imwrite(str(folder / "samples.png"), _sheet(videos))
     data = procedural_videos(len(opts.sample_prompts), frames=config.frames, height=config.height, width=config.width,
@@ -408,6 +401,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     _log(f"trained {step} steps ({step * opts.batch_size} videos) in {elapsed:.0f} s, final loss {last_loss:.4f}, "
          f"validation loss {initial_val:.4f} -> {record['validation_loss']:.4f} ({record['weights']} weights); "
          f"checkpoint {checkpoint} ({size / 1e6:.2f} MB)")
+    (out / "training.json").write_text(json.dumps(record, indent=1))  # kept if the samples fail
     if opts.samples:
         report = write_samples(checkpoint, out, opts, device)
         record["sample_checks"] = report
