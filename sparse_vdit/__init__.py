@@ -5,6 +5,9 @@ the method protocol ``sparse_vdit.protocol``, the static methods ``sparse_vdit.s
 the Sparse-vDiT modes and plans: ``Plan``, ``load_plan``, ``save_plan``), ``adaspa`` (AdaSpa),
 ``kernels`` (Triton kernels: ``kernels.attention``), ``search`` (offline plan search),
 ``pipelines`` (diffusers adapters: one record per model family, processors, apply, step tracking).
+
+The user-facing API is importable from here (``from sparse_vdit import apply_sparse_attention,
+AdaSpaConfig, load_plan, search_plan, evaluate, ...``; see ``__all__``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,15 +19,35 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from sparse_vdit.token_layout import TokenLayout  # noqa: E402
 
-# Imported on first use, so ``import sparse_vdit`` stays light.
+# The public face: everything a user of diffusers needs, importable from here. Imported on first
+# use, so ``import sparse_vdit`` stays light and the core never imports diffusers by itself.
 _LAZY = {
+    # apply a method to a pipeline (diffusers adapters)
+    "apply_sparse_attention": "pipelines.apply",
+    "attach_sparse_attention": "pipelines.apply",
+    "token_layout_of": "pipelines.families",
+    # methods
+    "FullAttention": "sparse_vdit.static_methods",
+    "StaticMaskAttention": "sparse_vdit.static_methods",
+    "AttentionMethod": "sparse_vdit.protocol",
+    "AdaSpaConfig": "adaspa.config",
+    # Sparse-vDiT: modes, plans, the search
+    "Full": "sparse_vdit.modes",
+    "Skip": "sparse_vdit.modes",
+    "Diagonal": "sparse_vdit.modes",
+    "MultiDiagonal": "sparse_vdit.modes",
+    "VerticalStripe": "sparse_vdit.modes",
     "Plan": "sparse_vdit.plan",
     "PlanError": "sparse_vdit.plan",
     "load_plan": "sparse_vdit.plan_file",
     "save_plan": "sparse_vdit.plan_file",
+    "search_plan": "search.run",
+    # evaluation
+    "evaluate": "pipelines.evaluation",
+    "build_methods": "pipelines.evaluation",
 }
 
-__all__ = ["TokenLayout", "Plan", "PlanError", "load_plan", "save_plan", "__version__"]
+__all__ = ["TokenLayout", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
@@ -33,3 +56,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

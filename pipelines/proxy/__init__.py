@@ -20,6 +20,7 @@ from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
     PROXY_CONFIG,
     PROXY_GENERATION,
+    PROXY_SMALL,
     SMOKE_CONFIG,
     ProxyCheckpointMissing,
     ProxyConfig,
@@ -36,7 +37,7 @@ __all__ = [
     "PROXY_CAPTIONS", "PROXY_SAMPLE_PROMPTS", "PROXY_VOCAB", "VideoBatch", "procedural_videos", "caption_checks",
     "SpaceToDepthVideoVAE",
     # the model: configs, loader, checkpoint
-    "ProxyConfig", "PROXY_CONFIG", "SMOKE_CONFIG", "PROXY_CHECKPOINT", "PROXY_GENERATION", "ProxyCheckpointMissing",
+    "ProxyConfig", "PROXY_CONFIG", "SMOKE_CONFIG", "PROXY_CHECKPOINT", "PROXY_GENERATION", "PROXY_SMALL", "ProxyCheckpointMissing",
     "build_proxy_pipeline", "load_proxy_pipeline", "place_proxy_pipeline", "save_proxy_checkpoint",
     "read_proxy_metadata", "proxy_parameter_count",
 ]

@@ -146,6 +146,10 @@ PROXY_GENERATION = dict(
     guidance_scale=5.0,
     max_sequence_length=PROXY_CONFIG.max_sequence_length,
 )
+# A size the CPU generates in seconds (9 frames of 32 x 48: 3 x 8 x 12 tokens), steps left to the
+# caller: for examples and quick checks, not for judging quality (the model saw 33 x 64 x 96).
+PROXY_SMALL = dict(height=32, width=48, num_frames=9, guidance_scale=5.0,
+                   max_sequence_length=PROXY_CONFIG.max_sequence_length)
 
 
 class ProxyCheckpointMissing(FileNotFoundError):
