@@ -8,6 +8,11 @@ costliest of the tied modes, i.e. the one that computes most: the safe side), an
     kind_agreement  the same, comparing only the mode kind (diagonal vs multi-diagonal ...), not
                     its parameters
     unanimous       share of (step, layer, head) where every run chose the same mode
+
+and, given each run's (prompt, seed), the mean share of (step, layer, head) on which two runs chose
+the same mode, over pairs of runs of the same prompt (other seeds: ``agreement_same_prompt``) and
+over pairs of different prompts (``agreement_other_prompt``). If the modes depend on layer and head
+only, the two are alike; if the prompt matters, the second is lower.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from sparse_vdit.modes import Full, Mode
 StepModes = Sequence[Sequence[Sequence[Mode]]]  # [step][layer][head]
 
 
-def combine_runs(runs: Sequence[StepModes], costs: dict[Mode, float]) -> tuple[list, dict]:
-    """(majority step modes [step][layer][head], consistency report) of several runs' decisions."""
+def combine_runs(runs: Sequence[StepModes], costs: dict[Mode, float],
+                 keys: Sequence[tuple] | None = None) -> tuple[list, dict]:
+    """(majority step modes [step][layer][head], consistency report) of several runs' decisions.
+
+    keys: (prompt, seed) of each run, for the agreement within and across prompts."""
     if not runs:
         raise ValueError("no search runs to combine")
     shape = (len(runs[0]), len(runs[0][0]), len(runs[0][0][0]))
@@ -54,4 +62,23 @@ def combine_runs(runs: Sequence[StepModes], costs: dict[Mode, float]) -> tuple[l
         "unanimous": unanimous / cells,
         "method": "majority per (step, layer, head); ties to the costliest mode",
     }
+    if keys is not None:
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} run keys for {n} runs")
+        report.update(_pairwise_agreement(runs, keys))
     return plan, report
+
+
+def _pairwise_agreement(runs: Sequence[StepModes], keys: Sequence[tuple]) -> dict:
+    """Mean share of cells two runs agree on, over same-prompt pairs and over other-prompt pairs."""
+    flat = [[m for layers in r for heads in layers for m in heads] for r in runs]
+    same, other = [], []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            share = sum(a == b for a, b in zip(flat[i], flat[j])) / len(flat[i])
+            (same if keys[i][0] == keys[j][0] else other).append(share)
+    out = {}
+    for name, values in (("agreement_same_prompt", same), ("agreement_other_prompt", other)):
+        if values:
+            out[name] = sum(values) / len(values)
+    return out

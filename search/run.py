@@ -77,7 +77,7 @@ def search_plan(
         costs, source, gpu = method.costs, method.cost_source, method.gpu
         shape = shape or method.cost_shape
         layout = layout or method.token_layout
-    step_modes, report = combine_runs(runs, costs)
+    step_modes, report = combine_runs(runs, costs, keys=combos)
     report.update(prompts=list(prompts), seeds=[int(s) for s in seeds])
     info = model_info(transformer, family_of(transformer))
     return Plan.from_step_modes(

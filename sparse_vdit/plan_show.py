@@ -56,7 +56,8 @@ def _header(plan: Plan, source: str | None) -> list[tuple[str, str]]:
         value = calibration["consistency"]
         shown = f"{value:.1%}" if isinstance(value, float) else str(value)
         extra = [f"{label} {calibration[key]:.1%}" for key, label in (("kind_agreement", "same kind"),
-                 ("unanimous", "unanimous")) if isinstance(calibration.get(key), float)]
+                 ("unanimous", "unanimous"), ("agreement_same_prompt", "two runs of one prompt agree on"),
+                 ("agreement_other_prompt", "of two prompts on")) if isinstance(calibration.get(key), float)]
         rows.append(("calibration", f"consistency {shown}" + "".join(f", {e}" for e in extra)
                      + (f" ({detail})" if detail else "")))
     if plan.created:

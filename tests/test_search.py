@@ -139,6 +139,12 @@ def test_combine_runs_majority_ties_and_report():
     assert math.isclose(report["consistency"], (2 / 3 + 1 / 3) / 2)
     assert math.isclose(report["kind_agreement"], (2 / 3 + 1 / 3) / 2)
     assert report["unanimous"] == 0.0
+    assert "agreement_same_prompt" not in report  # no run keys given
+    _, report = combine_runs(runs, costs, keys=[("p", 0), ("p", 1), ("q", 0)])
+    assert math.isclose(report["agreement_same_prompt"], 1 / 2)  # runs 0, 1: head 0 agrees, head 1 not
+    assert math.isclose(report["agreement_other_prompt"], (0 / 2 + 0 / 2) / 2)  # runs 0-2, 1-2: nothing alike
+    with pytest.raises(ValueError, match="3 runs"):
+        combine_runs(runs, costs, keys=[("p", 0)])
     with pytest.raises(ValueError, match="different step"):
         combine_runs([[[(a,)]], [[(a, b)]]], costs)
 
