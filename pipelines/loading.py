@@ -15,9 +15,12 @@ way ``from_pretrained`` does it (modules diffusers keeps in float32 stay so), ne
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from sparse_vdit.cli_args import resolve_block_size, resolve_device, resolve_dtype
 
 PROXY = "proxy"
 UNTRAINED_NOTE = "proxy checkpoint not trained yet: random weights, quality numbers mean nothing"
@@ -114,3 +117,56 @@ def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
             f"pass '{PROXY}', a local diffusers folder or a Hub repo id (downloaded once, then served from the cache)"
         ) from exc
     return pipe.to(device), MODEL_DEFAULTS
+
+
+# ------------------------------------------------------------------ for the commands
+CPU_FALLBACK_NOTE = (
+    "no CUDA device: attention runs on the PyTorch fallback path (float32, every score computed then masked), "
+    "so times here are of that path, not of the GPU kernels"
+)
+CPU_WARMUP_STEPS = 2  # on the CPU there is nothing to compile: a short warm-up fills the caches
+
+
+@dataclass
+class Session:
+    """A loaded model and what the run needs to know about it."""
+
+    pipe: object
+    defaults: object
+    device: str
+    block_size: int
+    notes: list
+    untrained: str | None = None  # ``loading.UNTRAINED_NOTE`` for a proxy with random weights
+
+    def meta(self, model: str) -> dict:
+        """What an ``EvalReport`` records about the model."""
+        return {"model": model, "note": self.untrained, "random_weights": self.untrained is not None,
+                "block_size": self.block_size}
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def open_model(model: str, device: str | None, dtype: str | None, block_size: int | None) -> Session:
+    """Load ``model`` on the resolved device; print the notes (untrained weights, CPU fallback)
+    before any progress bar starts, and keep the fallback's own warning out of the bars."""
+    device = resolve_device(device)
+    pipe, defaults = load_pipeline(model, device, resolve_dtype(dtype, device))
+    untrained = weights_note(pipe)
+    notes = [untrained] if untrained else []
+    if not device.startswith("cuda"):
+        notes.append(CPU_FALLBACK_NOTE)
+        warnings.filterwarnings("ignore", message="sparse-vdit: no CUDA device", category=RuntimeWarning)
+    for note in notes:
+        print(f"NOTE: {note}", flush=True)
+    return Session(pipe, defaults, device, resolve_block_size(block_size, device), notes, untrained)
+
+
+def generation_kwargs(defaults, height: int | None, width: int | None, frames: int | None) -> dict:
+    """The defaults' call arguments with the command line's size."""
+    kwargs = defaults.call_kwargs()
+    for name, value in (("height", height), ("width", width), ("num_frames", frames)):
+        if value is not None:
+            kwargs[name] = value
+    return kwargs

@@ -7,19 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from search.candidates import DEFAULT_CANDIDATES
 from search.cost_model import SOURCES
 from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA
-from sparse_vdit.cli_args import (
-    DefaultsFormatter,
-    add_model_options,
-    add_video_options,
-    resolve_block_size,
-    resolve_device,
-    resolve_dtype,
-)
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options
 
 
 def add_cost_option(p: argparse.ArgumentParser) -> None:
@@ -52,24 +44,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from pipelines.loading import load_pipeline, weights_note
+    from pipelines.loading import generation_kwargs, open_model
     from search.run import search_plan
     from sparse_vdit.plan_file import save_plan
     from sparse_vdit.plan_show import format_plan
 
-    device = resolve_device(args.device)
-    pipe, defaults = load_pipeline(args.model, device, resolve_dtype(args.dtype, device))
-    note = weights_note(pipe)
-    if note:
-        print(f"NOTE: {note}", flush=True)
-    kwargs = defaults.call_kwargs()
-    for name, value in (("height", args.height), ("width", args.width), ("num_frames", args.frames)):
-        if value is not None:
-            kwargs[name] = value
+    session = open_model(args.model, args.device, args.dtype, args.block_size)  # says its notes before the bars
+    kwargs = generation_kwargs(session.defaults, args.height, args.width, args.frames)
     plan = search_plan(
-        pipe, args.prompt or list(defaults.prompts), args.seed or [0], num_inference_steps=args.steps,
-        candidates=DEFAULT_CANDIDATES, lam=args.lam, epsilon=args.epsilon,
-        block_size=resolve_block_size(args.block_size, device), cost=args.cost, **kwargs,
+        session.pipe, args.prompt or list(session.defaults.prompts), args.seed or [0], num_inference_steps=args.steps,
+        candidates=DEFAULT_CANDIDATES, lam=args.lam, epsilon=args.epsilon, block_size=session.block_size,
+        cost=args.cost, **kwargs,
     )
     path = save_plan(plan, args.out)
     print(format_plan(plan, str(path)))

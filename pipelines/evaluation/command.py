@@ -4,85 +4,21 @@ prompts and seeds; a table on the screen, CSV / JSON / side-by-side videos / plo
     sparse-vdit eval                                                   # the proxy, on this machine
     sparse-vdit eval --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --device cuda --plan plan.json --seed 0 --seed 1
 
-``open_model`` (also the demo's) resolves the device, dtype and block size, loads the model and
-says up front what changes how to read the numbers: untrained proxy weights, the CPU fallback.
+``pipelines.loading.open_model`` (shared with the demo and ``search``) resolves the device, dtype
+and block size, loads the model and says up front what changes how to read the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from dataclasses import dataclass
 
-from search.command import add_cost_option
 from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
-from sparse_vdit.cli_args import (
-    DefaultsFormatter,
-    add_model_options,
-    add_video_options,
-    comma_floats,
-    comma_ints,
-    positive_int,
-    resolve_block_size,
-    resolve_device,
-    resolve_dtype,
-)
+from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
+from search.command import add_cost_option
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, comma_floats, comma_ints, positive_int
 
-__all__ = ["Session", "open_model", "generation_kwargs", "add_parser", "run", "CPU_FALLBACK_NOTE", "CPU_WARMUP_STEPS"]
-
-CPU_FALLBACK_NOTE = (
-    "no CUDA device: attention runs on the PyTorch fallback path (float32, every score computed then masked), "
-    "so times here are of that path, not of the GPU kernels"
-)
-CPU_WARMUP_STEPS = 2  # on the CPU there is nothing to compile: a short warm-up fills the caches
-
-
-@dataclass
-class Session:
-    """A loaded model and what the run needs to know about it."""
-
-    pipe: object
-    defaults: object
-    device: str
-    block_size: int
-    notes: list
-    untrained: str | None = None  # ``loading.UNTRAINED_NOTE`` for a proxy with random weights
-
-    def meta(self, model: str) -> dict:
-        """What an ``EvalReport`` records about the model."""
-        return {"model": model, "note": self.untrained, "random_weights": self.untrained is not None,
-                "block_size": self.block_size}
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
-
-def open_model(model: str, device: str | None, dtype: str | None, block_size: int | None) -> Session:
-    """Load ``model`` on the resolved device; print the notes (untrained weights, CPU fallback)
-    before any progress bar starts, and keep the fallback's own warning out of the bars."""
-    from pipelines.loading import load_pipeline, weights_note
-
-    device = resolve_device(device)
-    pipe, defaults = load_pipeline(model, device, resolve_dtype(dtype, device))
-    untrained = weights_note(pipe)
-    notes = [untrained] if untrained else []
-    if not device.startswith("cuda"):
-        notes.append(CPU_FALLBACK_NOTE)
-        warnings.filterwarnings("ignore", message="sparse-vdit: no CUDA device", category=RuntimeWarning)
-    for note in notes:
-        print(f"NOTE: {note}", flush=True)
-    return Session(pipe, defaults, device, resolve_block_size(block_size, device), notes, untrained)
-
-
-def generation_kwargs(defaults, height: int | None, width: int | None, frames: int | None) -> dict:
-    """The defaults' call arguments with the command line's size."""
-    kwargs = defaults.call_kwargs()
-    for name, value in (("height", height), ("width", width), ("num_frames", frames)):
-        if value is not None:
-            kwargs[name] = value
-    return kwargs
+__all__ = ["add_parser", "run"]
 
 
 def _method_names(text: str) -> list[str]:
