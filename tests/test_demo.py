@@ -34,11 +34,11 @@ def test_demo_as_a_new_user_sees_it(tmp_path):
     if not PROXY_CHECKPOINT.exists():
         assert "proxy checkpoint not trained yet: random weights, quality numbers mean nothing" in out
     assert "PyTorch fallback path" in out and "not of the GPU kernels" in out
-    for text in ("1/2 searching a plan", "2/2 generating", "dense ", "plan (eps=0.1)", "adaspa (s=0.8)",
+    for text in ("1/2 searching a plan", "2/2 generating", "dense ", "plan (eps=0.3)", "adaspa (s=0.8)",
                  "fraction of the attention computed", "> 30 near-identical, 20-30 visible differences", "SSIM"):
         assert text in out, text
     assert out.index("NOTE: no CUDA device") < out.index("1/2 searching")  # said before any bar starts
     assert "evaluate:" in err and "plan search:" in err  # the progress bars
     videos = tmp_path / "out" / "videos" / "a_red_circle_moves_right" / "seed0"
-    assert {p.name for p in videos.iterdir()} == {"dense.mp4", "plan_eps=0.1.mp4", "adaspa_s=0.8.mp4"}
+    assert {p.name for p in videos.iterdir()} == {"dense.mp4", "plan_eps=0.3.mp4", "adaspa_s=0.8.mp4"}
     assert (tmp_path / "out" / "report.json").exists()
