@@ -15,15 +15,25 @@ process's heads (``pipelines.context_parallel``), the method runs on those heads
 dense through ``dispatch_attention_fn`` on the exchanged tensors), and the output is exchanged
 back; under ring attention the processors run dense through diffusers (logged once).
 
+Under ``torch.compile`` the attention step is one opaque op (``sparse_vdit::processor_attend``):
+dynamo compiles the block around it (projections, norms, RoPE, the MLP) and never traces the
+per-layer and per-step Python (the tracker, the method, the layout it picks, the launch), which
+runs eagerly inside the op as it does without compile. The op's only per-layer input is a CPU
+scalar tensor naming the processor, so nothing per-layer is guarded: diffusers' regional
+compilation (``compile_repeated_blocks``) compiles one block for every layer, and a whole
+compiled transformer is one graph for every step, branch and method phase.
+
 Build processors with ``pipelines.apply_sparse_attention`` (or ``attach_sparse_attention`` for a
 ``set_attn_processor`` dict); a processor needs the transformer's ``StepTracker``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -75,6 +85,12 @@ class SparseAttnProcessorBase:
         self.config = config
         self.method = method
         self.tracker = tracker
+        # Names this processor to the opaque op under torch.compile: a tensor, so dynamo guards its
+        # metadata (the same for every layer), never its value.
+        slot = next(_SLOTS)
+        _PROCESSORS[slot] = weakref.ref(self)
+        weakref.finalize(self, _PROCESSORS.pop, slot, None)
+        self._slot = torch.tensor(slot, dtype=torch.int64)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer {self.config.layer_index} {self.config.layer_name!r}, {self.method!r})"
@@ -102,6 +118,12 @@ class SparseAttnProcessorBase:
 
         Returns [B, S, H, D].
         """
+        if torch.compiler.is_compiling():
+            return torch.ops.sparse_vdit.processor_attend(query, key, value, attn_mask, self._slot,
+                                                          mask_is_key_padding, text_tokens)
+        return self._attend_eager(query, key, value, attn_mask, mask_is_key_padding, text_tokens)
+
+    def _attend_eager(self, query, key, value, attn_mask, mask_is_key_padding: bool, text_tokens: int) -> torch.Tensor:
         forward = self.tracker.current
         if forward is None:
             raise RuntimeError(
@@ -200,6 +222,36 @@ class SparseAttnProcessorBase:
     def _asks_method(attn_mask, mask_is_key_padding: bool) -> bool:
         """Whether the method is asked at all (else the call is dense, as stock)."""
         return attn_mask is None or mask_is_key_padding
+
+
+_SLOTS = itertools.count()
+_PROCESSORS: dict[int, "weakref.ref[SparseAttnProcessorBase]"] = {}
+
+
+@torch.library.custom_op("sparse_vdit::processor_attend", mutates_args=())
+def _processor_attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor],
+    slot: torch.Tensor,
+    mask_is_key_padding: bool,
+    text_tokens: int,
+) -> torch.Tensor:
+    """``SparseAttnProcessorBase.attend`` of the processor ``slot`` names, run eagerly (see the module
+    docstring). [B, S, H, D] in, [B, S, H, D] out, contiguous and never an alias of an input."""
+    ref = _PROCESSORS.get(int(slot.item()))
+    processor = ref() if ref is not None else None
+    if processor is None:
+        raise RuntimeError("sparse-vdit: a compiled graph called a processor that no longer exists: compile again "
+                           "after apply_sparse_attention (torch._dynamo.reset() clears the old graphs)")
+    out = processor._attend_eager(query, key, value, attn_mask, mask_is_key_padding, text_tokens).contiguous()
+    return out.clone() if any(out.data_ptr() == t.data_ptr() for t in (query, key, value)) else out
+
+
+@_processor_attend.register_fake
+def _(query, key, value, attn_mask, slot, mask_is_key_padding, text_tokens):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
 _WARNED: set[str] = set()

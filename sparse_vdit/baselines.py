@@ -34,7 +34,8 @@ Choices where SVG differs or is silent (tested in tests/test_baselines.py):
   the error summed over the batch; padded keys (``call.kv_lens``) are excluded from the sampled
   attention as the kernel excludes them.
 - The choice is read back to the host to build the layer's head table (one synchronisation per
-  layer and step): the method runs eagerly, not inside ``torch.compile(fullgraph=True)``.
+  layer and step). Under ``torch.compile`` that is fine: methods run eagerly inside the
+  processors' opaque attention op (``pipelines.processors``).
 
 Both baselines run dense for the first ``warmup_fraction`` of the steps (default 0.2, AdaSpa's 10
 of 50, so the three online methods start from the same dense warm-up): ``round_half_up(fraction *
