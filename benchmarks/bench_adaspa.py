@@ -143,14 +143,15 @@ def check_memory_formula(device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------- models
-def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
-    """WanTransformer3DModel from its config, random weights initialised on ``device``, in ``dtype``
-    but for the modules diffusers keeps in float32 (as ``from_pretrained(torch_dtype=...)`` does)."""
-    from diffusers import WanTransformer3DModel
+def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, cls: str = "WanTransformer3DModel"):
+    """The diffusers transformer ``cls`` from ``spec.config``, random weights initialised on ``device``,
+    in ``dtype`` but for the modules diffusers keeps in float32 (as ``from_pretrained(torch_dtype=...)``
+    does)."""
+    import diffusers
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = WanTransformer3DModel(**spec.config).eval().requires_grad_(False)
+        model = getattr(diffusers, cls)(**spec.config).eval().requires_grad_(False)
     keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, param in model.named_parameters():
         if not keep_fp32.intersection(name.split(".")):
@@ -158,8 +159,11 @@ def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def model_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> dict:
-    gen = torch.Generator(device=device).manual_seed(0)
+def model_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                 generator: torch.Generator | None = None) -> dict:
+    """Random latent and text of ``spec``'s shapes; ``generator`` (default: seed 0 on ``device``)
+    is left where it stopped, for a caller that draws more inputs."""
+    gen = torch.Generator(device=device).manual_seed(0) if generator is None else generator
     return dict(
         hidden_states=torch.randn(spec.latent, generator=gen, device=device, dtype=dtype),
         timestep=torch.full((spec.latent[0],), 500.0, device=device),

@@ -84,29 +84,10 @@ def models(smoke: bool) -> dict[str, Model]:
                                     (1, 16, 33, 90, 160), (1, HUNYUAN_TEXT, 4096), HUNYUAN_REAL_TEXT)}
 
 
-def build(spec: Model, device: torch.device, dtype: torch.dtype):
-    """The transformer from its config with random weights, in ``dtype`` but for the modules diffusers
-    keeps in float32 (as ``from_pretrained(torch_dtype=...)`` does)."""
-    import diffusers
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = getattr(diffusers, spec.cls)(**spec.config).eval().requires_grad_(False)
-    keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, param in model.named_parameters():
-        if not keep_fp32.intersection(name.split(".")):
-            param.data = param.data.to(dtype)
-    return model
-
-
 def inputs(spec: Model, device: torch.device, dtype: torch.dtype) -> dict:
+    """``bench_adaspa.model_inputs`` plus HunyuanVideo's text mask, pooled text and guidance."""
     gen = torch.Generator(device=device).manual_seed(0)
-    kwargs = dict(
-        hidden_states=torch.randn(spec.latent, generator=gen, device=device, dtype=dtype),
-        timestep=torch.full((spec.latent[0],), 500.0, device=device),
-        encoder_hidden_states=torch.randn(spec.text, generator=gen, device=device, dtype=dtype),
-        return_dict=False,
-    )
+    kwargs = bench_adaspa.model_inputs(spec, device, dtype, generator=gen)
     if spec.real_text is not None:
         mask = torch.zeros(spec.text[:2], dtype=torch.long, device=device)
         mask[:, : spec.real_text] = 1
@@ -175,7 +156,7 @@ def step_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> li
     from pipelines import FullAttention, apply_sparse_attention
 
     t0 = time.perf_counter()
-    model = build(spec, device, dtype)
+    model = bench_adaspa.build_model(spec, device, dtype, cls=spec.cls)
     kwargs = inputs(spec, device, dtype)
     print(f"[{spec.key}] built in {time.perf_counter() - t0:.0f} s", flush=True)
     timer = Timer(device, args.warmup, args.reps)
@@ -232,7 +213,7 @@ def search_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> 
     from pipelines import apply_sparse_attention
     from search import PlanSearch
 
-    model = build(spec, device, dtype)
+    model = bench_adaspa.build_model(spec, device, dtype, cls=spec.cls)
     kwargs = inputs(spec, device, dtype)
     cost = "measured" if device.type == "cuda" else "flops"
     os.environ["SPARSE_VDIT_CACHE"] = tempfile.mkdtemp()  # an empty cost cache: the costs are measured here
