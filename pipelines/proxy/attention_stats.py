@@ -58,7 +58,10 @@ HEAD_CLASSES = ("diagonal", "temporal", "stripe", "diffuse")
 MASS_THRESHOLD = 0.5
 MIN_LIFT = 2.0
 MAX_QUERY_ROWS = {"cuda": 4096, "cpu": 1024}  # by device type; others as the CPU
-DEFAULT_PROMPTS = ("a red circle moves right", "a blue square rotates", "camera pans right over green stripes")
+DEFAULT_PROMPTS = (
+    "a red circle moves right over grass", "a blue square rotates over clouds",
+    "camera pans right over an astronaut", "camera zooms in over a cat",
+)
 
 
 def query_rows(seq_len: int, stride: int | None = None, device_type: str = "cpu") -> torch.Tensor:
@@ -295,6 +298,9 @@ def main(argv=None) -> int:
     parser.add_argument("--record-steps", type=int, nargs="+", help="steps to record (default: first, middle, last)")
     parser.add_argument("--query-stride", type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the pipeline's dtype (statistics are computed in float32 either way)")
+    parser.add_argument("--size", help="FRAMESxHEIGHTxWIDTH to generate at (default: the proxy's evaluation size)")
     parser.add_argument("--json", help="also write the statistics to this JSON file")
     args = parser.parse_args(argv)
 
@@ -305,12 +311,16 @@ def main(argv=None) -> int:
         pipe.set_progress_bar_config(disable=True)
     else:
         try:
-            pipe = load_proxy_pipeline(args.device, torch.float32, path=args.checkpoint)
+            pipe = load_proxy_pipeline(args.device, getattr(torch, args.dtype), path=args.checkpoint)
         except ProxyCheckpointMissing as exc:
             print(exc, file=sys.stderr)
             return 2
+    size = {}
+    if args.size:
+        frames, height, width = (int(v) for v in args.size.lower().split("x"))
+        size = dict(num_frames=frames, height=height, width=width)
     stats = attention_statistics(pipe, args.prompts, num_inference_steps=args.steps, steps=args.record_steps,
-                                 query_stride=args.query_stride)
+                                 query_stride=args.query_stride, **size)
     print(stats.table())
     if args.json:
         with open(args.json, "w") as f:

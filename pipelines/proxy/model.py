@@ -6,9 +6,14 @@
 
 A ``WanPipeline`` of: the word-level tokenizer over ``PROXY_VOCAB``, a small frozen UMT5 encoder,
 the exact latent map ``SpaceToDepthVideoVAE`` (4x temporal, 2x spatial, 48 channels), a
-``WanTransformer3DModel`` (patch (1, 2, 2), 8 layers, 4 heads x 64, ffn 1024; 9.15M parameters)
-and ``FlowMatchEulerDiscreteScheduler(shift=3)``. 33 frames of 64 x 96 pixels are a 48 x 9 x 32
-x 48 latent, 9 x 16 x 24 = 3,456 tokens per forward.
+``WanTransformer3DModel`` (patch (1, 2, 2), 10 layers, 4 heads x 64, ffn 1024; 11.26M parameters)
+and ``FlowMatchEulerDiscreteScheduler(shift=3)``. A token is 4 frames x 4 x 4 pixels. The model is
+trained on a mix of sizes (``pipelines.proxy.train.TRAIN_SIZES``); two of them are named here:
+
+- the evaluation size ``PROXY_GENERATION``: 81 frames of 128 x 192 pixels, 21 x 32 x 48 = 32,256
+  tokens per forward (Wan 480p has 32,760), where the GPU kernels pay;
+- the CPU size ``PROXY_SMALL``: 17 frames of 64 x 96, 5 x 16 x 24 = 1,920 tokens, a generation in
+  seconds on two cores (the demo's).
 
 Why 2x spatial and not Wan's 8x (or 4x): a token's output is (latent channels x 4 patch
 positions) numbers made by a linear ``proj_out`` from the model width. At 4x it would be 192 x 4 =
@@ -51,13 +56,16 @@ __all__ = [
     "read_proxy_metadata",
     "proxy_parameter_count",
     "place_proxy_pipeline",
+    "split_checkpoint",
+    "join_checkpoint",
 ]
 
 PROXY_CHECKPOINT = Path(__file__).with_name("proxy.safetensors")
 CHECKPOINT_FORMAT = "sparse-vdit-proxy/1"
 PATCH_ELEMENTS = 4  # the transformer's patch (1, 2, 2)
 MAX_CHECKPOINT_BYTES = 25 * 1000**2
-TRAIN_COMMAND = "python -m pipelines.proxy.train --minutes 9"
+PART_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB
+TRAIN_COMMAND = "python -m pipelines.proxy.train --minutes 9 --resume pipelines/proxy/proxy.safetensors"
 
 
 @dataclass(frozen=True)
@@ -68,13 +76,14 @@ class ProxyConfig:
         num_layers, num_heads, head_dim, ffn_dim, freq_dim: of the ``WanTransformer3DModel``.
         text_dim, text_layers, text_heads, text_ff: of the UMT5 text encoder (d_model, layers,
             heads, d_ff; d_kv = text_dim / text_heads).
-        frames, height, width: the pixel video the model is trained on (frames = 1 + 4k).
+        frames, height, width: the pixel video the pipeline generates by default, the evaluation
+            size (frames = 1 + 4k); training mixes sizes (``pipelines.proxy.train``).
         max_sequence_length: text tokens (prompts padded with zeros to this length).
         shift: flow-matching timestep shift, in training and in the scheduler.
         scale_factor_temporal, scale_factor_spatial: of the latent map.
     """
 
-    num_layers: int = 8
+    num_layers: int = 10
     num_heads: int = 4
     head_dim: int = 64
     ffn_dim: int = 1024
@@ -83,9 +92,9 @@ class ProxyConfig:
     text_layers: int = 2
     text_heads: int = 4
     text_ff: int = 128
-    frames: int = 33
-    height: int = 64
-    width: int = 96
+    frames: int = 81
+    height: int = 128
+    width: int = 192
     max_sequence_length: int = 16
     shift: float = 3.0
     scale_factor_temporal: int = 4
@@ -113,9 +122,13 @@ class ProxyConfig:
 
     @property
     def tokens(self) -> tuple[int, int, int]:
-        """(frames, rows, cols) of the transformer's token grid for the training video size."""
+        """(frames, rows, cols) of the transformer's token grid at the config's video size."""
+        return self.tokens_at(self.frames, self.height, self.width)
+
+    def tokens_at(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(frames, rows, cols) of the token grid of a pixel video of that size."""
         s = self.scale_factor_spatial * 2  # patch (1, 2, 2)
-        return (self.frames - 1) // self.scale_factor_temporal + 1, self.height // s, self.width // s
+        return (frames - 1) // self.scale_factor_temporal + 1, height // s, width // s
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +150,7 @@ SMOKE_CONFIG = ProxyConfig(
     frames=9, height=16, width=32,
 )
 
-# How to call the proxy pipeline (the trained size; the text length it was trained with).
+# How to call the proxy pipeline at the evaluation size (a GPU's; the text length it was trained with).
 PROXY_GENERATION = dict(
     height=PROXY_CONFIG.height,
     width=PROXY_CONFIG.width,
@@ -146,9 +159,9 @@ PROXY_GENERATION = dict(
     guidance_scale=5.0,
     max_sequence_length=PROXY_CONFIG.max_sequence_length,
 )
-# A size the CPU generates in seconds (9 frames of 32 x 48: 3 x 8 x 12 tokens), steps left to the
-# caller: for examples and quick checks, not for judging quality (the model saw 33 x 64 x 96).
-PROXY_SMALL = dict(height=32, width=48, num_frames=9, guidance_scale=5.0,
+# The size the CPU generates in seconds, one the model is trained at (17 frames of 64 x 96: 5 x 16 x
+# 24 = 1,920 tokens), steps left to the caller: the demo's size.
+PROXY_SMALL = dict(height=64, width=96, num_frames=17, guidance_scale=5.0,
                    max_sequence_length=PROXY_CONFIG.max_sequence_length)
 
 
@@ -268,6 +281,49 @@ def save_proxy_checkpoint(pipe, path: str | Path, *, config: ProxyConfig, traini
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)  # never leave a half-written checkpoint under the real name
     return path.stat().st_size
+
+
+def split_checkpoint(path: str | Path, folder: str | Path, part_bytes: int = PART_BYTES) -> list[Path]:
+    """Write ``path`` into ``folder`` as ``<name>.part0``, ``.part1``, ... of at most ``part_bytes``
+    each (removing parts of an earlier, longer split); returns the parts in order."""
+    path, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = path.read_bytes()
+    parts = []
+    for i, start in enumerate(range(0, max(len(data), 1), part_bytes)):
+        part = folder / f"{path.name}.part{i}"
+        tmp = part.with_name(part.name + ".tmp")
+        tmp.write_bytes(data[start : start + part_bytes])
+        tmp.replace(part)
+        parts.append(part)
+    stale = len(parts)
+    while (folder / f"{path.name}.part{stale}").exists():
+        (folder / f"{path.name}.part{stale}").unlink()
+        stale += 1
+    return parts
+
+
+def join_checkpoint(folder: str | Path, dest: str | Path, name: str = "proxy.safetensors") -> Path:
+    """Put ``<folder>/<name>.part0, .part1, ...`` back together as ``dest`` and check that it reads
+    as a complete proxy checkpoint (safetensors refuses a file shorter than its header says)."""
+    from safetensors.torch import load_file
+
+    folder, dest = Path(folder), Path(dest)
+    parts = []
+    while (folder / f"{name}.part{len(parts)}").is_file():
+        parts.append(folder / f"{name}.part{len(parts)}")
+    if not parts:
+        raise FileNotFoundError(f"no {name}.part0 in {folder}: split_checkpoint writes the parts")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(b"".join(p.read_bytes() for p in parts))
+    try:
+        read_proxy_metadata(tmp)
+        load_file(str(tmp))  # every tensor: a short file fails here
+    except Exception as exc:
+        tmp.unlink()
+        raise ValueError(f"the parts in {folder} do not make a complete checkpoint ({exc}); is a part missing?") from exc
+    tmp.replace(dest)
+    return dest
 
 
 def _missing_message(path: Path) -> str:

@@ -1,30 +1,44 @@
-"""Train the proxy model: flow matching on procedural videos, within a wall-clock budget.
+"""Train the proxy model: flow matching on procedural videos of several sizes, in stretches.
 
-    python -m pipelines.proxy.train [--minutes 9] [--out DIR] [--install]   # one H200, bf16
-    python -m pipelines.proxy.train --smoke                                 # micro config, CPU, seconds
+    python -m pipelines.proxy.train --minutes 9 [--resume pipelines/proxy/proxy.safetensors]   # one GPU
+    torchrun --nproc_per_node N -m pipelines.proxy.train --minutes 9 --resume ...              # N GPUs
+    python -m pipelines.proxy.train --smoke                                                    # CPU, seconds
 
-What it does (the defaults are the shipped model's recipe):
-- data: ``procedural_videos`` at the config's size (33 x 64 x 96), rendered on the training
-  device, parameters from a CPU generator seeded with ``--seed``; latents through the exact latent
-  map, normalised per colour channel with statistics measured on the data at the start (seed + 1).
+Training goes on across sessions: each run is one *stretch* that starts from a checkpoint
+(``--resume``; without it, random weights) and ends within its wall-clock budget; the checkpoint
+records every stretch (steps, videos, minutes, losses, GPUs, date) and the total.
+
+What a stretch does (the defaults are the shipped model's recipe):
+- data: ``procedural_videos`` rendered on the training device, parameters from a CPU generator
+  seeded with ``--seed`` + 1000 x (stretches before) + rank (a resumed run sees new videos). Each
+  step draws one size of ``TRAIN_SIZES`` (``--sizes``) by its weight and a batch of that size's
+  count: the CPU size (17 x 64 x 96, 1,920 tokens), 33 x 64 x 96, 33 x 128 x 192 and the
+  evaluation size (81 x 128 x 192, 32,256 tokens). Latents through the exact latent map,
+  normalised per colour channel with statistics measured on the data at the first stretch (seed + 1)
+  and kept by every later one.
 - objective: rectified flow as Wan is trained: x_t = (1 - s) x_0 + s noise, the transformer
   predicts noise - x_0 (MSE); s = shift u / (1 + (shift - 1) u), u uniform: the distribution of
   the sigmas ``FlowMatchEulerDiscreteScheduler(shift=3)`` steps through; timestep input s x 1000 as
   the pipeline passes it. Captions through the frozen text encoder exactly as ``WanPipeline``
   encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
-- optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), 200 linear warm-up steps then
-  constant, gradient clipping at 1, bf16 autocast on CUDA; EMA of the weights (0.999, with the
-  usual (1 + n) / (10 + n) warm-up), which is what the checkpoint holds.
-- budget: ``--minutes`` is the whole run's wall clock, counted from the start of this module (Python
-  and the package imports, a few seconds, come before it): the loop stops ``--tail-seconds`` before it, leaving time to save and to generate the samples.
-  ``--max-steps`` stops earlier. The lr schedule depends on the step only, so a run is reproducible
-  from its seed and step count (up to nondeterministic GPU reductions).
+- optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
+  on a resumed stretch, whose optimiser moments start afresh) then constant, gradient clipping at 1,
+  bf16 autocast on CUDA; EMA of the weights (0.999; a fresh run warms it up as (1 + n) / (10 + n),
+  a resumed one continues the checkpoint's EMA), which is what the checkpoint holds.
+- several GPUs: under ``torchrun`` every rank trains on its own videos with the same per-rank batch
+  (DistributedDataParallel, NCCL); rank 0 logs, saves and samples.
+- budget: ``--minutes`` is the whole run's wall clock, counted from the start of this module; the
+  loop stops ``--tail-seconds`` before it, leaving time to save and to generate the samples.
+  ``--max-steps`` stops earlier. The lr schedule depends on the step only.
 - outputs, in ``--out`` (default ``$OUT``, else ``./proxy_out``): ``proxy.safetensors`` (also
   written every ``--save-every-minutes``, so a killed run leaves a checkpoint), ``training.json``
-  (options, config, seed, steps, final loss, throughput), ``loss.csv``, ``samples/`` (one mp4 per
-  prompt of ``PROXY_SAMPLE_PROMPTS`` from the saved checkpoint, ``samples.png`` contact sheet,
-  ``samples.json`` with ``caption_checks``), ``data.png`` (the same prompts from the generator).
-  ``--install`` copies the checkpoint to ``pipelines/proxy/proxy.safetensors``.
+  (options, config, stretches, the loss curve, sample checks), ``loss.csv``, ``samples/`` (one mp4 per
+  prompt of ``PROXY_SAMPLE_PROMPTS`` and size of ``--sample-sizes`` from the saved checkpoint,
+  ``samples_{F}x{H}x{W}.png`` contact sheets, ``samples.json`` with ``caption_checks``), ``data.png``
+  (the same prompts from the generator). ``--parts DIR`` also writes the checkpoint there as
+  ``proxy.safetensors.part0``, ``.part1``, ... of at most 15 MiB each at every save
+  (``pipelines.proxy.model.join_checkpoint`` puts them together). ``--install`` copies the
+  checkpoint to ``pipelines/proxy/proxy.safetensors``.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ _PROCESS_START = time.monotonic()  # the --minutes budget of the command counts 
 
 import argparse
 import csv
+import datetime
 import json
 import math
 import os
@@ -47,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.evaluation.videos import slug, write_video
-from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, caption_checks, procedural_videos, to_device
+from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, procedural_videos, to_device
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
     PROXY_CONFIG,
@@ -55,10 +70,14 @@ from pipelines.proxy.model import (
     ProxyConfig,
     build_proxy_pipeline,
     load_proxy_pipeline,
+    read_proxy_metadata,
     save_proxy_checkpoint,
+    split_checkpoint,
 )
 
 __all__ = [
+    "TrainSize",
+    "TRAIN_SIZES",
     "TrainOptions",
     "TrainResult",
     "train",
@@ -71,9 +90,54 @@ __all__ = [
 
 CHECKPOINT_NAME = "proxy.safetensors"
 STATISTICS_BATCHES = 4
-VALIDATION_VIDEOS = 8
+VALIDATION_VIDEOS = 4  # per size
 TIMESTEP_SCALE = 1000.0  # the scheduler's num_train_timesteps: timestep = sigma x 1000
-SHEET_FRAMES = 5  # frames per row of a contact sheet
+SHEET_FRAMES = 6  # frames per row of a contact sheet
+RESUME_WARMUP_STEPS = 50
+STRETCH_SEED_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class TrainSize:
+    """One size of the training mix: pixel video ``frames`` x ``height`` x ``width``, ``batch``
+    videos per step (per GPU), drawn with probability ``weight`` (weights are normalised)."""
+
+    frames: int
+    height: int
+    width: int
+    batch: int
+    weight: float = 1.0
+
+    @property
+    def video(self) -> tuple[int, int, int]:
+        return self.frames, self.height, self.width
+
+    def label(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+    @classmethod
+    def parse(cls, text: str) -> "TrainSize":
+        """``FxHxW:batch[:weight]``, e.g. ``33x64x96:32:0.25``."""
+        try:
+            video, batch, *weight = text.split(":")
+            frames, height, width = (int(v) for v in video.lower().split("x"))
+            size = cls(frames, height, width, int(batch), float(weight[0]) if weight else 1.0)
+        except ValueError:
+            raise ValueError(f"--sizes entry {text!r}: expected FRAMESxHEIGHTxWIDTH:BATCH[:WEIGHT], e.g. 33x64x96:32:0.25") from None
+        if size.batch < 1 or not size.weight > 0 or len(weight) > 1:
+            raise ValueError(f"--sizes entry {text!r}: the batch must be >= 1 and the weight > 0")
+        return size
+
+
+# The shipped recipe. Tokens per forward: 1,920 (the CPU size, PROXY_SMALL); 3,456; 13,824; 32,256
+# (the evaluation size, PROXY_GENERATION). Batches keep 90-130k tokens per step.
+TRAIN_SIZES = (
+    TrainSize(17, 64, 96, 48, 0.3),
+    TrainSize(33, 64, 96, 32, 0.25),
+    TrainSize(33, 128, 192, 8, 0.25),
+    TrainSize(81, 128, 192, 4, 0.2),
+)
+SMOKE_SIZES = (TrainSize(9, 16, 32, 4, 0.6), TrainSize(5, 16, 48, 4, 0.4))
 
 
 @dataclass(frozen=True)
@@ -83,8 +147,10 @@ class TrainOptions:
     minutes: float = 9.0
     smoke: bool = False
     out: str | None = None
+    resume: str | None = None
+    parts: str | None = None
     seed: int = 0
-    batch_size: int = 32
+    sizes: tuple[TrainSize, ...] = TRAIN_SIZES
     lr: float = 5e-4
     warmup_steps: int = 200
     max_steps: int | None = None
@@ -94,10 +160,11 @@ class TrainOptions:
     grad_clip: float = 1.0
     log_every: int = 50
     save_every_minutes: float = 2.0
-    tail_seconds: float = 30.0
+    tail_seconds: float = 75.0
     samples: bool = True
-    sample_steps: int = 30
+    sample_steps: int = 20
     sample_prompts: tuple[str, ...] = PROXY_SAMPLE_PROMPTS
+    sample_sizes: tuple[tuple[int, int, int], ...] = ((17, 64, 96), (81, 128, 192))
     device: str | None = None
     compile: bool = False
     install: bool = False
@@ -111,8 +178,8 @@ class TrainOptions:
 
 
 SMOKE_OPTIONS = dict(
-    minutes=5.0, batch_size=4, lr=2e-3, warmup_steps=5, max_steps=40, ema=0.9, log_every=5,
-    tail_seconds=10.0, sample_steps=2, sample_prompts=PROXY_SAMPLE_PROMPTS[:2],
+    minutes=5.0, sizes=SMOKE_SIZES, lr=2e-3, warmup_steps=5, max_steps=40, ema=0.9, log_every=5,
+    tail_seconds=10.0, sample_steps=2, sample_prompts=PROXY_SAMPLE_PROMPTS[:2], sample_sizes=((9, 16, 32),),
 )
 
 
@@ -128,10 +195,10 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------ arithmetic
-def training_flops_per_video(config: ProxyConfig = PROXY_CONFIG) -> float:
-    """FLOPs of one training example (forward + backward = 3 x forward) at the config's video size:
-    matmuls and attention only (2 FLOPs per multiply-add)."""
-    t, h, w = config.tokens
+def training_flops_per_video(config: ProxyConfig = PROXY_CONFIG, video: tuple[int, int, int] | None = None) -> float:
+    """FLOPs of one training example (forward + backward = 3 x forward) at ``video`` (frames, height,
+    width; default the config's size): matmuls and attention only (2 FLOPs per multiply-add)."""
+    t, h, w = config.tokens_at(*video) if video is not None else config.tokens
     s, d, text = t * h * w, config.num_heads * config.head_dim, config.max_sequence_length
     patch = config.latent_channels * 4
     per_layer = (
@@ -160,20 +227,22 @@ def flow_matching_example(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Te
 
 
 # ------------------------------------------------------------------------------ pieces
-def latent_statistics(config: ProxyConfig, seed: int, batch_size: int, device) -> tuple[list[float], list[float]]:
-    """Per latent channel mean and std of the procedural data, measured per colour channel (the
-    latent channels of one colour hold the same pixels) on ``STATISTICS_BATCHES`` batches drawn
-    with seed + 1, rounded to 4 decimals."""
+def latent_statistics(config: ProxyConfig, seed: int, batch_size: int, device,
+                      video: tuple[int, int, int] | None = None) -> tuple[list[float], list[float]]:
+    """Per latent channel mean and std of the procedural data at ``video`` (default the config's
+    size), measured per colour channel (the latent channels of one colour hold the same pixels) on
+    ``STATISTICS_BATCHES`` batches drawn with seed + 1, rounded to 4 decimals."""
+    frames, height, width = video or (config.frames, config.height, config.width)
     generator = torch.Generator().manual_seed(seed + 1)
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
     for _ in range(STATISTICS_BATCHES):
-        video = procedural_videos(batch_size, frames=config.frames, height=config.height, width=config.width,
-                                  generator=generator, device=device).video.double()
-        total += video.sum((0, 2, 3, 4)).cpu()
-        total_sq += video.square().sum((0, 2, 3, 4)).cpu()
-        count += video.numel() // 3
+        batch = procedural_videos(batch_size, frames=frames, height=height, width=width, generator=generator, device=device)
+        v = batch.video.double()
+        total += v.sum((0, 2, 3, 4)).cpu()
+        total_sq += v.square().sum((0, 2, 3, 4)).cpu()
+        count += v.numel() // 3
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(1e-6).sqrt()
     per_colour = config.latent_channels // 3
@@ -203,11 +272,13 @@ class ValidationBatch:
     text: torch.Tensor
 
 
-def validation_batch(config: ProxyConfig, seed: int, size: int, vae, text_table: torch.Tensor, device) -> ValidationBatch:
-    """``size`` videos drawn with seed + 2 (CPU generators: the same batch on every device)."""
+def validation_batch(config: ProxyConfig, seed: int, size: int, vae, text_table: torch.Tensor, device,
+                     video: tuple[int, int, int] | None = None) -> ValidationBatch:
+    """``size`` videos at ``video`` (default the config's size) drawn with seed + 2 (CPU
+    generators: the same batch on every device)."""
+    frames, height, width = video or (config.frames, config.height, config.width)
     generator = torch.Generator().manual_seed(seed + 2)
-    batch = procedural_videos(size, frames=config.frames, height=config.height, width=config.width,
-                              generator=generator, device=device)
+    batch = procedural_videos(size, frames=frames, height=height, width=width, generator=generator, device=device)
     x0 = vae.normalize(vae.encode(batch.video))
     noise = torch.randn(x0.shape, generator=generator).to(device)
     sigma = shifted_sigma((torch.arange(size, dtype=torch.float32) + 0.5) / size, config.shift).to(device)
@@ -234,31 +305,54 @@ def _sheet(videos: list[torch.Tensor]):
 
 
 def write_samples(checkpoint: Path, out: Path, opts: TrainOptions, device) -> list[dict]:
-    """Generate one video per sample prompt with the pipeline loaded from ``checkpoint``; write mp4s,
-    a contact sheet and ``samples.json`` (each prompt's ``caption_checks``); return the checks."""
+    """Generate one video per sample prompt and sample size with the pipeline loaded from
+    ``checkpoint`` (bfloat16 on a GPU, float32 on the CPU); write mp4s, a contact sheet per size,
+    ``samples.json`` (each prompt's ``caption_checks``) and ``data.png``; return the checks."""
+    import importlib.util
+
     import imageio
 
     config = opts.config
-    pipe = load_proxy_pipeline(device, torch.float32, path=checkpoint)
+    mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
+    if not mp4:
+        _log("imageio-ffmpeg is not installed: samples as contact sheets only, no mp4s")
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    pipe = load_proxy_pipeline(device, dtype, path=checkpoint)
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    videos, report = [], []
-    for i, prompt in enumerate(opts.sample_prompts):
-        frames = pipe(
-            prompt, height=config.height, width=config.width, num_frames=config.frames,
-            num_inference_steps=opts.sample_steps, guidance_scale=5.0, max_sequence_length=config.max_sequence_length,
-            output_type="pt", generator=torch.Generator().manual_seed(opts.seed + i),
-        ).frames[0]  # [T, 3, H, W] in [0, 1]
-        video = (frames.permute(1, 0, 2, 3) * 2 - 1).float().cpu()
-        videos.append(video)
-        write_video(frames, folder / f"{i:02d}_{slug(prompt)}.mp4")
-        report.append({"prompt": prompt, "checks": caption_checks(video, prompt)})
-    imageio.imwrite(str(folder / "samples.png"), _sheet(videos))
-    data = procedural_videos(len(opts.sample_prompts), frames=config.frames, height=config.height, width=config.width,
+    report = []
+    for frames_n, height, width in opts.sample_sizes:
+        label = f"{frames_n}x{height}x{width}"
+        videos = []
+        for i, prompt in enumerate(opts.sample_prompts):
+            frames = pipe(
+                prompt, height=height, width=width, num_frames=frames_n,
+                num_inference_steps=opts.sample_steps, guidance_scale=5.0, max_sequence_length=config.max_sequence_length,
+                output_type="pt", generator=torch.Generator().manual_seed(opts.seed + i),
+            ).frames[0]  # [T, 3, H, W] in [0, 1]
+            video = (frames.permute(1, 0, 2, 3).float() * 2 - 1).cpu()
+            videos.append(video)
+            if mp4:
+                write_video(frames.float(), folder / f"{label}_{i:02d}_{slug(prompt)}.mp4")
+            report.append({"prompt": prompt, "size": label, "checks": caption_checks(video, prompt)})
+        imageio.imwrite(str(out / f"samples_{label}.png"), _sheet(videos))
+    frames_n, height, width = opts.sample_sizes[-1]
+    data = procedural_videos(len(opts.sample_prompts), frames=frames_n, height=height, width=width,
                              seed=opts.seed, labels=list(opts.sample_prompts))
     imageio.imwrite(str(out / "data.png"), _sheet(list(data.video)))
     (folder / "samples.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def check_summary(report: list[dict]) -> dict:
+    """{size: {check: [passed, of]}} over a samples report."""
+    out: dict = {}
+    for r in report:
+        for name, ok in r["checks"].items():
+            cell = out.setdefault(r["size"], {}).setdefault(name, [0, 0])
+            cell[0] += int(ok)
+            cell[1] += 1
+    return out
 
 
 # ------------------------------------------------------------------------------ the run
@@ -270,8 +364,53 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+@dataclass
+class _Distributed:
+    """This process's place in a torchrun job (world 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(device_kind: str) -> _Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Distributed()
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return _Distributed(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+
+
+def _previous(opts: TrainOptions, config: ProxyConfig) -> dict | None:
+    """The checkpoint ``--resume`` names, checked against this run: its metadata, or None."""
+    if opts.resume is None:
+        return None
+    meta = read_proxy_metadata(opts.resume)
+    if meta["proxy_config"] != config.to_dict():
+        raise ValueError(
+            f"--resume {opts.resume}: its architecture {meta['proxy_config']} is not this run's {config.to_dict()}; "
+            "resume a checkpoint of the same ProxyConfig, or start a fresh run without --resume"
+        )
+    if list(meta["vocab"]) != list(PROXY_VOCAB):
+        raise ValueError(
+            f"--resume {opts.resume}: it was trained on other captions (its vocabulary differs from PROXY_VOCAB); "
+            "start a fresh run without --resume"
+        )
+    return meta
+
+
 def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult:
-    """Run the training described by ``opts``; see the module docstring.
+    """Run one training stretch described by ``opts``; see the module docstring.
 
     ``started_at``: ``time.monotonic()`` the ``--minutes`` budget counts from (default: now; the
     command line passes the time its module started).
@@ -279,7 +418,9 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     if opts.install and opts.smoke:
         raise ValueError("--install copies the checkpoint into the package: not with --smoke")
     config = opts.config
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_kind = (opts.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+    dist = _start_distributed(device_kind)
+    device = torch.device("cuda", dist.local_rank) if device_kind == "cuda" and dist.world > 1 else torch.device(opts.device or device_kind)
     cuda = device.type == "cuda"
     out = _out_dir(opts)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,36 +428,64 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     started_at = time.monotonic() if started_at is None else started_at
     deadline = started_at + opts.minutes * 60 - opts.tail_seconds
     if cuda:
-        torch.set_float32_matmul_precision("high")  # TF32 for the float32 parts (validation, samples)
-    torch.manual_seed(opts.seed)
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 parts (validation)
+    previous = _previous(opts, config)
+    stretches = list(previous["training"].get("stretches", [])) if previous else []
+    steps_before = int(previous["training"].get("steps", 0)) if previous else 0
+    videos_before = int(previous["training"].get("videos_seen", 0)) if previous else 0
+    data_seed = opts.seed + STRETCH_SEED_STRIDE * len(stretches) + dist.rank
+    torch.manual_seed(data_seed)
 
-    mean, std = latent_statistics(config, opts.seed, opts.batch_size, device)
-    pipe = build_proxy_pipeline(config, seed=opts.seed, latents_mean=mean, latents_std=std).to(device)
+    if previous:
+        pipe = load_proxy_pipeline(device, torch.float32, path=opts.resume)
+        mean, std = previous["latents_mean"], previous["latents_std"]
+    else:
+        mean, std = latent_statistics(config, opts.seed, 16, device, video=opts.sizes[0].video)
+        pipe = build_proxy_pipeline(config, seed=opts.seed, latents_mean=mean, latents_std=std).to(device)
     vae, transformer = pipe.vae, pipe.transformer
     text_table = caption_embeddings(pipe, config, device)
     unconditional = len(PROXY_CAPTIONS)
     names = [n for n, _ in transformer.named_parameters()]
     params = [p for _, p in transformer.named_parameters()]
     n_params = sum(p.numel() for p in params)
-    flops = training_flops_per_video(config)
-    _log(f"proxy training on {torch.cuda.get_device_name(device) if cuda else device}: {n_params / 1e6:.2f}M parameters, "
-         f"{'x'.join(map(str, config.tokens))} tokens, batch {opts.batch_size}, "
-         f"{flops * opts.batch_size / 1e12:.2f} TFLOP per step; budget {opts.minutes} min; out {out}")
-    per_colour = config.latent_channels // 3
-    _log(f"latent statistics per colour: mean {mean[::per_colour]}, std {std[::per_colour]}")
+    sizes = opts.sizes
+    weights = torch.tensor([s.weight for s in sizes], dtype=torch.float64)
+    if dist.main:
+        gpu = torch.cuda.get_device_name(device) if cuda else str(device)
+        _log(f"proxy training on {dist.world} x {gpu}: {n_params / 1e6:.2f}M parameters; "
+             f"{'resuming ' + str(opts.resume) + f' after {steps_before} steps in {len(stretches)} stretches' if previous else 'fresh weights'}; "
+             f"budget {opts.minutes} min; out {out}")
+        for s in sizes:
+            t = config.tokens_at(*s.video)
+            _log(f"  size {s.label()}: {t[0]}x{t[1]}x{t[2]} = {t[0] * t[1] * t[2]:,} tokens, batch {s.batch} per GPU, "
+                 f"weight {s.weight / float(weights.sum()):.2f}, {training_flops_per_video(config, s.video) * s.batch / 1e12:.2f} TFLOP per step")
+        _log(f"latent statistics per colour: mean {mean[:: config.latent_channels // 3]}, std {std[:: config.latent_channels // 3]}")
 
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=opts.lr, betas=(0.9, 0.999), weight_decay=opts.weight_decay,
                                   **({"fused": True} if cuda else {}))
     ema = [p.detach().clone() for p in params] if opts.ema > 0 else None
-    model = torch.compile(transformer) if opts.compile else transformer
-    data_generator = torch.Generator().manual_seed(opts.seed)
-    noise_generator = torch.Generator(device).manual_seed(opts.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    model = transformer
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    val = validation_batch(config, opts.seed, min(VALIDATION_VIDEOS, opts.batch_size), vae, text_table, device)
-    initial_val = validation_loss(model, val, autocast)
-    _log(f"validation loss at step 0: {initial_val:.4f}")
+        model = DistributedDataParallel(transformer, device_ids=[device.index] if cuda else None)
+    if opts.compile:
+        model = torch.compile(model)
+    data_generator = torch.Generator().manual_seed(data_seed)
+    noise_generator = torch.Generator(device).manual_seed(data_seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    warmup = RESUME_WARMUP_STEPS if previous else opts.warmup_steps
+
+    vals = {s.label(): validation_batch(config, opts.seed, min(VALIDATION_VIDEOS, s.batch), vae, text_table, device, video=s.video)
+            for s in sizes} if dist.main else {}
+
+    def validate() -> dict[str, float]:
+        return {label: round(validation_loss(transformer, val, autocast), 6) for label, val in vals.items()}
+
+    initial_val = validate()
+    if dist.main:
+        _log(f"validation loss at the start: {initial_val}")
 
     def ema_state() -> dict:
         state = transformer.state_dict()
@@ -324,35 +493,85 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             state.update(zip(names, ema))
         return state
 
-    def info(step: int, final_loss: float, elapsed: float) -> dict:
+    size_steps = {s.label(): 0 for s in sizes}
+    size_seconds = {s.label(): 0.0 for s in sizes}
+    pending: list = []  # (size label, start, end) CUDA events of steps not yet added to size_seconds
+
+    def settle_timings() -> None:
+        """Add the GPU time of the pending steps to size_seconds (synchronises once)."""
+        if pending:
+            pending[-1][2].synchronize()
+            for label, begin, end in pending:
+                size_seconds[label] += begin.elapsed_time(end) / 1000
+            pending.clear()
+
+    def stretch_record(step: int, final_loss: float, elapsed: float, val: dict | None) -> dict:
         return {
-            "seed": opts.seed, "steps": step, "videos_seen": step * opts.batch_size, "final_loss": final_loss,
-            "train_seconds": round(elapsed, 1), "steps_per_second": round(step / max(elapsed, 1e-9), 3),
-            "parameters": n_params, "device": torch.cuda.get_device_name(device) if cuda else str(device),
-            "torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
-            "initial_validation_loss": initial_val, "weights": "ema" if ema is not None else "last", "options": _json_options(opts), "config": config.to_dict(),
+            "stretch": len(stretches) + 1, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "steps": step, "videos": dist.world * sum(s.batch * size_steps[s.label()] for s in sizes),
+            "minutes": round(elapsed / 60, 2), "gpus": dist.world,
+            "device": torch.cuda.get_device_name(device) if cuda else str(device),
+            "resumed_from": opts.resume, "data_seed": opts.seed + STRETCH_SEED_STRIDE * len(stretches),
+            "initial_validation_loss": initial_val, "validation_loss": val, "final_loss": final_loss,
+            "steps_per_size": dict(size_steps),
+            "seconds_per_step": {k: round(size_seconds[k] / max(1, size_steps[k]), 4) for k in size_steps},
         }
+
+    def info(step: int, final_loss: float, elapsed: float, val: dict | None) -> dict:
+        stretch = stretch_record(step, final_loss, elapsed, val)
+        return {
+            "seed": opts.seed, "steps": steps_before + step, "videos_seen": videos_before + stretch["videos"],
+            "final_loss": final_loss, "train_seconds": round(elapsed, 1),
+            "parameters": n_params, "device": stretch["device"], "gpus": dist.world,
+            "torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+            "validation_loss": None if val is None else sum(val.values()) / len(val),
+            "initial_validation_loss": sum(initial_val.values()) / max(1, len(initial_val)),
+            "weights": "ema" if ema is not None else "last", "options": _json_options(opts), "config": config.to_dict(),
+            "sizes": [asdict(s) for s in sizes], "stretches": stretches + [stretch],
+        }
+
+    def save(step: int, final_loss: float, elapsed: float, val: dict | None, state=None) -> dict:
+        record = info(step, final_loss, elapsed, val)
+        record["checkpoint_bytes"] = save_proxy_checkpoint(pipe, checkpoint, config=config, transformer_state=state,
+                                                           training=record)
+        if opts.parts:
+            record["checkpoint_parts"] = [p.name for p in split_checkpoint(checkpoint, Path(opts.parts))]
+        return record
 
     curve: list[dict] = []
     loss_sum = torch.zeros((), device=device)
     interval_steps, step, last_loss = 0, 0, math.nan
     t_start = time.monotonic()
     next_save = t_start + opts.save_every_minutes * 60
-    while time.monotonic() < deadline and (opts.max_steps is None or step < opts.max_steps):
-        batch = procedural_videos(opts.batch_size, frames=config.frames, height=config.height, width=config.width,
+    while opts.max_steps is None or step < opts.max_steps:
+        stop = time.monotonic() >= deadline
+        if dist.world > 1:  # every rank stops at the same step
+            import torch.distributed as tdist
+
+            flag = torch.tensor([float(stop)], device=device)
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            break
+        t_step = time.monotonic()
+        if cuda:
+            begin = torch.cuda.Event(enable_timing=True)
+            begin.record()
+        size = sizes[int(torch.multinomial(weights, 1, generator=data_generator))]
+        batch = procedural_videos(size.batch, frames=size.frames, height=size.height, width=size.width,
                                   generator=data_generator, device=device)
-        drop = torch.rand(opts.batch_size, generator=data_generator) < opts.cfg_dropout
+        drop = torch.rand(size.batch, generator=data_generator) < opts.cfg_dropout
         text = text_table[to_device(torch.where(drop, unconditional, batch.labels), device)]
         with torch.no_grad():
             x0 = vae.normalize(vae.encode(batch.video))
-        sigma = shifted_sigma(torch.rand(opts.batch_size, generator=noise_generator, device=device), config.shift)
+        sigma = shifted_sigma(torch.rand(size.batch, generator=noise_generator, device=device), config.shift)
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
         x_t, timestep, target = flow_matching_example(x0, noise, sigma)
         with autocast:
             prediction = model(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
         loss = F.mse_loss(prediction.float(), target)
 
-        lr = opts.lr * min(1.0, (step + 1) / max(1, opts.warmup_steps))
+        lr = opts.lr * min(1.0, (step + 1) / max(1, warmup))
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -361,60 +580,82 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
         optimizer.step()
         step += 1
         if ema is not None:
-            decay = min(opts.ema, (1 + step) / (10 + step))
+            decay = opts.ema if previous else min(opts.ema, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         loss_sum += loss.detach()
         interval_steps += 1
+        size_steps[size.label()] += 1
+        if cuda:  # timed on the GPU without waiting for it (settled at the next log)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            pending.append((size.label(), begin, end))
+        else:
+            size_seconds[size.label()] += time.monotonic() - t_step
 
-        if step % opts.log_every == 0:
+        if step % opts.log_every == 0 and dist.main:
+            settle_timings()
             last_loss = float(loss_sum) / interval_steps
-            val_loss = validation_loss(model, val, autocast)
+            val = validate()
             elapsed = time.monotonic() - t_start
-            curve.append({"step": step, "loss": round(last_loss, 6), "val_loss": round(val_loss, 6), "lr": lr,
-                          "elapsed_s": round(elapsed, 2)})
-            _log(f"step {step:6d}  loss {last_loss:.4f}  val {val_loss:.4f}  lr {lr:.2e}  {step / elapsed:6.2f} steps/s  "
-                 f"{elapsed:6.0f} s  ({time.monotonic() - started_at:.0f} s since start)")
+            curve.append({"step": step, "loss": round(last_loss, 6), "val_loss": round(sum(val.values()) / len(val), 6),
+                          "lr": lr, "elapsed_s": round(elapsed, 2), **{f"val_{k}": v for k, v in val.items()}})
+            _log(f"step {step:6d}  loss {last_loss:.4f}  val {curve[-1]['val_loss']:.4f} {val}  lr {lr:.2e}  "
+                 f"{step / elapsed:6.2f} steps/s  {elapsed:6.0f} s  ({time.monotonic() - started_at:.0f} s since start)")
             loss_sum.zero_()
             interval_steps = 0
             _write_curve(out, curve)
         if time.monotonic() >= next_save:
-            save_proxy_checkpoint(pipe, checkpoint, config=config, transformer_state=ema_state(),
-                                  training=info(step, last_loss, time.monotonic() - t_start))
+            if dist.main:
+                save(step, last_loss, time.monotonic() - t_start, None, state=ema_state())
             next_save += opts.save_every_minutes * 60
     if cuda:
         torch.cuda.synchronize(device)
+    settle_timings()
     elapsed = time.monotonic() - t_start
     if interval_steps:
         last_loss = float(loss_sum) / interval_steps
         curve.append({"step": step, "loss": round(last_loss, 6), "val_loss": None, "lr": opts.lr, "elapsed_s": round(elapsed, 2)})
+    if not dist.main:
+        _finish_distributed(dist)
+        return TrainResult(checkpoint=checkpoint, steps=step, final_loss=last_loss, curve=curve, info={})
     _write_curve(out, curve)
 
     transformer.eval()
     if ema is not None:  # the shipped weights
         with torch.no_grad():
             torch._foreach_copy_([p.data for p in params], ema)
-    record = info(step, last_loss, elapsed)
-    record["validation_loss"] = validation_loss(transformer, val, autocast)
-    record["checkpoint_bytes"] = save_proxy_checkpoint(pipe, checkpoint, config=config, training=record)
+    final_val = validate()
+    record = save(step, last_loss, elapsed, final_val)
+    record["curve"] = curve
     size = record["checkpoint_bytes"]
-    _log(f"trained {step} steps ({step * opts.batch_size} videos) in {elapsed:.0f} s, final loss {last_loss:.4f}, "
-         f"validation loss {initial_val:.4f} -> {record['validation_loss']:.4f} ({record['weights']} weights); "
-         f"checkpoint {checkpoint} ({size / 1e6:.2f} MB)")
+    _log(f"trained {step} steps ({steps_before + step} in all) in {elapsed:.0f} s, final loss {last_loss:.4f}, "
+         f"validation loss {record['initial_validation_loss']:.4f} -> {record['validation_loss']:.4f} {final_val} "
+         f"({record['weights']} weights); checkpoint {checkpoint} ({size / 1e6:.2f} MB)")
+    _log("seconds per step by size: " + json.dumps(record["stretches"][-1]["seconds_per_step"]))
     (out / "training.json").write_text(json.dumps(record, indent=1))  # kept if the samples fail
     if opts.samples:
         report = write_samples(checkpoint, out, opts, device)
         record["sample_checks"] = report
-        passed = sum(all(r["checks"].values()) for r in report)
+        record["sample_summary"] = check_summary(report)
         for r in report:
-            _log(f"  sample {r['prompt']!r}: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in r["checks"].items()))
-        _log(f"samples in {out / 'samples'}: {passed}/{len(report)} look like their caption (caption_checks)")
+            _log(f"  sample {r['size']} {r['prompt']!r}: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in r["checks"].items()))
+        _log("caption checks passed / tried, by size: " + json.dumps(record["sample_summary"]))
     (out / "training.json").write_text(json.dumps(record, indent=1))
     if opts.install:
         shutil.copyfile(checkpoint, PROXY_CHECKPOINT)
         _log(f"installed as {PROXY_CHECKPOINT}")
     _log(f"done {time.monotonic() - started_at:.0f} s after start")
+    _finish_distributed(dist)
     return TrainResult(checkpoint=checkpoint, steps=step, final_loss=last_loss, curve=curve, info=record)
+
+
+def _finish_distributed(dist: _Distributed) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+        tdist.destroy_process_group()
 
 
 def _json_options(opts: TrainOptions) -> dict:
@@ -422,20 +663,35 @@ def _json_options(opts: TrainOptions) -> dict:
 
 
 def _write_curve(out: Path, curve: list[dict]) -> None:
+    names = list(dict.fromkeys(k for row in curve for k in row)) or ["step", "loss", "val_loss", "lr", "elapsed_s"]
     with open(out / "loss.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "val_loss", "lr", "elapsed_s"])
+        writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(curve)
 
 
 # ------------------------------------------------------------------------------ command line
+def _sizes(text: str) -> tuple[TrainSize, ...]:
+    return tuple(TrainSize.parse(part) for part in text.split(",") if part.strip())
+
+
+def _videos(text: str) -> tuple[tuple[int, int, int], ...]:
+    try:
+        return tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())  # type: ignore[misc]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FRAMESxHEIGHTxWIDTH[,...], e.g. 17x64x96,81x128x192") from None
+
+
 def parse_args(argv=None) -> TrainOptions:
     parser = argparse.ArgumentParser(prog="python -m pipelines.proxy.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="micro config, a few dozen steps on the CPU (a check, not a model)")
     parser.add_argument("--minutes", type=float, help="wall-clock budget of the whole run (default 9; smoke 5)")
     parser.add_argument("--out", help="output folder (default $OUT, else ./proxy_out)")
+    parser.add_argument("--resume", help="continue from this checkpoint (same architecture and captions); default: fresh weights")
+    parser.add_argument("--parts", help="also write the checkpoint here in parts of at most 15 MiB at every save")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--sizes", type=_sizes, help="training sizes FxHxW:BATCH:WEIGHT, comma-separated "
+                        f"(default {','.join(f'{s.label()}:{s.batch}:{s.weight}' for s in TRAIN_SIZES)})")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--max-steps", type=int)
@@ -445,11 +701,15 @@ def parse_args(argv=None) -> TrainOptions:
     parser.add_argument("--save-every-minutes", type=float)
     parser.add_argument("--tail-seconds", type=float, help="seconds kept after the loop to save and sample")
     parser.add_argument("--sample-steps", type=int)
+    parser.add_argument("--sample-sizes", type=_videos, help="sizes to sample at, FxHxW comma-separated (default 17x64x96,81x128x192)")
     parser.add_argument("--no-samples", action="store_true")
     parser.add_argument("--device")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile time counts)")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ValueError as exc:  # a --sizes entry
+        parser.error(str(exc))
     base = TrainOptions(smoke=args.smoke)
     if args.smoke:
         base = replace(base, **SMOKE_OPTIONS)
