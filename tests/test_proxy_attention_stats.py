@@ -7,6 +7,8 @@ from pipelines.proxy import SMOKE_CONFIG, build_proxy_pipeline
 from pipelines.proxy.attention_stats import (
     HEAD_CLASSES,
     PATTERNS,
+    TARGET_DENSITY,
+    TARGET_MASS,
     AttentionStats,
     _masks,
     attention_statistics,
@@ -14,6 +16,7 @@ from pipelines.proxy.attention_stats import (
     main,
     query_rows,
 )
+from sparse_vdit.modes import Diagonal, MultiDiagonal, VerticalStripe
 from sparse_vdit.token_layout import TokenLayout
 
 SMALL = dict(height=SMOKE_CONFIG.height, width=SMOKE_CONFIG.width, num_frames=SMOKE_CONFIG.frames, max_sequence_length=16)
@@ -22,7 +25,7 @@ SMALL = dict(height=SMOKE_CONFIG.height, width=SMOKE_CONFIG.width, num_frames=SM
 def test_on_a_random_weight_proxy():
     pipe = build_proxy_pipeline(SMOKE_CONFIG)
     pipe.set_progress_bar_config(disable=True)
-    prompts = ["a red circle moves right", "camera pans up over yellow checkers"]
+    prompts = ["a red circle moves right", "camera pans up over grass"]
     stats = attention_statistics(pipe, prompts, num_inference_steps=3, steps=[0, 2], **SMALL)
     layers, heads = SMOKE_CONFIG.num_layers, SMOKE_CONFIG.num_heads
     assert stats.mass_shares.shape == (layers, heads, 4)
@@ -51,13 +54,16 @@ def test_on_a_random_weight_proxy():
 def _classify(layout, q, k):
     masks = _masks(layout, query_rows(layout.seq_len, 1), "cpu")
     mass, entropy = head_mass(q, k, masks)
-    return AttentionStats.from_pattern_mass(mass[0][None], entropy[0][None], masks.density)
+    return AttentionStats.from_pattern_mass(mass[0][None], entropy[0][None], masks.density,
+                                            candidate_density=masks.candidate_density)
 
 
 def test_known_structures_are_classified():
     """Four heads built to attend (0) themselves, (1) their position in every frame, (2) frame 0,
-    (3) uniformly: diagonal, temporal, stripe, diffuse."""
-    layout = TokenLayout(5, 8, 8)
+    (3) uniformly: diagonal, temporal, stripe, diffuse; the first three meet the structure target
+    with the sparsest mode that holds 0.6 of their mass (for the temporal head +-2 of 5 frames),
+    the fourth does not."""
+    layout = TokenLayout(5, 16, 16)
     s, d = layout.seq_len, 64
     g = torch.Generator().manual_seed(0)
     token = torch.nn.functional.normalize(torch.randn(s, d, generator=g), dim=-1) * 12
@@ -75,6 +81,14 @@ def test_known_structures_are_classified():
     torch.testing.assert_close(shares.sum(-1), torch.ones(4))
     assert shares[0, 0] > 0.9 and shares[1, 1] > 0.5 and shares[2, 2] > 0.5
     assert stats.entropy[0, 3] > 0.999 and stats.entropy[0, 0] < 0.3
+    (targets,) = stats.target
+    assert [t and (t[0], t[1]) for t in targets] == [
+        ("diagonal", Diagonal(1)), ("temporal", MultiDiagonal(1, 2)), ("stripe", VerticalStripe((0,), 1)), None]
+    assert all(t[2] >= TARGET_MASS and t[3] <= TARGET_DENSITY for t in targets[:3])
+    summary = stats.target_summary()
+    assert summary["met"] == 3 and summary["by_kind"] == {"diagonal": 1, "temporal": 1, "stripe": 1} and summary["goal_met"]
+    assert "structure target: 3 of 4 heads" in stats.table()
+    assert stats.to_dict()["target"][0][3] is None and stats.to_dict()["target"][0][0]["mode"] == "diagonal"
 
 
 def test_query_rows_and_densities():

@@ -23,6 +23,12 @@ MultiDiagonal) that holds at least ``MASS_THRESHOLD`` (0.5) of its mass and at l
 a pattern that covers most keys of a tiny video from claiming every head): "diagonal",
 "stripe" or "temporal"; a head no pattern claims is "diffuse" (expected to need Full).
 On random weights nearly every head is diffuse.
+
+The structure target (issue 16) asks more of a head: at least ``TARGET_MASS`` (0.6) of its mass
+inside one mode's pattern of element density at most ``TARGET_DENSITY`` (0.3). Each head is
+measured against every mode of ``CANDIDATES`` (local: ``Diagonal`` of 1 to 8 rows; temporal:
+``MultiDiagonal`` bands over 1, 2 or all frames; stripe-like: ``VerticalStripe`` of the first or
+first and last frame) and takes the sparsest that qualifies ("target" columns of the table).
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparse_vdit.modes import Diagonal, MultiDiagonal, VerticalStripe, mode_mask_mod
+from sparse_vdit.modes import Diagonal, MultiDiagonal, VerticalStripe, mode_mask_mod, mode_to_dict
 from sparse_vdit.protocol import AttentionCall, AttentionMethod
 from sparse_vdit.token_layout import TokenLayout
 
 __all__ = [
     "PATTERNS",
+    "CANDIDATES",
+    "TARGET_MASS",
+    "TARGET_DENSITY",
     "HEAD_CLASSES",
     "MASS_THRESHOLD",
     "MIN_LIFT",
@@ -57,6 +66,14 @@ PARTITION = ("diagonal", "temporal", "stripe", "other")
 HEAD_CLASSES = ("diagonal", "temporal", "stripe", "diffuse")
 MASS_THRESHOLD = 0.5
 MIN_LIFT = 2.0
+# The structure target's candidates, by kind (a head takes the sparsest mode that qualifies).
+CANDIDATES = {
+    "diagonal": (Diagonal(1), Diagonal(2), Diagonal(4), Diagonal(8)),
+    "temporal": (MultiDiagonal(1, 1), MultiDiagonal(2, 1), MultiDiagonal(1, 2), MultiDiagonal(1, None),
+                 MultiDiagonal(2, None), MultiDiagonal(4, None)),
+    "stripe": (VerticalStripe((0,), 1), VerticalStripe((0, -1), 1), VerticalStripe((0,), 2)),
+}
+TARGET_MASS, TARGET_DENSITY = 0.6, 0.3
 MAX_QUERY_ROWS = {"cuda": 4096, "cpu": 1024}  # by device type; others as the CPU
 DEFAULT_PROMPTS = (
     "a red circle moves right over grass", "a blue square rotates over clouds",
@@ -75,34 +92,46 @@ def query_rows(seq_len: int, stride: int | None = None, device_type: str = "cpu"
     return rows[rows < seq_len]
 
 
+def _candidate_list() -> list[tuple[str, object]]:
+    return [(kind, mode) for kind, modes in CANDIDATES.items() for mode in modes]
+
+
 @dataclass(frozen=True)
 class _Masks:
-    """Element masks on the sampled rows, [4, R, S] bool: the three PATTERNS in order, then the
-    stripe outside the temporal band; and the patterns' densities (share of the R x S entries)."""
+    """Element masks on the sampled rows, [4 + C, R, S] bool: the three PATTERNS in order, the
+    stripe outside the temporal band, then the C modes of ``CANDIDATES``; the patterns' and the
+    candidates' densities (share of the R x S entries)."""
 
     rows: torch.Tensor
     patterns: torch.Tensor
     density: dict
+    candidate_density: tuple = ()
 
 
 def _masks(layout: TokenLayout, rows: torch.Tensor, device) -> _Masks:
     q = rows.to(device)[:, None]
     kv = torch.arange(layout.seq_len, device=device)[None, :]
     zero = torch.zeros((), dtype=torch.long, device=device)
-    patterns = {name: mode_mask_mod(mode, layout)(zero, zero, q, kv) for name, mode in PATTERNS.items()}
+
+    def element_mask(mode):
+        return mode_mask_mod(mode, layout)(zero, zero, q, kv)
+
+    patterns = {name: element_mask(mode) for name, mode in PATTERNS.items()}
     density = {name: float(m.float().mean()) for name, m in patterns.items()}
-    stacked = torch.stack([*patterns.values(), patterns["stripe"] & ~patterns["temporal"]])
-    return _Masks(rows=q[:, 0], patterns=stacked, density=density)
+    candidates = [element_mask(mode) for _, mode in _candidate_list()]
+    stacked = torch.stack([*patterns.values(), patterns["stripe"] & ~patterns["temporal"], *candidates])
+    return _Masks(rows=q[:, 0], patterns=stacked, density=density,
+                  candidate_density=tuple(float(m.float().mean()) for m in candidates))
 
 
 def head_mass(q: torch.Tensor, k: torch.Tensor, masks: _Masks) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and head: (mass [B, H, 4] inside each of ``masks``' regions; entropy [B, H]
+    """Per sample and head: (mass [B, H, P] inside each of ``masks``' P regions; entropy [B, H]
     normalised by log S), from q, k [B, H, S, D] (any float dtype; computed in float32, one head
     at a time so that only one [R, S] map is alive)."""
     b, h, s, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    pattern = masks.patterns.float()
-    mass = torch.empty(b, h, pattern.shape[0], device=q.device)
+    regions = masks.patterns  # [P, R, S] bool; one region at a time keeps one float [R, S] alive
+    mass = torch.empty(b, h, regions.shape[0], device=q.device)
     entropy = torch.empty(b, h, device=q.device)
     for i in range(b):
         for j in range(h):
@@ -110,7 +139,8 @@ def head_mass(q: torch.Tensor, k: torch.Tensor, masks: _Masks) -> tuple[torch.Te
             logp = logits.log_softmax(-1)
             p = logp.exp()
             entropy[i, j] = -(p * logp).sum(-1).mean() / math.log(s) if s > 1 else 0.0
-            mass[i, j] = torch.einsum("rs,prs->p", p, pattern) / p.shape[0]
+            for r in range(regions.shape[0]):
+                mass[i, j, r] = torch.where(regions[r], p, 0.0).sum() / p.shape[0]
     return mass, entropy
 
 
@@ -160,9 +190,10 @@ class AttentionRecorder(AttentionMethod):
         layers = sorted(self.calls)
         mass = torch.stack([self.mass_sum[i] / self.calls[i] for i in layers])  # [L, H, P]
         entropy = torch.stack([self.entropy_sum[i] / self.calls[i] for i in layers])
-        density = next(iter(self._masks.values())).density
+        masks = next(iter(self._masks.values()))
         return AttentionStats.from_pattern_mass(
-            mass, entropy, density, layer_names=tuple(self.layer_names[i] for i in layers),
+            mass, entropy, masks.density, candidate_density=masks.candidate_density,
+            layer_names=tuple(self.layer_names[i] for i in layers),
             calls=min(self.calls.values()), token_layout=self.token_layout,
         )
 
@@ -178,6 +209,9 @@ class AttentionStats:
         entropy: [L, H] mean row entropy / log(S).
         density: {pattern: share of the score matrix inside it} (uniform attention's mass).
         classes: [L][H] one of ``HEAD_CLASSES``.
+        target: [L][H] (kind, mode, mass, density) of the sparsest ``CANDIDATES`` mode holding
+            ``TARGET_MASS`` at density <= ``TARGET_DENSITY``, or None (the structure target).
+        candidate_mass: [L, H, C] mass inside each candidate mode (``CANDIDATES`` order).
         layer_names, calls (per layer), token_layout: what was recorded.
     """
 
@@ -186,19 +220,35 @@ class AttentionStats:
     entropy: torch.Tensor
     density: dict
     classes: tuple
+    target: tuple = ()
+    candidate_mass: torch.Tensor | None = None
+    candidate_density: tuple = ()
     layer_names: tuple = ()
     calls: int = 0
     token_layout: TokenLayout | None = None
     thresholds: dict = field(default_factory=lambda: {"mass": MASS_THRESHOLD, "lift": MIN_LIFT})
 
     @classmethod
-    def from_pattern_mass(cls, mass: torch.Tensor, entropy: torch.Tensor, density: dict, **kwargs) -> "AttentionStats":
-        """From mass [L, H, 4] (the PATTERNS, then the stripe outside the temporal band) and entropy [L, H]."""
+    def from_pattern_mass(cls, mass: torch.Tensor, entropy: torch.Tensor, density: dict, *,
+                          candidate_density: tuple = (), **kwargs) -> "AttentionStats":
+        """From mass [L, H, 4 + C] (the PATTERNS, the stripe outside the temporal band, then the C
+        candidates of ``CANDIDATES`` whose densities ``candidate_density`` gives) and entropy [L, H]."""
         pattern_mass = {name: mass[..., i] for i, name in enumerate(PATTERNS)}
         diagonal, temporal, stripe_only = pattern_mass["diagonal"], pattern_mass["temporal"], mass[..., len(PATTERNS)]
         shares = torch.stack([diagonal, temporal - diagonal, stripe_only, 1 - temporal - stripe_only], -1)
+        candidate_mass = mass[..., len(PATTERNS) + 1 :]
         return cls(pattern_mass=pattern_mass, mass_shares=shares, entropy=entropy, density=density,
-                   classes=_classify(pattern_mass, density), **kwargs)
+                   classes=_classify(pattern_mass, density), target=_target(candidate_mass, candidate_density),
+                   candidate_mass=candidate_mass, candidate_density=tuple(candidate_density), **kwargs)
+
+    def target_summary(self) -> dict:
+        """The structure target: heads that meet it (share and count), and per kind how many."""
+        flat = [t for layer in self.target for t in layer]
+        met = [t for t in flat if t is not None]
+        kinds = {kind: sum(t[0] == kind for t in met) for kind in CANDIDATES}
+        return {"heads": len(flat), "met": len(met), "share": len(met) / max(1, len(flat)), "by_kind": kinds,
+                "mass": TARGET_MASS, "max_density": TARGET_DENSITY,
+                "goal_met": len(met) * 2 >= len(flat) and all(kinds.values())}
 
     def head_shares(self) -> dict[str, float]:
         """Share of heads in each class (sums to 1)."""
@@ -211,15 +261,24 @@ class AttentionStats:
             f"attention statistics over {self.calls} calls per layer, "
             f"{self.token_layout.describe() if self.token_layout else ''}; pattern densities "
             + ", ".join(f"{k} {v:.1%}" for k, v in self.density.items()),
-            f"{'layer':<14}{'head':>5}{'diag':>7}{'temp':>7}{'stripe':>7}{'other':>7}{'entropy':>9}  class",
+            f"{'layer':<14}{'head':>5}{'diag':>7}{'temp':>7}{'stripe':>7}{'other':>7}{'entropy':>9}  {'class':<9} "
+            f"target (sparsest mode with >= {TARGET_MASS} of the mass at density <= {TARGET_DENSITY})",
         ]
         for li, name in enumerate(self.layer_names or [str(i) for i in range(len(self.classes))]):
             for h, cls in enumerate(self.classes[li]):
                 d, t, s, o = (float(x) for x in self.mass_shares[li, h])
-                lines.append(f"{name:<14}{h:>5}{d:>7.2f}{t:>7.2f}{s:>7.2f}{o:>7.2f}{float(self.entropy[li, h]):>9.2f}  {cls}")
+                goal = self.target[li][h] if self.target else None
+                met = "-" if goal is None else f"{goal[0]} {_mode_text(goal[1])}: mass {goal[2]:.2f} at density {goal[3]:.3f}"
+                lines.append(f"{name:<14}{h:>5}{d:>7.2f}{t:>7.2f}{s:>7.2f}{o:>7.2f}{float(self.entropy[li, h]):>9.2f}  {cls:<9} {met}")
         shares = self.head_shares()
         n = sum(len(layer) for layer in self.classes)
         lines.append("heads: " + ", ".join(f"{c} {shares[c]:.0%} ({round(shares[c] * n)})" for c in HEAD_CLASSES))
+        if self.target:
+            t = self.target_summary()
+            lines.append(f"structure target: {t['met']} of {t['heads']} heads ({t['share']:.0%}) hold >= {TARGET_MASS} of their "
+                         f"mass in one mode of density <= {TARGET_DENSITY}; by kind "
+                         + ", ".join(f"{k} {v}" for k, v in t["by_kind"].items())
+                         + f" (goal: half of the heads, every kind present: {'met' if t['goal_met'] else 'not met'})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -231,6 +290,12 @@ class AttentionStats:
             "pattern_mass": {k: v.tolist() for k, v in self.pattern_mass.items()},
             "entropy": self.entropy.tolist(), "classes": [list(c) for c in self.classes],
             "head_shares": self.head_shares(),
+            "candidates": [{"kind": kind, **mode_to_dict(mode), "density": dens}
+                           for (kind, mode), dens in zip(_candidate_list(), self.candidate_density)],
+            "candidate_mass": None if self.candidate_mass is None else self.candidate_mass.tolist(),
+            "target": [[None if t is None else {"kind": t[0], **mode_to_dict(t[1]), "mass": t[2], "density": t[3]}
+                        for t in layer] for layer in self.target],
+            "target_summary": self.target_summary() if self.target else None,
         }
 
 
@@ -248,6 +313,33 @@ def _classify(pattern_mass: dict, density: dict) -> tuple:
                     cls = name
                     break
             row.append(cls)
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def _mode_text(mode) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mode_to_dict(mode).items() if k != "mode")
+
+
+def _target(candidate_mass: torch.Tensor, candidate_density) -> tuple:
+    """Per head, (kind, mode, mass, density) of the sparsest candidate holding ``TARGET_MASS`` at
+    density <= ``TARGET_DENSITY``, or None."""
+    if not candidate_density:
+        return ()
+    candidates = _candidate_list()
+    order = sorted(range(len(candidates)), key=lambda c: candidate_density[c])
+    layers, heads = candidate_mass.shape[:2]
+    out = []
+    for li in range(layers):
+        row = []
+        for h in range(heads):
+            hit = None
+            for c in order:
+                m, dens = float(candidate_mass[li, h, c]), candidate_density[c]
+                if dens <= TARGET_DENSITY and m >= TARGET_MASS:
+                    hit = (candidates[c][0], candidates[c][1], m, dens)
+                    break
+            row.append(hit)
         out.append(tuple(row))
     return tuple(out)
 
