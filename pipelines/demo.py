@@ -11,8 +11,9 @@
    value is, SSIM, seconds: on the CPU those of the PyTorch fallback, not the GPU kernels), and
    writes the side-by-side videos, CSV and JSON into ``--output-dir``.
 
-Sizes: on the CPU 9 frames of 32 x 48 pixels, 8 steps (a few seconds per generation on the
-fallback path); on a GPU the proxy's trained size, 33 frames of 64 x 96, 20 steps.
+Sizes (both trained at): on the CPU 17 frames of 64 x 96 pixels (1,920 tokens), 8 steps (seconds
+per generation on the fallback path); on a GPU the proxy's evaluation size, 81 frames of 128 x 192
+(32,256 tokens), 20 steps.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p, model=False)
-    add_video_options(p, steps=None, what="8 steps of 9 x 32 x 48 on the CPU, 20 of 33 x 64 x 96 on a GPU")
+    add_video_options(p, steps=None, what="8 steps of 17 x 64 x 96 on the CPU, 20 of 81 x 128 x 192 on a GPU")
     p.add_argument("--prompt", default=None, help="the prompt to generate (default: the proxy's first sample prompt)")
     p.add_argument("--seed", type=int, default=0, help="the generation's seed")
     p.add_argument("--epsilon", type=float, default=DEMO_EPSILON,
@@ -67,7 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
     steps = args.steps or defaults.num_inference_steps
     prompt = args.prompt or defaults.prompts[0]
-    print(f"proxy model: WanPipeline, 8 layers x 4 heads, {kwargs['num_frames']} frames of {kwargs['height']} x "
+    config = pipe.transformer.config
+    print(f"proxy model: WanPipeline, {config.num_layers} layers x {config.num_attention_heads} heads, "
+          f"{kwargs['num_frames']} frames of {kwargs['height']} x "
           f"{kwargs['width']}, {steps} steps, CFG {kwargs['guidance_scale']}; {session.device}, "
           f"{str(pipe.dtype).replace('torch.', '')}, block size {session.block_size}", flush=True)
     adaspa = AdaSpaConfig(sparsity=args.sparsity, block_size=session.block_size)

@@ -56,21 +56,28 @@ class GenerationDefaults:
         return out
 
 
-def _proxy_defaults(height: int, width: int, num_frames: int, num_inference_steps: int) -> GenerationDefaults:
-    from pipelines.proxy import PROXY_GENERATION, PROXY_SAMPLE_PROMPTS
+# Prompts a plan is searched on, none of them among the evaluated ones (proxy captions all).
+PROXY_SEARCH_PROMPTS = ("a green triangle moves down over gravel", "camera pans left over bricks")
 
+
+def _proxy_defaults(cpu: bool, num_inference_steps: int) -> GenerationDefaults:
+    from pipelines.proxy import PROXY_GENERATION, PROXY_SAMPLE_PROMPTS, PROXY_SMALL
+
+    size = PROXY_SMALL if cpu else PROXY_GENERATION
     return GenerationDefaults(
-        height=height, width=width, num_frames=num_frames, guidance_scale=PROXY_GENERATION["guidance_scale"],
-        prompts=PROXY_SAMPLE_PROMPTS[:2], extra={"max_sequence_length": PROXY_GENERATION["max_sequence_length"]},
-        num_inference_steps=num_inference_steps, search_prompts=("a green triangle moves down",),
+        height=size["height"], width=size["width"], num_frames=size["num_frames"], guidance_scale=PROXY_GENERATION["guidance_scale"],
+        prompts=(PROXY_SAMPLE_PROMPTS[0], PROXY_SAMPLE_PROMPTS[8]),  # an object that moves, a camera pan
+        extra={"max_sequence_length": PROXY_GENERATION["max_sequence_length"]},
+        num_inference_steps=num_inference_steps, search_prompts=PROXY_SEARCH_PROMPTS,
     )
 
 
-# The proxy at the size it is trained at (33 frames of 64 x 96: 3,456 tokens), for GPUs ...
-PROXY_DEFAULTS = _proxy_defaults(64, 96, 33, 20)
-# ... and on the CPU, where attention runs the PyTorch fallback: 9 frames of 32 x 48 (288 tokens),
-# so a generation takes seconds. Pass --height 64 --width 96 --frames 33 for the trained size.
-PROXY_CPU_DEFAULTS = _proxy_defaults(32, 48, 9, 8)
+# The proxy at its evaluation size (81 frames of 128 x 192: 32,256 tokens, where the GPU kernels
+# pay), for GPUs ...
+PROXY_DEFAULTS = _proxy_defaults(False, 20)
+# ... and on the CPU, where attention runs the PyTorch fallback: 17 frames of 64 x 96 (1,920
+# tokens, a size the model is trained at), so a generation takes seconds.
+PROXY_CPU_DEFAULTS = _proxy_defaults(True, 8)
 MODEL_DEFAULTS = GenerationDefaults(
     height=480, width=832, num_frames=81, guidance_scale=5.0,
     prompts=("A cat walks on the grass, realistic", "A red car drives along a coastal road at sunset"),
