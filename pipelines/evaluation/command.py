@@ -36,8 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)
-    add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 9 x 32 x 48 on the CPU, 20 of "
-                                          "33 x 64 x 96 on a GPU; other models 50 of 81 x 480 x 832")
+    add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 17 x 64 x 96 on the CPU, 20 of "
+                                          "81 x 128 x 192 on a GPU; other models 50 of 81 x 480 x 832")
     p.add_argument("--methods", type=_method_names, default=",".join(METHOD_NAMES),
                    help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
     p.add_argument("--plan", default=None,

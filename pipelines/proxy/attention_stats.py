@@ -83,7 +83,7 @@ DEFAULT_PROMPTS = (
 
 def query_rows(seq_len: int, stride: int | None = None, device_type: str = "cpu") -> torch.Tensor:
     """Query rows sampled: ``i * stride + i % stride`` below ``seq_len``; stride None: the smallest
-    that keeps at most ``MAX_QUERY_ROWS[device_type]`` rows (the proxy's 3,456 rows: all on a GPU,
+    that keeps at most ``MAX_QUERY_ROWS[device_type]`` rows (3,456 rows: all on a GPU,
     every 4th on the CPU)."""
     if stride is None:
         stride = max(1, math.ceil(seq_len / MAX_QUERY_ROWS.get(device_type, MAX_QUERY_ROWS["cpu"])))
