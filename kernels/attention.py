@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 
 import torch
@@ -118,7 +119,13 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> None
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    """The softmax scale: 1/sqrt(D) for None, else ``scale`` as a float; a string, a bool, NaN or an
+    infinity is refused (float() would take "0.5" and NaN would spread through every row)."""
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite number (the softmax scale; None for 1/sqrt(D)), got {scale!r}")
+    return float(scale)
 
 
 def _on_device(t: torch.Tensor):
@@ -247,7 +254,8 @@ def _head_table(layout: BlockLayout, heads: int) -> torch.Tensor | None:
 
 def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """Validate per-batch key lengths and return them as int32 [B] on q's device, clamped to
-    [0, Skv] on the device (no host synchronisation, so CUDA graphs and torch.compile keep it)."""
+    [0, Skv] on the device (no host synchronisation, so CUDA graphs and torch.compile keep it).
+    The clamp comes before the cast: int32 would wrap a length >= 2^31 to a negative one."""
     if kv_lens is None:
         return None
     if not isinstance(kv_lens, torch.Tensor):
@@ -256,7 +264,7 @@ def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor)
         raise TypeError(f"kv_lens must be an integer tensor [B] (number of real keys per batch), got {kv_lens.dtype}")
     if tuple(kv_lens.shape) != (q.shape[0],):
         raise ValueError(f"kv_lens must be [B] = [{q.shape[0]}] (real keys per batch), got {tuple(kv_lens.shape)}")
-    return kv_lens.to(device=q.device, dtype=torch.int32).clamp(0, k.shape[2])
+    return kv_lens.to(device=q.device).clamp(0, k.shape[2]).to(torch.int32)
 
 
 def block_sparse_attention(
