@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -26,15 +25,9 @@ from adaspa.runtime import StepPlan, attend
 from adaspa.schedule import DENSE, StepSchedule, scaled_schedule
 from adaspa.search import BlockGeometry
 from adaspa.state import AdaSpaState
-from kernels.limits import (
-    KV_BLOCK_SIZES,
-    MASS_BLOCK_SIZES,
-    Q_BLOCK_SIZES,
-    dtype_names,
-    dtype_supported,
-    head_dim_error,
-    head_dim_supported,
-)
+from kernels.helpers import warn_once
+from kernels.limits import KV_BLOCK_SIZES, MASS_BLOCK_SIZES, Q_BLOCK_SIZES, head_dim_error, head_dim_supported
+from sparse_vdit.guards import check_kernel_dtype, steps_or_assumed
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
 __all__ = ["AdaSpaConfig", "BLOCK_SIZES", "TUNED_BLOCK_SIZES"]
@@ -44,13 +37,7 @@ BLOCK_SIZES = tuple(sorted(set(MASS_BLOCK_SIZES) & set(Q_BLOCK_SIZES) & set(KV_B
 TUNED_BLOCK_SIZES = (64, 128)  # the others serve tiny test models
 PAPER_STEPS = 50
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+_warned: set = set()  # warnings given once per process (sparse_vdit's warn_once registry)
 
 
 def _is_int(value) -> bool:
@@ -96,6 +83,13 @@ class AdaSpaConfig(AttentionMethod):
     tiers: bool = True
 
     def __post_init__(self) -> None:
+        # Numbers are stored as Python floats and ints (a Fraction or a numpy scalar would pass the
+        # checks and then fail inside the first search's tensor arithmetic).
+        for name, kind, convert in (("sparsity", _is_real, float), ("recall_threshold", _is_real, float),
+                                    ("block_size", _is_int, int), ("warmup_steps", _is_int, int),
+                                    ("schedule_steps", _is_int, int)):
+            if kind(getattr(self, name)):
+                object.__setattr__(self, name, convert(getattr(self, name)))
         if _is_int(self.search_steps):
             object.__setattr__(self, "search_steps", (self.search_steps,))
         if isinstance(self.search_steps, Iterable) and not isinstance(self.search_steps, (str, bytes)):
@@ -181,20 +175,22 @@ class AdaSpaConfig(AttentionMethod):
     def begin_forward(self, forward: ForwardContext) -> StepPlan:
         num_steps = forward.num_steps
         if num_steps is None and self.schedule_steps is not None:
-            _warn_once(
-                f"AdaSpa: this forward does not say how many denoising steps the generation has (no pipeline "
-                f"schedule, no cache_context(num_inference_steps=...)): assuming {self.schedule_steps}. Apply it "
-                "to the pipeline, or set schedule_steps=None and give the steps explicitly"
+            num_steps = steps_or_assumed(
+                forward, self.schedule_steps, "AdaSpa", "the number its schedule is written for (or set "
+                "schedule_steps=None and give the steps explicitly)", _warned,
             )
-            num_steps = self.schedule_steps
+        if num_steps is not None and not self.schedule(num_steps).search_steps:
+            warn_once(
+                _warned, ("all dense", self, num_steps),
+                f"AdaSpa: a {num_steps}-step generation with {self!r} has no search step: every step runs dense "
+                f"(its search steps {list(self.search_steps)} fall past the generation). Give search steps below "
+                f"{num_steps}, or keep schedule_steps set so the schedule scales to the step count",
+                stacklevel=3,
+            )
         layout = forward.token_layout
         plan = self.plan(forward.step_index, num_steps, BlockGeometry.of(layout.seq_len, self.block_size, layout))
-        if plan.phase != DENSE and not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"AdaSpa runs its search and sparse steps in {dtype_names()}, but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline or transformer first "
-                "(e.g. pipe.to(torch.bfloat16))"
-            )
+        if plan.phase != DENSE:
+            check_kernel_dtype(forward.dtype, "AdaSpa (its search and sparse steps)")
         return plan
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from types import SimpleNamespace
 
 import torch
@@ -65,7 +66,13 @@ def adaspa_attention(
         raise TypeError(f"config must be an adaspa.AdaSpaConfig, got {type(config).__name__}")
     if q.dim() != 4:
         raise ValueError("q, k, v must be [B, H, S, D]; for [B, S, H, D] tensors pass x.transpose(1, 2)")
-    num_steps = config.schedule_steps if num_steps is None else num_steps
+    _check_index("step", step, 0)
+    _check_index("layer", layer, 0)
+    if num_steps is not None:
+        _check_index("num_steps", num_steps, 1)
+        if step >= num_steps:
+            raise ValueError(f"step {step} is outside a {num_steps}-step generation (steps are 0 .. {num_steps - 1})")
+    num_steps = config.schedule_steps if num_steps is None else int(num_steps)
     plan = config.plan(int(step), num_steps, BlockGeometry.of(q.shape[2], config.block_size, token_layout))
     ops = SimpleNamespace(
         kv_lens=kv_lens,
@@ -77,3 +84,9 @@ def adaspa_attention(
     if out is None:
         out, _ = ops.attention_with_lse(q, k, v)
     return out
+
+
+def _check_index(name: str, value, minimum: int) -> None:
+    """``ValueError`` unless ``value`` is an integer >= ``minimum`` (a float or a bool is not one)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -71,7 +71,7 @@ def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: in
             f"AdaSpa is self-attention over one sequence: q has {q.shape[2]} tokens, k {k.shape[2]}, "
             f"the step's token layout {geometry.seq_len}"
         )
-    state.check(geometry, q.shape[0])
+    state.check(geometry, q.shape[0], q.shape[1])
     phase = plan.phase
     missed = (phase == SPARSE and not state.has_selection(layer)) or (
         phase == CACHED_SEARCH and state.cached_lse(layer) is None

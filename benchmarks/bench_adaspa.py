@@ -114,12 +114,12 @@ def memory_rows(sparsity: float, block: int, shapes=MEMORY_SHAPES) -> list[dict]
         width = geometry.list_width(keep_count(tier_sparsities(sparsity)[0], geometry.selectable))
         rows.append({
             "shape": f"{name}: {layers} layers x {heads} heads x {tokens:,} tokens, blocks {block}",
-            "LSE fp16 MiB": held["lse"] / MIB,
+            "LSE fp32 MiB": held["lse"] / MIB,
             "selection bitmask MiB": held["selection"] / MIB,
             "per-head MiB": held["per_head"] / MIB,
             "total MiB": held["total"] / MIB,
             "after last search MiB": (held["total"] - held["lse"]) / MIB,
-            "alt: LSE fp32 MiB": 2 * held["lse"] / MIB,
+            "alt: LSE fp16 MiB (overflows past 65504)": held["lse"] / 2 / MIB,
             "alt: int16 lists MiB (width)": f"{layers * heads * qb * (2 * width + 4) / MIB:.1f} ({width})",
             "alt: int32 full-width lists MiB": layers * heads * qb * (4 * qb + 4) / MIB,
         })
