@@ -36,6 +36,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ import torch
 
 from kernels.block_layout import BlockLayout
 from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
-from sparse_vdit.modes import MODES, Full, Mode, ModeBank, mode_density
+from sparse_vdit.modes import MODES, Full, Mode, ModeBank, check_layout_size, mode_density
 from sparse_vdit.protocol import (
     AttentionCall,
     AttentionMethod,
@@ -62,6 +63,7 @@ __all__ = ["SCHEMA_VERSION", "COST_SOURCES", "PlanError", "CostTable", "StepRang
 SCHEMA_VERSION = 1
 COST_SOURCES = ("measured", "flops")
 REMAKE = "save the plan again with save_plan, or search it again"
+_FINGERPRINT = re.compile(r"(?:[0-9a-f]{64})?")  # config_fingerprint: a sha256 in hex, or empty
 
 
 class PlanError(ValueError):
@@ -253,7 +255,13 @@ class Plan(AttentionMethod):
             )
         if not isinstance(self.model_config, dict):
             raise PlanError(f"model_config must be a dict (the transformer config), got {type(self.model_config).__name__}")
-        if self.model_config and model.config_fingerprint and config_fingerprint(self.model_config) != model.config_fingerprint:
+        if not (isinstance(model.config_fingerprint, str) and _FINGERPRINT.fullmatch(model.config_fingerprint)):
+            raise PlanError(
+                f"model: config_fingerprint must be a sha256 (64 hex digits) of the model config, or empty for a "
+                f"plan made without one, got {model.config_fingerprint!r}; {REMAKE}"
+            )
+        # An empty fingerprint beside a config would switch the config check off: refused as an edit.
+        if self.model_config and config_fingerprint(self.model_config) != model.config_fingerprint:
             raise PlanError(f"model_config does not match the model's config_fingerprint (was it edited?): {REMAKE}")
         if not isinstance(self.token_layout, TokenLayout):
             raise PlanError(f"token_layout must be a TokenLayout, got {type(self.token_layout).__name__}")
@@ -269,6 +277,10 @@ class Plan(AttentionMethod):
                 f"block_size {self.block_size!r} is not served by the block-sparse kernel: use one of "
                 f"{', '.join(map(str, Q_BLOCK_SIZES))} (64 or 128 on GPUs), e.g. plan.with_block_size(128)"
             )
+        try:
+            check_layout_size(self.token_layout, self.block_size)
+        except ValueError as exc:
+            raise PlanError(f"token_layout {self.token_layout.describe()} is too large: {exc}; {REMAKE}") from None
         for name in ("lam", "epsilon"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
