@@ -21,7 +21,7 @@ import argparse
 import math
 import sys
 
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, positive_int
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, positive_int, seed
 
 __all__ = ["DEMO_EPSILON", "DEMO_SPARSITY", "DEMO_OUTPUT_DIR", "add_parser", "run_demo"]
 
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(p, model=False)
     add_video_options(p, steps=None, what="8 steps of 9 x 32 x 48 on the CPU, 20 of 33 x 64 x 96 on a GPU")
     p.add_argument("--prompt", default=None, help="the prompt to generate (default: the proxy's first sample prompt)")
-    p.add_argument("--seed", type=int, default=0, help="the generation's seed")
+    p.add_argument("--seed", type=seed, default=0, help="the generation's seed")
     p.add_argument("--epsilon", type=float, default=DEMO_EPSILON,
                    help="plan search threshold on the normalised error + cost (larger: sparser)")
     p.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help="AdaSpa's sparsity (0.8 keeps 20%% of blocks)")
@@ -61,7 +61,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
     from search.run import search_plan
+    from sparse_vdit.cli_args import check_output_dir
 
+    check_output_dir(args.output_dir, "--output-dir")  # before the model loads
     session = open_model("proxy", args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)

@@ -11,7 +11,7 @@ import argparse
 from search.candidates import DEFAULT_CANDIDATES
 from search.cost_model import SOURCES
 from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, seed
 
 
 def add_cost_option(p: argparse.ArgumentParser) -> None:
@@ -29,10 +29,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)
-    p.add_argument("--out", required=True, help="where to write the plan (JSON)")
+    p.add_argument("--out", required=True, help="where to write the plan (JSON; a folder: its plan.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out even when it is not a plan file")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt to search with (repeatable; default: the model's built-in prompts)")
-    p.add_argument("--seed", action="append", type=int, default=None, help="a seed (repeatable; default: 0)")
+    p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     add_video_options(p, steps=50)
     p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost in the loss")
     p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
@@ -46,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
     from pipelines.loading import generation_kwargs, open_model
     from search.run import search_plan
-    from sparse_vdit.plan_file import save_plan
+    from sparse_vdit.cli_args import check_output_file
+    from sparse_vdit.plan_file import looks_like_plan, save_plan
     from sparse_vdit.plan_show import format_plan
 
+    out = check_output_file(args.out, "--out", is_ours=looks_like_plan, force=args.force)  # before the search
     session = open_model(args.model, args.device, args.dtype, args.block_size)  # says its notes before the bars
     kwargs = generation_kwargs(session.defaults, args.height, args.width, args.frames)
     plan = search_plan(
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         candidates=DEFAULT_CANDIDATES, lam=args.lam, epsilon=args.epsilon, block_size=session.block_size,
         cost=args.cost, **kwargs,
     )
-    path = save_plan(plan, args.out)
+    path = save_plan(plan, out)
     print(format_plan(plan, str(path)))
     print(f"plan written to {path} ({path.stat().st_size} bytes)")
     return 0

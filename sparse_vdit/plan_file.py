@@ -40,7 +40,7 @@ from sparse_vdit.plan import REMAKE, SCHEMA_VERSION, CostTable, Plan, PlanError,
 from sparse_vdit.protocol import ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
-__all__ = ["save_plan", "load_plan", "plan_to_dict", "plan_from_dict", "plan_to_json", "plan_from_json"]
+__all__ = ["save_plan", "load_plan", "plan_to_dict", "plan_from_dict", "plan_to_json", "plan_from_json", "looks_like_plan"]
 
 DEFAULT_FILENAME = "plan.json"
 MAX_PLAN_BYTES = 64 * 2**20  # a 50-step, 40-layer, 40-head plan whose every step differs takes 300 KB
@@ -368,6 +368,16 @@ def load_plan(
         return plan_from_json(text)
     except PlanError as exc:
         raise PlanError(f"{path}: {exc}") from None
+
+
+def looks_like_plan(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file ``save_plan`` could have written (a JSON object with a schema
+    version and steps): what a command may overwrite without being told to."""
+    try:
+        data = json.loads(_read_regular_file(Path(path)))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "steps" in data
 
 
 def _read_regular_file(path: Path) -> bytes:

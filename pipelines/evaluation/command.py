@@ -16,7 +16,16 @@ import sys
 from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
 from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
 from search.command import add_cost_option
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, comma_floats, comma_ints, positive_int
+from sparse_vdit.cli_args import (
+    DefaultsFormatter,
+    add_model_options,
+    add_video_options,
+    comma_floats,
+    comma_ints,
+    non_negative_int,
+    positive_int,
+    seed,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -44,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a plan file, folder or Hub repo id (default: search one per --epsilons first, as the demo does)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt to evaluate (repeatable; default: the model's built-in prompts)")
-    p.add_argument("--seed", action="append", type=int, default=None, help="a seed (repeatable; default: 0)")
+    p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
     p.add_argument("--epsilons", type=comma_floats, default=list(DEFAULT_EPSILONS),
                    help="plan search epsilons, one plan each (a curve); ignored with --plan")
@@ -58,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--candidates", choices=("small", "default"), default=None,
                    help="plan search candidates: one per mode kind, or search.DEFAULT_CANDIDATES "
                         "(default: small on the CPU, default on a GPU)")
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--warmup", type=non_negative_int, default=None,
                    help=f"steps of the untimed warm-up generation per method, 0 for none "
                         f"(default: --steps on a GPU, {CPU_WARMUP_STEPS} on the CPU)")
     p.add_argument("--no-videos", action="store_true", help="do not write the side-by-side videos")
@@ -74,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
     from search.candidates import DEFAULT_CANDIDATES
+    from sparse_vdit.cli_args import check_output_dir
 
+    check_output_dir(args.out, "--out")  # before the model loads
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
