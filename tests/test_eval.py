@@ -23,7 +23,7 @@ from pipelines.evaluation import (
     video_ssim,
 )
 from pipelines.evaluation.report import legend
-from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip
+from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip, mode_density
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
@@ -209,15 +209,21 @@ def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback
     from pipelines.evaluation.plots import write_plots
     from sparse_vdit.baselines import StaticWindowAttention
 
-    methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16)}, "window": {"rows=0": StaticWindowAttention(0, block_size=16)},
-               "stock": None}
+    methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16, tiers=False)},
+               "window": {"rows=0": StaticWindowAttention(0, block_size=16)}, "stock": None}
     report = evaluate(smoke_pipe, methods, ["a red circle moves right"], seeds=[0, 1], num_inference_steps=3,
                       out_dir=tmp_path, warmup=1, progress=False, **SMOKE_CALL)
     assert [(r.method, r.seed) for r in report.rows][:4] == [("dense", 0), ("adaspa", 0), ("window", 0), ("stock", 0)]
     by = {s.label: s for s in report.summary()}
     assert by["stock"].psnr == math.inf and by["stock"].density == 1.0  # nothing applied: the dense video again
-    assert 0 < by["window (rows=0)"].density < 1 and math.isfinite(by["window (rows=0)"].psnr)
-    assert 0 < by["adaspa (s=0.5)"].density < 1 and by["adaspa (s=0.5)"].scan > 0
+    # The smoke layout is 3 x 4 x 8 = 96 tokens, 6 blocks of 16. Of 3 steps, the window runs step 0
+    # dense (warm-up 0.2 x 3, rounded) and Diagonal(0) after; AdaSpa (scaled schedule: warm-up 1,
+    # searches at 1 and 2) runs step 0 dense, step 1 dense with a scan, step 2 its selection of
+    # ceil(0.5 x 6) = 3 blocks per row with a scan.
+    window = mode_density(Diagonal(0), TokenLayout(3, 4, 8), 16)
+    assert by["window (rows=0)"].density == pytest.approx((1.0 + 2 * window) / 3) and math.isfinite(by["window (rows=0)"].psnr)
+    assert by["adaspa (s=0.5)"].density == pytest.approx((1.0 + 1.0 + 3 / 6) / 3)
+    assert by["adaspa (s=0.5)"].scan == pytest.approx(2 / 3)
     for row in report.rows:
         assert len(row.step_s) == 3 and row.denoise_s == pytest.approx(sum(row.step_s))
         assert 0 < row.transformer_s <= row.denoise_s <= row.total_s

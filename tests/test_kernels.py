@@ -122,10 +122,14 @@ def test_block_sparse_sliding_window(request, dtype, block):
     assert layout.has_partial and 1 < layout.tile_masks.shape[0] <= 6
     q, k, v = to_dev(*diffusers_qkv(1, S, 2, 64, dtype, gen=fresh_generator(request), scale=1.5))
     out, lse = block_sparse_attention(q, k, v, layout, return_lse=True)
-    ref, _ = check_attention(q, k, v, layout.to_dense(), out, lse, name="window")
-    # The same layout through the reference twin of the op.
-    twin, _ = block_sparse_attention_ref(q.cpu(), k.cpu(), v.cpu(), layout)
-    assert torch.equal(twin, ref)
+    check_attention(q, k, v, layout.to_dense(), out, lse, name="window")
+    # The reference twin of the op on the layout equals plain attention under the window itself:
+    # the layout's element mask (its tiles) is exactly the mask_mod it was built from.
+    idx = torch.arange(S)
+    window_mask = (idx[:, None] - idx[None, :]).abs() <= window
+    twin, twin_lse = block_sparse_attention_ref(q.cpu(), k.cpu(), v.cpu(), layout)
+    want, want_lse = attention_ref(q.cpu(), k.cpu(), v.cpu(), window_mask)
+    assert torch.equal(twin, want) and torch.equal(twin_lse, want_lse)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[:2])
