@@ -60,10 +60,16 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipelines.evaluation.metrics import psnr_quality
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
-    from search.run import search_plan
+    import warnings
+
+    from search.run import DensePlanWarning, dense_plan_note, search_plan
     from sparse_vdit.cli_args import check_output_dir
 
-    check_output_dir(args.output_dir, "--output-dir")  # before the model loads
+    from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
+
+    check_lambda_epsilon(DEFAULT_LAMBDA, args.epsilon)  # bad values and the output folder: before the model loads
+    AdaSpaConfig(sparsity=args.sparsity)
+    check_output_dir(args.output_dir, "--output-dir")
     session = open_model("proxy", args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
@@ -75,14 +81,14 @@ def run_demo(args: argparse.Namespace) -> int:
     adaspa = AdaSpaConfig(sparsity=args.sparsity, block_size=session.block_size)
     print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {args.search_steps or steps} steps, "
           f"candidates {', '.join(map(str, SMALL_CANDIDATES))}, epsilon {args.epsilon}", flush=True)
-    pipe.set_progress_bar_config(disable=False, desc="plan search", unit="step")  # the search's steps, one bar
-    plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed], num_inference_steps=args.search_steps or steps,
-                       candidates=SMALL_CANDIDATES, epsilon=args.epsilon, block_size=session.block_size, progress=False,
-                       **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    print(f"    plan: attention density {plan.expected_density:.3f}" +
-          (" (every head stayed dense: no mode's error met epsilon; a larger --epsilon, e.g. 0.5, allows more error)"
-           if plan.expected_density >= 1 else ""), flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DensePlanWarning)  # said below, as a note
+        plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed],
+                           num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES,
+                           epsilon=args.epsilon, block_size=session.block_size, **kwargs)
+    note = dense_plan_note(plan)
+    print(f"    plan: attention density {plan.expected_density:.3f}" + (f"\nNOTE: {note} (--epsilon)" if note else ""),
+          flush=True)
     schedule = adaspa.schedule(steps)
     print(f"2/2 generating {prompt!r} (seed {args.seed}): dense, the plan, AdaSpa (s = {args.sparsity}: dense before "
           f"step {schedule.warmup_steps}, searches at steps {list(schedule.search_steps)}), each after a warm-up", flush=True)

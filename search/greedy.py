@@ -39,6 +39,14 @@ DEFAULT_LAMBDA = 0.5
 DEFAULT_EPSILON = 0.05
 
 
+def check_lambda_epsilon(lam: float, epsilon: float) -> None:
+    """``ValueError`` unless lambda is a finite number >= 0 and epsilon a finite number > 0."""
+    if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lambda must be a finite number >= 0 (the weight of the cost in the loss), got {lam!r}")
+    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be a finite number > 0 (the loss a head's mode must stay below), got {epsilon!r}")
+
+
 class PlanSearch(AttentionMethod):
     """Greedy per-head mode search during one generation; ``step_modes()`` gives the decisions.
 
@@ -55,10 +63,7 @@ class PlanSearch(AttentionMethod):
                  epsilon: float = DEFAULT_EPSILON, block_size: int = 128, cost: str = "auto",
                  costs: dict | None = None, cost_source: str | None = None, gpu: str | None = None) -> None:
         self.candidates = check_candidates(candidates)
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        check_lambda_epsilon(lam, epsilon)
         if block_size not in Q_BLOCK_SIZES:
             raise ValueError(f"block_size {block_size} is not served by the kernel: use one of {Q_BLOCK_SIZES}")
         self.lam, self.epsilon, self.block_size, self.cost = float(lam), float(epsilon), int(block_size), cost

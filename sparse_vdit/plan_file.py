@@ -54,6 +54,11 @@ _TOP_KEYS = (
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def is_hub_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face Hub repo id ("namespace/name", no "..")."""
+    return bool(_REPO_ID.fullmatch(text)) and ".." not in text
+
+
 # ------------------------------------------------------------------------------ writing
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The plan as the JSON object of a plan file."""
@@ -409,7 +414,7 @@ def _resolve(path_or_repo_id: str | os.PathLike, filename: str, revision: str | 
     if path.exists() or isinstance(path_or_repo_id, os.PathLike):
         return path
     repo_id = str(path_or_repo_id)
-    if not _REPO_ID.fullmatch(repo_id) or repo_id.endswith(".json") or ".." in repo_id:
+    if not is_hub_repo_id(repo_id) or repo_id.endswith(".json"):
         raise PlanError(
             f"{repo_id}: no such file, and not a Hugging Face Hub repo id (namespace/name): check the path"
         )

@@ -209,3 +209,45 @@ def test_running_out_of_memory_is_one_line(capsys):
     assert run_command(allocate, argparse.Namespace()) == 2
     err = _one_error_line(capsys)
     assert "out of memory" in err and "--height, --width or --frames" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--sparsity", "1.5"], "sparsity must be a number in [0, 1)"),
+    (["demo", "--epsilon", "0"], "epsilon must be a finite number > 0"),
+    (["eval", "--sparsities", "0.5,1.2"], "sparsity must be a number in [0, 1)"),
+    (["eval", "--epsilons", "0.1,-1"], "epsilon must be a finite number > 0"),
+    (["eval", "--windows", "1,-2"], "--windows must be half-widths >= 0"),
+    (["search", "--out", "x.json", "--lam", "nan"], "lambda must be a finite number >= 0"),
+])
+def test_method_settings_are_checked_before_the_model_loads(argv, message, capsys, no_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_a_model_name_typo_never_reaches_the_hub(capsys, monkeypatch):
+    import diffusers
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", hub)
+    assert main(["eval", "--model", "prox", "--steps", "1"]) == 2
+    err = _one_error_line(capsys)
+    assert "could not load the pipeline 'prox': it is not 'proxy', an existing folder, nor a Hub repo id" in err
+    assert "did you mean 'proxy'?" in err
+    assert len(err) < 200
+
+
+def test_a_model_that_fails_to_load_is_one_short_line(capsys, monkeypatch):
+    import diffusers
+
+    def hub(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files. Check your internet connection or see how to run the library in offline mode "
+                      "at 'https://huggingface.co/docs/diffusers/installation#offline-mode'. " * 3)
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", hub)
+    assert main(["eval", "--model", "someone/some-model", "--steps", "1"]) == 2
+    err = _one_error_line(capsys)
+    assert "could not load the pipeline 'someone/some-model' (OSError: We couldn't connect" in err and len(err) < 300

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,3 +297,20 @@ def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch)
     out = methods_module.build_methods(smoke_pipe, ["plan"], block_size=16, epsilons=[0.1, 0.2], search_prompts=["p"],
                                        num_inference_steps=2, cost="flops", **SMOKE_CALL)
     assert out == {"plan": {"eps=0.1": "plan", "eps=0.2": "plan"}} and seen == ["flops", "flops"]
+
+
+def test_cpu_times_are_not_shown_as_speedups(tmp_path, monkeypatch):
+    from pipelines.evaluation import plots
+
+    rows = [_row("dense", "", math.inf, 1.0, 2.0), _row("plan", "eps=0.1", 20.0, 0.5, 1.0),
+            _row("plan", "eps=0.2", 18.0, 0.4, 0.9)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or Path(path))
+    for device, shown in (("cpu", False), ("cuda:0", True)):
+        report = EvalReport(rows, meta={"device": device})
+        table = report.table()
+        assert ("2.00x" in table) is shown and ("n/a (CPU)" in table) is not shown
+        plots.plot_psnr_speedup(report, tmp_path / "p.png")
+        labels = [ax.get_xlabel() for ax in figures[-1].axes]
+        assert any("speedup" in label for label in labels) is shown
+        assert ("no speedup is plotted" in figures[-1]._suptitle.get_text()) is not shown

@@ -82,22 +82,40 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.evaluation.plots import write_plots
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
+    import warnings
+
     from search.candidates import DEFAULT_CANDIDATES
+    from search.run import DensePlanWarning, dense_plan_note
     from sparse_vdit.cli_args import check_output_dir
 
-    check_output_dir(args.out, "--out")  # before the model loads
+    from adaspa import AdaSpaConfig
+    from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
+
+    for epsilon in args.epsilons:  # bad values and the output folder: before the model loads
+        check_lambda_epsilon(DEFAULT_LAMBDA, epsilon)
+    for sparsity in args.sparsities:
+        AdaSpaConfig(sparsity=sparsity)
+    if any(rows < 0 for rows in args.windows):
+        raise ValueError(f"--windows must be half-widths >= 0 (latent rows), got {args.windows}")
+    check_output_dir(args.out, "--out")
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
     steps = args.steps or defaults.num_inference_steps
     prompts, seeds = args.prompt or list(defaults.prompts), args.seed or [0]
     small = args.candidates == "small" or (args.candidates is None and not session.on_gpu)
-    methods = build_methods(
-        pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
-        sparsities=args.sparsities, windows=args.windows, search_prompts=args.search_prompt or defaults.search_prompts,
-        num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES,
-        cost=args.cost, **kwargs,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DensePlanWarning)  # said below, per plan
+        methods = build_methods(
+            pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
+            sparsities=args.sparsities, windows=args.windows,
+            search_prompts=args.search_prompt or defaults.search_prompts, num_inference_steps=args.search_steps or steps,
+            candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES, cost=args.cost, **kwargs,
+        )
+    for setting, plan in methods.get("plan", {}).items():
+        note = dense_plan_note(plan)
+        if note:
+            print(f"NOTE: plan ({setting}): {note} (--epsilons)", flush=True)
     warmup = args.warmup if args.warmup is not None else (steps if session.on_gpu else CPU_WARMUP_STEPS)
     report = evaluate(
         pipe, methods, prompts, seeds, num_inference_steps=steps, out_dir=args.out, warmup=warmup,

@@ -139,14 +139,22 @@ class EvalReport:
         return "see the per-prompt rows"
 
     # ------------------------------------------------------------------ output
+    @property
+    def on_cpu(self) -> bool:
+        """Run on the CPU: its times are the PyTorch fallback's, which computes every score and
+        masks it, so a speedup from them means nothing (density is what the CPU can say)."""
+        return str(self.meta.get("device", "")).startswith("cpu")
+
     def table(self) -> str:
-        """The summary as a fixed-width table, dense first."""
+        """The summary as a fixed-width table, dense first; the speedup column reads "n/a (CPU)"
+        on the CPU."""
         summary = sorted(self.summary(), key=lambda s: (s.method != DENSE, s.method, s.density))
-        lines = [f"{'method':<26}{'density':>8}{'PSNR dB':>9}{'SSIM':>7}{'denoise s':>11}{'total s':>9}{'speedup':>9}"]
+        lines = [f"{'method':<26}{'density':>8}{'PSNR dB':>9}{'SSIM':>7}{'denoise s':>11}{'total s':>9}{'speedup':>11}"]
         for s in summary:
             psnr = "ref" if s.method == DENSE else f"{s.psnr:.2f}"
+            speedup = "n/a (CPU)" if self.on_cpu else f"{s.speedup:.2f}x"
             lines.append(f"{s.label:<26}{s.density:>8.3f}{psnr:>9}{s.ssim:>7.3f}{s.denoise_s:>11.2f}"
-                         f"{s.total_s:>9.2f}{s.speedup:>8.2f}x")
+                         f"{s.total_s:>9.2f}{speedup:>11}")
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:
@@ -201,9 +209,10 @@ def legend(report: EvalReport) -> str:
         "denoise  seconds in the denoising loop (what attention changes); total: the whole call with text encoding "
         "and decode; speedup: dense denoise / method denoise",
     ]
-    if str(report.meta.get("device", "")).startswith("cpu"):
+    if report.on_cpu:
         lines.append("times on the CPU are of the PyTorch fallback path (it computes every score and masks them), not "
-                     "of the GPU kernels: they say nothing about speed; density is what a GPU would save")
+                     "of the GPU kernels: they say nothing about speed, so no speedup is shown; density is what a GPU "
+                     "would save")
     note = report.meta.get("note")
     if note:
         lines.append(f"NOTE: {note}")
