@@ -26,6 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "search",
         help="search a Sparse-vDiT plan (mode per step, layer and head) for a model and write it as JSON",
+        description="Search a Sparse-vDiT plan: generate each prompt and seed with every candidate mode tried per "
+                    "step, layer and head, keep the cheapest whose error is below epsilon, and write the plan as "
+                    "JSON (apply it with load_plan and apply_sparse_attention).",
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)

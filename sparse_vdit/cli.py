@@ -35,6 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="run the attention kernels on a small video token layout and compare with the float64 reference",
+        description="Run the three attention kernels (or their PyTorch path without CUDA) on a small video token "
+                    "layout and compare each with the float64 reference: a quick check of an installation.",
         formatter_class=DefaultsFormatter,
     )
     check.add_argument("--frames", type=bounded_int(1, 64), default=4, help="latent frames of the token layout")
@@ -51,10 +53,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_eval_parser(sub)
     add_search_parser(sub)
-    plan = sub.add_parser("plan", help="inspect Sparse-vDiT plan files", formatter_class=DefaultsFormatter)
+    plan = sub.add_parser("plan", help="inspect Sparse-vDiT plan files", formatter_class=DefaultsFormatter,
+                          description="Inspect Sparse-vDiT plan files (plan show).")
     plan_sub = plan.add_subparsers(dest="plan_command", metavar="PLAN_COMMAND", required=True)
     show = plan_sub.add_parser(
         "show", help="print a plan: its model, search settings, and the modes per step range and layer with densities",
+        description="Print a plan: its model, search settings and calibration, then per step range a line per layer "
+                    "with its mode counts and attention density.",
         formatter_class=DefaultsFormatter,
     )
     show.add_argument("plan", help="a plan file, a folder holding plan.json, or a Hugging Face Hub repo id")

@@ -179,14 +179,17 @@ def add_model_options(p: argparse.ArgumentParser, *, model: bool = True) -> None
 
 def add_video_options(p: argparse.ArgumentParser, *, steps: int | None, frames: int | None = None,
                       height: int | None = None, width: int | None = None, what: str = "the model's") -> None:
-    """--steps, --height, --width, --frames (None defaults: ``what``)."""
-    p.add_argument("--steps", type=positive_int, default=steps,
-                   help="denoising steps" + ("" if steps is not None else f" (default: {what})"))
+    """--steps, --height, --width, --frames in one group; what a None default means (``what``) is
+    said once, in the group's description."""
+    group = p.add_argument_group("size and steps", f"Defaults: {what}.")
+    unset = " (default: the model's, above)"
+    group.add_argument("--steps", type=positive_int, default=steps,
+                       help="denoising steps" + ("" if steps is not None else unset))
     for name, kind, value in (("height", video_side, height), ("width", video_side, width)):
-        p.add_argument(f"--{name}", type=kind, default=value,
-                       help=f"video {name}, a multiple of {SPATIAL_MULTIPLE}" + ("" if value is not None else f" (default: {what})"))
-    p.add_argument("--frames", type=frame_count, default=frames,
-                   help=f"video frames, 1 + {TEMPORAL_FACTOR}k" + ("" if frames is not None else f" (default: {what})"))
+        group.add_argument(f"--{name}", type=kind, default=value,
+                           help=f"video {name}, a multiple of {SPATIAL_MULTIPLE}" + ("" if value is not None else unset))
+    group.add_argument("--frames", type=frame_count, default=frames,
+                       help=f"video frames, 1 + {TEMPORAL_FACTOR}k" + ("" if frames is not None else unset))
 
 
 # ------------------------------------------------------------------ resolution

@@ -251,3 +251,42 @@ def test_a_model_that_fails_to_load_is_one_short_line(capsys, monkeypatch):
     assert main(["eval", "--model", "someone/some-model", "--steps", "1"]) == 2
     err = _one_error_line(capsys)
     assert "could not load the pipeline 'someone/some-model' (OSError: We couldn't connect" in err and len(err) < 300
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_every_command_has_a_plain_description_and_says_a_default_once(path):
+    parser = _subparser(_build_parser(), path)
+    assert parser.description and len(parser.description) > 40, f"{path} has no description"
+    text = parser.format_help()
+    assert "``" not in text, "reStructuredText quoting in --help"
+    groups = [g.description for g in parser._action_groups if g.description and g.description.startswith("Defaults:")]
+    for description in groups:
+        assert " ".join(text.split()).count(" ".join(description.split())) == 1
+
+
+def test_plan_show_counts_and_agreement_read_as_english(tmp_path, capsys):
+    from sparse_vdit.plan_file import save_plan
+    from test_plan import A, make_plan
+
+    calibration = {"prompts": ["a cat"], "seeds": [0], "consistency": 1.0, "method": "majority",
+                   "agreement_same_prompt": 1.0, "agreement_other_prompt": 0.25}
+    path = save_plan(make_plan([A], calibration=calibration), tmp_path / "plan.json")
+    assert main(["plan", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(majority, 1 prompt, 1 seed)" in out
+    assert "two runs of one prompt agree on 100.0%, two runs of other prompts agree on 25.0%" in out
+
+
+def test_default_output_folders_are_ignored_by_git():
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    parser = _build_parser()
+    folders = [_subparser(parser, ("demo",)).get_default("output_dir"), _subparser(parser, ("eval",)).get_default("out"),
+               "notebooks/notebook-eval"]
+    for folder in folders:
+        done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/report.json"], cwd=root)
+        assert done.returncode == 0, f"{folder}/ would show up as untracked files"

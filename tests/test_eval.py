@@ -230,7 +230,8 @@ def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback
         assert 0 < row.transformer_s <= row.denoise_s <= row.total_s
     assert (tmp_path / "report.csv").exists() and (tmp_path / "report.json").exists()
     video = imageio.mimread(tmp_path / "videos" / "a_red_circle_moves_right" / "seed0" / "window_rows=0.mp4")
-    assert len(video) == 9 and video[0].shape == (16, 96, 3)  # dense | method | difference
+    # dense | method | difference, each 16 x 32 scaled 15x, under a 24-row strip of their names
+    assert len(video) == 9 and video[0].shape == (24 + 240, 3 * 480, 3)
     lines = write_plots(report, {}, smoke_pipe, tmp_path, prompt="a red circle moves right", seed=0,
                         num_inference_steps=3, **SMOKE_CALL)
     assert lines == [f"plot: {tmp_path / 'psnr_speedup.png'}"] and (tmp_path / "psnr_speedup.png").stat().st_size > 0
@@ -314,3 +315,18 @@ def test_cpu_times_are_not_shown_as_speedups(tmp_path, monkeypatch):
         labels = [ax.get_xlabel() for ax in figures[-1].axes]
         assert any("speedup" in label for label in labels) is shown
         assert ("no speedup is plotted" in figures[-1]._suptitle.get_text()) is not shown
+
+
+def test_side_by_side_panels_are_scaled_up_and_named():
+    from pipelines.evaluation.videos import LABEL_HEIGHT, side_by_side
+
+    gen = torch.Generator().manual_seed(0)
+    dense, method = torch.rand(2, 3, 3, 32, 48, generator=gen).unbind(0)  # [F, C, H, W]
+    frames = side_by_side(dense, method, label="plan eps=0.3")
+    assert frames.shape == (3, LABEL_HEIGHT + 8 * 32, 3 * 8 * 48, 3) and frames.dtype == torch.uint8
+    panels = frames[:, LABEL_HEIGHT:].float() / 255
+    want = dense.permute(0, 2, 3, 1).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    assert torch.allclose(panels[:, :, : 8 * 48], want, atol=1 / 255)
+    header = frames[0, :LABEL_HEIGHT]
+    for third in header.chunk(3, dim=1):
+        assert third.max() > 200, "each panel has its name written above it"

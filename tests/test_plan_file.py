@@ -335,7 +335,7 @@ def test_plan_show_prints_the_header_and_a_line_per_layer(saved, capsys):
     out = capsys.readouterr().out
     assert "WanTransformer3DModel: 3 layers x 2 heads x 64" in out
     assert "searched at  3x6x5 video tokens (90 total), block 16, 3 steps (2 ranges)" in out
-    assert "lambda 0.5, epsilon 1" in out and "consistency 93.0% (majority, 1 prompts, 2 seeds)" in out
+    assert "lambda 0.5, epsilon 1" in out and "consistency 93.0% (majority, 1 prompt, 2 seeds)" in out
     assert "steps 0-1 (2 steps): density" in out and "step 2 (1 step): density" in out
     assert "  layer 0  density 0.2" in out and "1 skip, 1 diagonal(1)" in out
     assert "  layer 1  dense          2 full" in out

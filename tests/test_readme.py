@@ -104,3 +104,47 @@ def test_public_face():
     assert {"apply_sparse_attention", "load_plan", "AdaSpaConfig", "search_plan", "evaluate"} <= set(dir(sparse_vdit))
     with pytest.raises(AttributeError, match="no_such_name"):
         sparse_vdit.no_such_name
+
+
+# ------------------------------------------------------------------ the stated defaults
+def stated_defaults() -> dict[tuple[str, str], str]:
+    """{(command, option): default} from the table after ``<!-- readme-test: defaults -->``."""
+    lines = README.read_text().splitlines()
+    start = lines.index("<!-- readme-test: defaults -->")
+    out = {}
+    for line in lines[start + 3:]:
+        if not line.startswith("|"):
+            break
+        command, option, default = (cell.strip().strip("`") for cell in line.strip("|").split("|"))
+        out[(command, option)] = default
+    return out
+
+
+def parser_defaults() -> dict[tuple[str, str], str]:
+    """{(command, option): default as the README writes it} of every option with a fixed default."""
+    import argparse
+
+    from sparse_vdit.cli import _build_parser
+
+    def subcommands(parser, path=()):
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if action is None:
+            yield " ".join(path), parser
+            return
+        for name, sub in action.choices.items():
+            yield from subcommands(sub, (*path, name))
+
+    out = {}
+    for command, parser in subcommands(_build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or action.dest == "help":
+                continue
+            default = action.default
+            out[(command, action.option_strings[0])] = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+    return out
+
+
+def test_the_readme_states_every_fixed_default_as_the_parsers_have_it():
+    stated, actual = stated_defaults(), parser_defaults()
+    assert stated == actual, {key: (stated.get(key), actual.get(key)) for key in stated.keys() | actual.keys()
+                              if stated.get(key) != actual.get(key)}

@@ -41,7 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="evaluate dense vs a Sparse-vDiT plan, AdaSpa and two baselines: PSNR, SSIM, time, attention density",
-        description=__doc__.split("\n\n")[0],
+        description="Dense attention against a Sparse-vDiT plan, AdaSpa and two baselines on the same prompts and "
+                    "seeds: a table on the screen; CSV, JSON, side-by-side videos and plots in --out.",
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)

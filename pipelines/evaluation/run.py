@@ -169,7 +169,8 @@ def evaluate(
                     clock.total_s, clock.denoise_s, clock.transformer_s, tuple(clock.step_s),
                 ))
                 if where is not None:
-                    write_video(side_by_side(reference, video), where / f"{slug(name + ('_' + setting if setting else ''))}.mp4")
+                    label = f"{name} {setting}".strip()
+                    write_video(side_by_side(reference, video, label=label), where / f"{slug(label.replace(' ', '_'))}.mp4")
     if out is not None:
         report.to_csv(out / "report.csv")
         report.to_json(out / "report.json")
