@@ -1,8 +1,9 @@
-"""``AdaSpaConfig``: AdaSpa's settings, and the attention method that runs them in diffusers.
+"""``AdaSpaAttention``: AdaSpa as an attention method, with its settings (``AdaSpaConfig`` is its
+old name, kept as an alias: the object is the method itself, not only its configuration).
 
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines import apply_sparse_attention
-    handle = apply_sparse_attention(pipe, AdaSpaConfig(sparsity=0.8))   # or pipe.transformer
+    handle = apply_sparse_attention(pipe, AdaSpaAttention(sparsity=0.8))   # or pipe.transformer
     video = pipe(prompt, num_inference_steps=50, ...).frames
     handle.remove()
 
@@ -30,7 +31,7 @@ from kernels.limits import KV_BLOCK_SIZES, MASS_BLOCK_SIZES, Q_BLOCK_SIZES, head
 from sparse_vdit.guards import check_kernel_dtype, steps_or_assumed
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
-__all__ = ["AdaSpaConfig", "BLOCK_SIZES", "TUNED_BLOCK_SIZES"]
+__all__ = ["AdaSpaAttention", "AdaSpaConfig", "BLOCK_SIZES", "TUNED_BLOCK_SIZES"]
 
 # Square blocks serve the mass kernel (query and key blocks) and the block-sparse kernel alike.
 BLOCK_SIZES = tuple(sorted(set(MASS_BLOCK_SIZES) & set(Q_BLOCK_SIZES) & set(KV_BLOCK_SIZES)))
@@ -49,7 +50,7 @@ def _is_real(value) -> bool:
 
 
 @dataclass(frozen=True)
-class AdaSpaConfig(AttentionMethod):
+class AdaSpaAttention(AttentionMethod):
     """AdaSpa (arXiv 2502.21079): blockified top-k sparse attention found online, per generation.
 
     Args:
@@ -104,51 +105,51 @@ class AdaSpaConfig(AttentionMethod):
         s = self.sparsity
         if not _is_real(s) or not 0.0 <= float(s) < 1.0:
             raise ValueError(
-                f"AdaSpaConfig(sparsity={s!r}): sparsity must be a number in [0, 1), the fraction of key "
+                f"{type(self).__name__}(sparsity={s!r}): sparsity must be a number in [0, 1), the fraction of key "
                 "blocks each query block skips (0.8 keeps 20%; 0 keeps all)"
             )
         if not _is_int(self.block_size) or self.block_size not in BLOCK_SIZES:
             raise ValueError(
-                f"AdaSpaConfig(block_size={self.block_size!r}) is not served by the kernels: use "
+                f"{type(self).__name__}(block_size={self.block_size!r}) is not served by the kernels: use "
                 f"{' or '.join(map(str, TUNED_BLOCK_SIZES))} ({', '.join(map(str, BLOCK_SIZES))} work; the small "
                 "ones are for tiny test models)"
             )
         if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"AdaSpaConfig(warmup_steps={self.warmup_steps!r}): give a step count >= 0")
+            raise ValueError(f"{type(self).__name__}(warmup_steps={self.warmup_steps!r}): give a step count >= 0")
         steps = self.search_steps
         if not isinstance(steps, tuple) or not steps or not all(_is_int(t) and t >= 0 for t in steps):
             raise ValueError(
-                f"AdaSpaConfig(search_steps={steps!r}): give one or more step indices >= 0, e.g. (10, 30); "
+                f"{type(self).__name__}(search_steps={steps!r}): give one or more step indices >= 0, e.g. (10, 30); "
                 "for dense attention at every step use FullAttention()"
             )
         if steps[0] < self.warmup_steps:
             raise ValueError(
-                f"AdaSpaConfig: search step {steps[0]} comes before the end of warm-up (warmup_steps="
+                f"AdaSpaAttention: search step {steps[0]} comes before the end of warm-up (warmup_steps="
                 f"{self.warmup_steps}); AdaSpa searches once warm-up is over: use search steps >= {self.warmup_steps} "
                 f"or warmup_steps={steps[0]}"
             )
         if steps[0] > self.warmup_steps:
             raise ValueError(
-                f"AdaSpaConfig: the first search step ({steps[0]}) must end the warm-up (warmup_steps="
+                f"AdaSpaAttention: the first search step ({steps[0]}) must end the warm-up (warmup_steps="
                 f"{self.warmup_steps}), or the steps in between would have no selection: set "
                 f"warmup_steps={steps[0]}, or add search step {self.warmup_steps}"
             )
         n = self.schedule_steps
         if n is not None and (not _is_int(n) or n < 1):
-            raise ValueError(f"AdaSpaConfig(schedule_steps={n!r}): give the step count the schedule is written for, or None")
+            raise ValueError(f"{type(self).__name__}(schedule_steps={n!r}): give the step count the schedule is written for, or None")
         if n is not None and steps[-1] >= n:
             raise ValueError(
-                f"AdaSpaConfig: search step {steps[-1]} is past the schedule's {n} steps (steps are 0-based); "
+                f"AdaSpaAttention: search step {steps[-1]} is past the schedule's {n} steps (steps are 0-based); "
                 "raise schedule_steps, or set schedule_steps=None to use the steps as given"
             )
         t = self.recall_threshold
         if not _is_real(t) or not 0.0 <= float(t) <= 1.0:
             raise ValueError(
-                f"AdaSpaConfig(recall_threshold={t!r}): the tiers' threshold is a recall, a number in [0, 1] "
+                f"{type(self).__name__}(recall_threshold={t!r}): the tiers' threshold is a recall, a number in [0, 1] "
                 "(the paper uses 0.8)"
             )
         if not isinstance(self.tiers, bool):
-            raise TypeError(f"AdaSpaConfig(tiers={self.tiers!r}): give True (three head tiers) or False (every head at s)")
+            raise TypeError(f"{type(self).__name__}(tiers={self.tiers!r}): give True (three head tiers) or False (every head at s)")
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, num_steps: int | None) -> StepSchedule:
@@ -195,3 +196,6 @@ class AdaSpaConfig(AttentionMethod):
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
         return attend(self, call.prepared, call.state, call.layer_index, q, k, v, call, call.forward.head_shard)
+
+
+AdaSpaConfig = AdaSpaAttention  # the old name: the settings *are* the method

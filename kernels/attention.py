@@ -161,7 +161,8 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 def _dot_fp32(q: torch.Tensor) -> bool:
-    # The interpreter multiplies bf16 bit patterns as integers (see baselines.md): upcast there.
+    # The Triton CPU interpreter multiplies bf16 tl.dot operands as their integer bit patterns
+    # (wrong products), so the dot is upcast to fp32 there.
     return q.dtype == torch.float32 or (interpreting() and not q.is_cuda)
 
 
@@ -271,18 +272,21 @@ def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    block_mask: BlockLayout,
+    layout: BlockLayout | None = None,
     *,
     scale: float | None = None,
     return_lse: bool = False,
     kv_lens: torch.Tensor | None = None,
+    block_mask: BlockLayout | None = None,
 ):
-    """Attention computed only on ``block_mask``'s blocks.
+    """Attention computed only on ``layout``'s blocks.
 
     Args:
         q: [B, H, Sq, D]; k, v: [B, H, Skv, D]; any strides, one dtype (bf16 / fp16 / fp32).
-        block_mask: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
+        layout: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
             B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
+        block_mask: the old name of ``layout`` (it takes a ``BlockLayout``, not a FlexAttention
+            ``BlockMask``; ``BlockLayout.to_flex_block_mask()`` converts), kept for callers.
         scale: softmax scale, default 1/sqrt(D).
         return_lse: also return the row log-sum-exp [B, H, Sq] (float32, natural log).
         kv_lens: [B] integer tensor or None: batch b attends only keys 0 .. kv_lens[b]-1 (key
@@ -293,37 +297,40 @@ def block_sparse_attention(
     empty or fully masked return zeros (lse = -inf).
     """
     _check_qkv(q, k, v)
-    if not isinstance(block_mask, BlockLayout):
+    if (layout is None) == (block_mask is None):
+        raise TypeError("block_sparse_attention takes one layout: pass it as `layout` (block_mask is its old name)")
+    layout = layout if layout is not None else block_mask
+    if not isinstance(layout, BlockLayout):
         raise TypeError(
-            f"block_mask must be a kernels.block_layout.BlockLayout, got {type(block_mask).__name__}; "
+            f"layout must be a kernels.block_layout.BlockLayout, got {type(layout).__name__}; "
             "build one with BlockLayout.from_block_maps or BlockLayout.from_mask_mod"
         )
     sq, sk = q.shape[2], k.shape[2]
-    if tuple(block_mask.seq_lengths) != (sq, sk):
+    if tuple(layout.seq_lengths) != (sq, sk):
         raise ValueError(
-            f"block layout was built for seq_lengths {block_mask.seq_lengths} but q / k have ({sq}, {sk}): "
+            f"block layout was built for seq_lengths {layout.seq_lengths} but q / k have ({sq}, {sk}): "
             "you likely need to build a new layout for this shape"
         )
-    lb, lh = block_mask.shape[:2]
+    lb, lh = layout.shape[:2]
     if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]):
         raise ValueError(
             f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
         )
-    q_block, kv_block = block_mask.block_size
+    q_block, kv_block = layout.block_size
     if q_block not in Q_BLOCK_SIZES or kv_block not in KV_BLOCK_SIZES:
         raise ValueError(
-            f"block size {block_mask.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
+            f"block size {layout.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
             "(16 / 32 work but are slow) and KV_BLOCK a power of two from 16 to 256; "
             "rebuild the layout with such a block_size"
         )
-    if block_mask.device != q.device:
-        block_mask = block_mask.to(q.device)
+    if layout.device != q.device:
+        layout = layout.to(q.device)
     out, lse = _block_sparse_attention_op(
         q, k, v,
-        block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
-        block_mask.kv_num_blocks, block_mask.kv_indices,
-        block_mask.tile_ids, block_mask.tile_masks_i8, _head_table(block_mask, q.shape[1]), _key_lengths(kv_lens, q, k),
-        q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
+        layout.full_kv_num_blocks, layout.full_kv_indices,
+        layout.kv_num_blocks, layout.kv_indices,
+        layout.tile_ids, layout.tile_masks_i8, _head_table(layout, q.shape[1]), _key_lengths(kv_lens, q, k),
+        q_block, kv_block, _scale(q, scale), layout.has_partial, layout.is_dense,
     )
     return (out, lse) if return_lse else out
 

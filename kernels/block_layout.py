@@ -646,9 +646,14 @@ class BlockLayout:
         rows = min(nq * qblk, q_len - qb_start * qblk)
         return dense[:, :, :rows, :kv_len]
 
-    def to_dense(self) -> torch.Tensor:
-        """[B, H, Q_LEN, KV_LEN] bool element mask (for tests and small shapes only)."""
+    def to_element_mask(self) -> torch.Tensor:
+        """[B, H, Q_LEN, KV_LEN] bool element mask: True where a score is computed (for tests and
+        small shapes only). The block map is ``block_maps()``."""
         return self.dense_rows(0, self.shape[2]).contiguous()
+
+    # The old name, kept: it returns the ELEMENT mask [B, H, Q_LEN, KV_LEN], whereas FlexAttention's
+    # BlockMask.to_dense() returns the block map [B, H, QB, KB] (here: block_maps()).
+    to_dense = to_element_mask
 
     def to_flex_block_mask(self):
         """The same layout as a FlexAttention ``BlockMask`` (int32 lists of width KB, one per head).

@@ -58,9 +58,9 @@ def block_sparse_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, scale: float | None = None,
     kv_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_dense()``
+    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_element_mask()``
     and the key padding of ``kv_lens``."""
-    mask = layout.to_dense().cpu()
+    mask = layout.to_element_mask().cpu()
     keys = key_padding_ref(kv_lens, k.shape[2])
     return attention_ref(q, k, v, (mask if keys is None else mask & keys).to(q.device), scale=scale)
 

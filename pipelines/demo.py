@@ -56,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
     from pipelines.evaluation.methods import SMALL_CANDIDATES
     from pipelines.evaluation.metrics import psnr_quality
@@ -70,7 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
 
     check_lambda_epsilon(DEFAULT_LAMBDA, args.epsilon)  # bad values and the output folder: before the model loads
-    AdaSpaConfig(sparsity=args.sparsity)
+    AdaSpaAttention(sparsity=args.sparsity)
     check_output_dir(args.output_dir, "--output-dir")
     session = open_model("proxy", args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"proxy model: WanPipeline, 8 layers x 4 heads, {kwargs['num_frames']} frames of {kwargs['height']} x "
           f"{kwargs['width']}, {steps} steps, CFG {kwargs['guidance_scale']}; {session.device}, "
           f"{str(pipe.dtype).replace('torch.', '')}, block size {session.block_size}", flush=True)
-    adaspa = AdaSpaConfig(sparsity=args.sparsity, block_size=session.block_size)
+    adaspa = AdaSpaAttention(sparsity=args.sparsity, block_size=session.block_size)
     print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {args.search_steps or steps} steps, "
           f"candidates {', '.join(map(str, SMALL_CANDIDATES))}, epsilon {args.epsilon}", flush=True)
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ the Sparse-vDiT modes and plans: ``Plan``, ``load_plan``, ``save_plan``), ``adas
 ``pipelines`` (diffusers adapters: one record per model family, processors, apply, step tracking).
 
 The user-facing API is importable from here (``from sparse_vdit import apply_sparse_attention,
-AdaSpaConfig, load_plan, search_plan, evaluate, ...``; see ``__all__``).
+AdaSpaAttention, load_plan, search_plan, evaluate, ...``; see ``__all__``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +30,8 @@ _LAZY = {
     "FullAttention": "sparse_vdit.static_methods",
     "StaticMaskAttention": "sparse_vdit.static_methods",
     "AttentionMethod": "sparse_vdit.protocol",
-    "AdaSpaConfig": "adaspa.config",
+    "AdaSpaAttention": "adaspa.config",
+    "AdaSpaConfig": "adaspa.config",  # the old name of AdaSpaAttention
     # Sparse-vDiT: modes, plans, the search
     "Full": "sparse_vdit.modes",
     "Skip": "sparse_vdit.modes",

@@ -180,6 +180,10 @@ def _all_full(modes: Sequence[Mode]) -> bool:
 class Plan(AttentionMethod):
     """A Sparse-vDiT plan, and the attention method that runs it (see the module docstring).
 
+    One object on purpose: the frozen record a plan file holds (every field below) is also the
+    method (``validate``, ``begin_forward``, ``__call__``; its run-time caches are not fields that
+    compare or print), so a loaded plan is applied as it is.
+
     Attributes:
         model: the ``ModelInfo`` of the model it was searched on (with its config fingerprint).
         model_config: that model's transformer config (JSON values, private keys dropped).
@@ -187,7 +191,8 @@ class Plan(AttentionMethod):
         num_steps: denoising steps it was searched at (N_s).
         block_size: layout block size used at search and, by default, at run time.
         steps: contiguous ``StepRange``s covering [0, num_steps); identical consecutive steps merged.
-        lam, epsilon: the search's lambda (weight of the cost) and epsilon (loss threshold).
+        lam, epsilon: the search's lambda (the weight of the cost in the loss; ``lambda`` is a
+            Python keyword, hence ``lam``; the file calls it "lambda") and epsilon (loss threshold).
         cost: the ``CostTable`` the search used.
         expected_density: fraction of attention computed, averaged over steps, layers and heads
             (at the searched layout and ``block_size``).

@@ -180,3 +180,11 @@ def test_a_schedule_dense_at_every_step_says_so_once(monkeypatch):
         warnings.simplefilter("error")
         assert cfg.begin_forward(_forward(1, 8)).phase == DENSE
         assert AdaSpaConfig(block_size=16).begin_forward(_forward(0, 8)).phase == DENSE  # searches at step 2
+
+
+def test_the_method_and_its_old_name_are_one_class():
+    from adaspa import AdaSpaAttention
+
+    assert AdaSpaConfig is AdaSpaAttention and AdaSpaAttention().validate is not None
+    with pytest.raises(ValueError, match=r"AdaSpaAttention\(sparsity=2\.0\)"):
+        AdaSpaConfig(sparsity=2)

@@ -84,6 +84,9 @@ def test_proxy_block_runs(line, kind, code, fallback, tmp_path, monkeypatch):
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
 
 
+OLD_NAMES = {"AdaSpaConfig": "AdaSpaAttention"}  # old public name -> the object's name now
+
+
 def test_public_face():
     import sparse_vdit
 
@@ -92,8 +95,9 @@ def test_public_face():
         if name == "__version__":
             assert isinstance(obj, str) and obj.count(".") >= 2, obj
             continue
-        # The name resolves to the object of that name in one of the project's packages.
-        assert obj.__name__ == name, f"sparse_vdit.{name} is {obj!r}"
+        # The name resolves to the object of that name (or the one it is the old name of) in one
+        # of the project's packages.
+        assert obj.__name__ == OLD_NAMES.get(name, name), f"sparse_vdit.{name} is {obj!r}"
         assert obj.__module__.split(".")[0] in ("sparse_vdit", "adaspa", "kernels", "search", "pipelines"), obj
     from adaspa import AdaSpaConfig
     from pipelines import apply_sparse_attention
@@ -148,3 +152,21 @@ def test_the_readme_states_every_fixed_default_as_the_parsers_have_it():
     stated, actual = stated_defaults(), parser_defaults()
     assert stated == actual, {key: (stated.get(key), actual.get(key)) for key in stated.keys() | actual.keys()
                               if stated.get(key) != actual.get(key)}
+
+
+def test_the_repository_stands_alone():
+    """No file of the repository cites documents kept outside it."""
+    root = README.parent
+    cited = re.compile(r"shared/docs|\.\./shared|/work/shared|(?<![\w/])(?:baselines|architecture|style|diffusers-notes|methods|proxy)\.md\b")
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix not in (".py", ".md", ".toml", ".cfg", ".ipynb") or any(p in path.parts for p in (".venv", ".git")):
+            continue
+        if path.name == "RESULTS.md":  # a log of past runs, quoted as they were
+            continue
+        if path.parts[len(root.parts):][:2] == ("pipelines", "proxy"):
+            continue  # TODO(issue 18): the proxy is being rebuilt in a parallel change; drop this exemption there
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if cited.search(line) and "cited = re.compile" not in line:
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)

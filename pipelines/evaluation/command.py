@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     from search.run import DensePlanWarning, dense_plan_note
     from sparse_vdit.cli_args import check_output_dir
 
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
 
     for epsilon in args.epsilons:  # bad values and the output folder: before the model loads
         check_lambda_epsilon(DEFAULT_LAMBDA, epsilon)
     for sparsity in args.sparsities:
-        AdaSpaConfig(sparsity=sparsity)
+        AdaSpaAttention(sparsity=sparsity)
     if any(rows < 0 for rows in args.windows):
         raise ValueError(f"--windows must be half-widths >= 0 (latent rows), got {args.windows}")
     check_output_dir(args.out, "--out")

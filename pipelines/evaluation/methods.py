@@ -65,7 +65,7 @@ def build_methods(
             prompts it was made from).
         call_kwargs: the generation's size and guidance, for the search runs.
     """
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from sparse_vdit.baselines import SpatialTemporalAttention, StaticWindowAttention
 
     methods: dict[str, dict[str, Any]] = {}
@@ -74,7 +74,7 @@ def build_methods(
             methods[name] = _plans(pipe, plan, epsilons, search_prompts, search_seeds, num_inference_steps,
                                    candidates, block_size, cost, progress, call_kwargs)
         elif name == "adaspa":
-            methods[name] = {f"s={s:g}": AdaSpaConfig(sparsity=s, block_size=block_size) for s in sparsities}
+            methods[name] = {f"s={s:g}": AdaSpaAttention(sparsity=s, block_size=block_size) for s in sparsities}
         elif name == "svg":
             methods[name] = {f"rows={r}": SpatialTemporalAttention(rows=r, block_size=block_size) for r in windows}
         else:

@@ -1,9 +1,9 @@
 """``evaluate``: dense against sparse methods on the same prompts and seeds.
 
     from pipelines.evaluation import evaluate
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from sparse_vdit.baselines import StaticWindowAttention
-    report = evaluate(pipe, {"adaspa": {"s=0.8": AdaSpaConfig(0.8)}, "window": StaticWindowAttention(2)},
+    report = evaluate(pipe, {"adaspa": {"s=0.8": AdaSpaAttention(0.8)}, "window": StaticWindowAttention(2)},
                       ["a red circle moves right"], seeds=[0, 1], num_inference_steps=20, out_dir="eval",
                       height=64, width=96, num_frames=33)
     print(report.table())
