@@ -26,6 +26,7 @@ import torch
 
 from kernels import torch_paths, tuning
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 from kernels.limits import (
     KV_BLOCK_SIZES,
     MASS_BLOCK_SIZES,
@@ -180,7 +181,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
-    grid = (triton.cdiv(sq, q_block), b * h)
+    grid = (cdiv(sq, q_block), b * h)
 
     def launch(block_n: int, warps: int, stages: int) -> None:
         block_sparse_attention_kernel[grid](
@@ -352,7 +353,7 @@ def attention_with_lse(
 def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    qb, kb = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)
     row_group = MASS_ROW_GROUP if 0 < MASS_ROW_GROUP < block_size else block_size
     groups = block_size // row_group
     mass = torch.empty(b, h, qb * groups, kb, dtype=torch.float32, device=q.device)
@@ -389,7 +390,7 @@ def _block_attention_mass_op(
 @_block_attention_mass_op.register_fake
 def _(q, k, lse, kv_lens, block_size, scale):
     b, h, sq, _ = q.shape
-    qb, kb = -(-sq // block_size), -(-k.shape[2] // block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(k.shape[2], block_size)
     return q.new_empty(b, h, qb, kb, dtype=torch.float32), q.new_empty(b, h, sq, dtype=torch.float32)
 
 

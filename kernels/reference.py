@@ -13,6 +13,7 @@ import math
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -90,7 +91,7 @@ def block_attention_mass_ref(
     # A row with no key at all (lse = -inf) contributes nothing, as in the kernel.
     p = torch.exp(s - torch.where(torch.isneginf(lse), float("inf"), lse).unsqueeze(-1))
     b, h, sq, sk = p.shape
-    qb, kb = -(-sq // block_size), -(-sk // block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)
     p = torch.nn.functional.pad(p, (0, kb * block_size - sk, 0, qb * block_size - sq))
     mass = p.reshape(b, h, qb, block_size, kb, block_size).sum(dim=(3, 5))
     return mass, lse

@@ -29,10 +29,11 @@ from typing import Sequence
 
 import torch
 
-from kernels.limits import Q_BLOCK_SIZES, dtype_names, dtype_supported, head_dim_error, head_dim_supported
+from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
 from search.candidates import DEFAULT_CANDIDATES, check_candidates
 from search.cost_model import CostShape, candidate_costs
 from sparse_vdit.modes import Full, Mode, ModeBank
+from sparse_vdit.guards import check_kernel_dtype
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
 DEFAULT_LAMBDA = 0.5
@@ -87,11 +88,7 @@ class PlanSearch(AttentionMethod):
         self.model = model
 
     def begin_forward(self, forward: ForwardContext) -> ModeBank:
-        if not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"the plan search runs the block-sparse kernel ({dtype_names()}), but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline first (e.g. pipe.to(torch.bfloat16))"
-            )
+        check_kernel_dtype(forward.dtype, "the plan search (its candidates' block-sparse kernel)")
         if self.token_layout is None:
             self.token_layout = forward.token_layout
         elif forward.token_layout != self.token_layout:

@@ -210,7 +210,7 @@ def mode_mask_mod(mode: Mode, layout: TokenLayout):
 
 def _block_spans(layout: TokenLayout, block: int, device):
     """Per block of ``block`` tokens: (has_video, first global row, last global row, has_text)."""
-    n = -(-layout.seq_len // block)
+    n = cdiv(layout.seq_len, block)
     start = torch.arange(n, device=device) * block
     end = torch.clamp(start + block, max=layout.seq_len) - 1  # inclusive
     v0, v1 = layout.video_start, layout.video_start + layout.video_len - 1
@@ -253,7 +253,7 @@ def mode_block_map(mode: Mode, layout: TokenLayout, block_size: int | tuple[int,
     """
     qblk, kvblk = (block_size, block_size) if isinstance(block_size, int) else block_size
     if isinstance(mode, Skip):
-        return torch.zeros(-(-layout.seq_len // qblk), -(-layout.seq_len // kvblk), dtype=torch.bool, device=device)
+        return torch.zeros(cdiv(layout.seq_len, qblk), cdiv(layout.seq_len, kvblk), dtype=torch.bool, device=device)
     rel = _row_relation(mode, layout, device).to(torch.int32)
     prefix = torch.zeros(rel.shape[0] + 1, rel.shape[1] + 1, dtype=torch.int32, device=device)
     prefix[1:, 1:] = rel.cumsum(0).cumsum(1)

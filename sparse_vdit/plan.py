@@ -37,7 +37,6 @@ import datetime
 import json
 import math
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -45,7 +44,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import warn_once
 from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
+from sparse_vdit.guards import steps_or_assumed
 from sparse_vdit.modes import MODES, Full, Mode, ModeBank, check_layout_size, mode_density
 from sparse_vdit.protocol import (
     AttentionCall,
@@ -417,8 +418,8 @@ class Plan(AttentionMethod):
         if self.model.config_fingerprint and model.config_fingerprint and self.model.config_fingerprint != model.config_fingerprint:
             known = bool(self.model_config) and model.config is not None
             diffs = config_differences(self.model_config, model.config) if known else []
-            self._warn_once(
-                "config",
+            warn_once(
+                self._warned, "config",
                 f"this plan was searched on a {self.model.family} of the same structure but another config "
                 f"({'; '.join(diffs) if diffs else 'config fingerprints differ'}). It runs, but its modes may "
                 "fit this model less well: search a plan for this model to be sure",
@@ -427,15 +428,7 @@ class Plan(AttentionMethod):
     def begin_forward(self, forward: ForwardContext) -> tuple[BlockLayout | None, ...]:
         """Per layer: None (all heads Full: dense) or the layer's BlockLayout, at this forward's step,
         for the heads this process computes (``forward.heads``: all of them on one GPU)."""
-        num_steps = forward.num_steps
-        if num_steps is None:
-            self._warn_once(
-                "steps",
-                "the pipeline did not say how many denoising steps this generation has: the plan maps steps "
-                f"assuming {self.num_steps}, the number it was searched at. Generate through the pipeline "
-                "(its scheduler tells the step count) for the documented mapping",
-            )
-            num_steps = self.num_steps
+        num_steps = steps_or_assumed(forward, self.num_steps, "the plan", "the number it was searched at", self._warned)
         step = self.searched_step(min(forward.step_index, num_steps - 1), num_steps)
         index = self._range_index(step)
         heads = forward.heads
@@ -476,11 +469,6 @@ class Plan(AttentionMethod):
                 ) from None
             self._banks[key] = bank
         return bank
-
-    def _warn_once(self, topic: str, message: str) -> None:
-        if topic not in self._warned:
-            self._warned.add(topic)
-            warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def __getattr__(name: str):

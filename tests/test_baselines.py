@@ -101,7 +101,7 @@ def test_dense_warmup_scales_with_the_step_count():
     layout = _call(2, 8, method).prepared  # step 2 of 8: the window, Diagonal(2) for every head
     full, partial = layout.block_maps()
     assert torch.equal((full | partial)[0, 0], mode_block_map(Diagonal(2), LAYOUT, BLOCK))
-    with pytest.warns(UserWarning, match="assumes 50"):
+    with pytest.warns(UserWarning, match="assuming 50, for its dense warm-up"):
         assert _call(9, None, method).prepared is None
 
 
