@@ -58,7 +58,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
     from adaspa import AdaSpaAttention
     from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
-    from pipelines.evaluation.methods import SMALL_CANDIDATES
+    from search.candidates import SMALL_CANDIDATES
     from pipelines.evaluation.metrics import psnr_quality
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate

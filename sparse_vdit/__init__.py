@@ -51,11 +51,19 @@ _LAZY = {
 __all__ = ["TokenLayout", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+_METHODS = "pipelines.evaluation.methods"  # the evaluated methods' registry: their files export names too
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(_METHODS).exported(name)
+        except AttributeError:
+            pass
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

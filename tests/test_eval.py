@@ -330,3 +330,47 @@ def test_side_by_side_panels_are_scaled_up_and_named():
     header = frames[0, :LABEL_HEIGHT]
     for third in header.chunk(3, dim=1):
         assert third.max() > 200, "each panel has its name written above it"
+
+
+NEW_METHOD = '''
+from pipelines.evaluation.methods import EvaluatedMethod
+from sparse_vdit.static_methods import FullAttention
+
+
+class HalfDense(FullAttention):
+    def __init__(self, share):
+        self.share = share
+
+
+METHOD = EvaluatedMethod(
+    name="halfdense", rank=9, settings="shares", defaults=(0.5,), kind=float, help="share of dense heads",
+    label=lambda share: f"share={share:g}", build=lambda share, context: HalfDense(share), baseline=True,
+    why_below_baseline="it is a test", exports={"HalfDense": __name__},
+)
+'''
+
+
+def test_a_new_method_is_one_file(tmp_path, monkeypatch):
+    """One file in the methods folder: the registry, build_methods, the eval options, the report's
+    baselines and the public face all see it."""
+    import sparse_vdit
+    from pipelines.evaluation import methods as registry_module
+    from sparse_vdit.cli import _build_parser
+
+    (tmp_path / "halfdense.py").write_text(NEW_METHOD)
+    monkeypatch.setattr(registry_module, "__path__", [*registry_module.__path__, str(tmp_path)])
+    registry_module.registry.cache_clear()
+    try:
+        assert registry_module.method_names()[-1] == "halfdense" and "halfdense" in registry_module.baseline_names()
+        built = registry_module.build_methods(None, ["halfdense"], block_size=16, num_inference_steps=1, shares=[0.25])
+        method = built["halfdense"]["share=0.25"]
+        assert type(method).__name__ == "HalfDense" and method.share == 0.25
+        assert sparse_vdit.HalfDense is type(method)
+        eval_parser = next(a for a in _build_parser()._actions if a.dest == "command").choices["eval"]
+        args = eval_parser.parse_args(["--methods", "plan,halfdense", "--shares", "0.1,0.2"])
+        assert args.methods == ["plan", "halfdense"] and args.shares == [0.1, 0.2]
+        report = EvalReport([_row("dense", "", math.inf, 1.0, 2.0), _row("plan", "eps=0.1", 18.0, 0.5, 1.0),
+                             _row("halfdense", "share=0.5", 25.0, 0.5, 1.0)])
+        assert report.findings()[0].startswith("plan (eps=0.1) falls below the baseline halfdense (share=0.5)")
+    finally:
+        registry_module.registry.cache_clear()

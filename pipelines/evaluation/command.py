@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
+from pipelines.evaluation.methods import method_names, parse_methods, registry
 from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
 from search.command import add_cost_option
 from sparse_vdit.cli_args import (
@@ -48,19 +48,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(p)
     add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 9 x 32 x 48 on the CPU, 20 of "
                                           "33 x 64 x 96 on a GPU; other models 50 of 81 x 480 x 832")
-    p.add_argument("--methods", type=_method_names, default=",".join(METHOD_NAMES),
-                   help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    p.add_argument("--methods", type=_method_names, default=",".join(method_names()),
+                   help=f"comma-separated, from {', '.join(method_names())}")
     p.add_argument("--plan", default=None,
                    help="a plan file, folder or Hub repo id (default: search one per --epsilons first, as the demo does)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt to evaluate (repeatable; default: the model's built-in prompts)")
     p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
-    p.add_argument("--epsilons", type=comma_floats, default=list(DEFAULT_EPSILONS),
-                   help="plan search epsilons, one plan each (a curve); ignored with --plan")
-    p.add_argument("--sparsities", type=comma_floats, default=list(DEFAULT_SPARSITIES), help="AdaSpa sparsities")
-    p.add_argument("--windows", type=comma_ints, default=list(DEFAULT_WINDOWS),
-                   help="window half-widths in latent rows of the svg and window baselines")
+    for settings, entry in {e.settings: e for e in registry().values()}.items():  # each method's curve
+        p.add_argument(f"--{settings}", type=comma_floats if entry.kind is float else comma_ints,
+                       default=list(entry.defaults), help=entry.help)
     p.add_argument("--search-prompt", action="append", default=None,
                    help="a prompt the plan is searched on (repeatable; default: the model's, not among the evaluated)")
     p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
@@ -79,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from pipelines.evaluation.methods import SMALL_CANDIDATES, build_methods
+    from pipelines.evaluation.methods import build_methods
     from pipelines.evaluation.plots import write_plots
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
@@ -89,15 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from search.run import DensePlanWarning, dense_plan_note
     from sparse_vdit.cli_args import check_output_dir
 
-    from adaspa import AdaSpaAttention
-    from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
+    from search.candidates import SMALL_CANDIDATES
 
-    for epsilon in args.epsilons:  # bad values and the output folder: before the model loads
-        check_lambda_epsilon(DEFAULT_LAMBDA, epsilon)
-    for sparsity in args.sparsities:
-        AdaSpaAttention(sparsity=sparsity)
-    if any(rows < 0 for rows in args.windows):
-        raise ValueError(f"--windows must be half-widths >= 0 (latent rows), got {args.windows}")
+    for name in args.methods:  # bad settings and the output folder: before the model loads
+        entry = registry()[name]
+        for value in getattr(args, entry.settings):
+            entry.check(value)
     check_output_dir(args.out, "--out")
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
@@ -107,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
     small = args.candidates == "small" or (args.candidates is None and not session.on_gpu)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DensePlanWarning)  # said below, per plan
+        settings = {entry.settings: getattr(args, entry.settings) for entry in registry().values()}
         methods = build_methods(
-            pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
-            sparsities=args.sparsities, windows=args.windows,
+            pipe, args.methods, block_size=session.block_size, plan=args.plan,
             search_prompts=args.search_prompt or defaults.search_prompts, num_inference_steps=args.search_steps or steps,
-            candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES, cost=args.cost, **kwargs,
+            candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES, cost=args.cost, **settings, **kwargs,
         )
     for setting, plan in methods.get("plan", {}).items():
         note = dense_plan_note(plan)

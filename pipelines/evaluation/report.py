@@ -21,7 +21,6 @@ from typing import Any
 __all__ = ["DENSE", "EvalRow", "EvalSummary", "EvalReport", "legend"]
 
 DENSE = "dense"
-BASELINES = ("svg", "window")  # the simple baselines a method should beat (sparse_vdit.baselines)
 
 
 @dataclass(frozen=True)
@@ -111,11 +110,14 @@ class EvalReport:
     def findings(self) -> list[str]:
         """Where a method falls below a simple baseline: a baseline setting with higher PSNR at no
         more attention computed (density). One line each, with the likely reason."""
+        from pipelines.evaluation.methods import baseline_names
+
+        simple = baseline_names()
         summary = [s for s in self.summary() if s.method != DENSE]
-        baselines = [s for s in summary if s.method in BASELINES]
+        baselines = [s for s in summary if s.method in simple]
         lines = []
         for s in summary:
-            if s.method in BASELINES:
+            if s.method in simple:
                 continue
             beaten = [b for b in baselines if b.psnr > s.psnr and b.density <= s.density]
             if beaten:
@@ -127,16 +129,13 @@ class EvalReport:
         return lines
 
     def _why(self, s: EvalSummary) -> str:
+        from pipelines.evaluation.methods import registry
+
         if self.meta.get("random_weights"):
             return ("the model has random weights, so its attention has no structure for any method to exploit; "
                     "every sparse choice is a guess and the ranking is noise")
-        if s.method == "plan":
-            return ("a plan is fixed offline on its search prompts, seeds and steps; the online baselines adapt to each "
-                    "prompt, and a plan searched on few runs may not generalise (search with more prompts and seeds)")
-        if s.method == "adaspa":
-            return ("AdaSpa keeps the top-k blocks per query block, so a head whose mass is spread thinly loses mass that a "
-                    "contiguous window keeps; its search steps also run dense (density counts them)")
-        return "see the per-prompt rows"
+        entry = registry().get(s.method)
+        return entry.why_below_baseline if entry is not None else "see the per-prompt rows"
 
     # ------------------------------------------------------------------ output
     @property
