@@ -1,8 +1,9 @@
-"""``AdaSpaConfig``: AdaSpa's settings, and the attention method that runs them in diffusers.
+"""``AdaSpaAttention``: AdaSpa as an attention method, with its settings (``AdaSpaConfig`` is its
+old name, kept as an alias: the object is the method itself, not only its configuration).
 
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines import apply_sparse_attention
-    handle = apply_sparse_attention(pipe, AdaSpaConfig(sparsity=0.8))   # or pipe.transformer
+    handle = apply_sparse_attention(pipe, AdaSpaAttention(sparsity=0.8))   # or pipe.transformer
     video = pipe(prompt, num_inference_steps=50, ...).frames
     handle.remove()
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -26,31 +26,19 @@ from adaspa.runtime import StepPlan, attend
 from adaspa.schedule import DENSE, StepSchedule, scaled_schedule
 from adaspa.search import BlockGeometry
 from adaspa.state import AdaSpaState
-from kernels.limits import (
-    KV_BLOCK_SIZES,
-    MASS_BLOCK_SIZES,
-    Q_BLOCK_SIZES,
-    dtype_names,
-    dtype_supported,
-    head_dim_error,
-    head_dim_supported,
-)
+from kernels.helpers import warn_once
+from kernels.limits import KV_BLOCK_SIZES, MASS_BLOCK_SIZES, Q_BLOCK_SIZES, head_dim_error, head_dim_supported
+from sparse_vdit.guards import check_kernel_dtype, steps_or_assumed
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
-__all__ = ["AdaSpaConfig", "BLOCK_SIZES", "TUNED_BLOCK_SIZES"]
+__all__ = ["AdaSpaAttention", "AdaSpaConfig", "BLOCK_SIZES", "TUNED_BLOCK_SIZES"]
 
 # Square blocks serve the mass kernel (query and key blocks) and the block-sparse kernel alike.
 BLOCK_SIZES = tuple(sorted(set(MASS_BLOCK_SIZES) & set(Q_BLOCK_SIZES) & set(KV_BLOCK_SIZES)))
 TUNED_BLOCK_SIZES = (64, 128)  # the others serve tiny test models
 PAPER_STEPS = 50
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+_warned: set = set()  # warnings given once per process (sparse_vdit's warn_once registry)
 
 
 def _is_int(value) -> bool:
@@ -62,7 +50,7 @@ def _is_real(value) -> bool:
 
 
 @dataclass(frozen=True)
-class AdaSpaConfig(AttentionMethod):
+class AdaSpaAttention(AttentionMethod):
     """AdaSpa (arXiv 2502.21079): blockified top-k sparse attention found online, per generation.
 
     Args:
@@ -96,6 +84,13 @@ class AdaSpaConfig(AttentionMethod):
     tiers: bool = True
 
     def __post_init__(self) -> None:
+        # Numbers are stored as Python floats and ints (a Fraction or a numpy scalar would pass the
+        # checks and then fail inside the first search's tensor arithmetic).
+        for name, kind, convert in (("sparsity", _is_real, float), ("recall_threshold", _is_real, float),
+                                    ("block_size", _is_int, int), ("warmup_steps", _is_int, int),
+                                    ("schedule_steps", _is_int, int)):
+            if kind(getattr(self, name)):
+                object.__setattr__(self, name, convert(getattr(self, name)))
         if _is_int(self.search_steps):
             object.__setattr__(self, "search_steps", (self.search_steps,))
         if isinstance(self.search_steps, Iterable) and not isinstance(self.search_steps, (str, bytes)):
@@ -110,51 +105,51 @@ class AdaSpaConfig(AttentionMethod):
         s = self.sparsity
         if not _is_real(s) or not 0.0 <= float(s) < 1.0:
             raise ValueError(
-                f"AdaSpaConfig(sparsity={s!r}): sparsity must be a number in [0, 1), the fraction of key "
+                f"{type(self).__name__}(sparsity={s!r}): sparsity must be a number in [0, 1), the fraction of key "
                 "blocks each query block skips (0.8 keeps 20%; 0 keeps all)"
             )
         if not _is_int(self.block_size) or self.block_size not in BLOCK_SIZES:
             raise ValueError(
-                f"AdaSpaConfig(block_size={self.block_size!r}) is not served by the kernels: use "
+                f"{type(self).__name__}(block_size={self.block_size!r}) is not served by the kernels: use "
                 f"{' or '.join(map(str, TUNED_BLOCK_SIZES))} ({', '.join(map(str, BLOCK_SIZES))} work; the small "
                 "ones are for tiny test models)"
             )
         if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"AdaSpaConfig(warmup_steps={self.warmup_steps!r}): give a step count >= 0")
+            raise ValueError(f"{type(self).__name__}(warmup_steps={self.warmup_steps!r}): give a step count >= 0")
         steps = self.search_steps
         if not isinstance(steps, tuple) or not steps or not all(_is_int(t) and t >= 0 for t in steps):
             raise ValueError(
-                f"AdaSpaConfig(search_steps={steps!r}): give one or more step indices >= 0, e.g. (10, 30); "
+                f"{type(self).__name__}(search_steps={steps!r}): give one or more step indices >= 0, e.g. (10, 30); "
                 "for dense attention at every step use FullAttention()"
             )
         if steps[0] < self.warmup_steps:
             raise ValueError(
-                f"AdaSpaConfig: search step {steps[0]} comes before the end of warm-up (warmup_steps="
+                f"AdaSpaAttention: search step {steps[0]} comes before the end of warm-up (warmup_steps="
                 f"{self.warmup_steps}); AdaSpa searches once warm-up is over: use search steps >= {self.warmup_steps} "
                 f"or warmup_steps={steps[0]}"
             )
         if steps[0] > self.warmup_steps:
             raise ValueError(
-                f"AdaSpaConfig: the first search step ({steps[0]}) must end the warm-up (warmup_steps="
+                f"AdaSpaAttention: the first search step ({steps[0]}) must end the warm-up (warmup_steps="
                 f"{self.warmup_steps}), or the steps in between would have no selection: set "
                 f"warmup_steps={steps[0]}, or add search step {self.warmup_steps}"
             )
         n = self.schedule_steps
         if n is not None and (not _is_int(n) or n < 1):
-            raise ValueError(f"AdaSpaConfig(schedule_steps={n!r}): give the step count the schedule is written for, or None")
+            raise ValueError(f"{type(self).__name__}(schedule_steps={n!r}): give the step count the schedule is written for, or None")
         if n is not None and steps[-1] >= n:
             raise ValueError(
-                f"AdaSpaConfig: search step {steps[-1]} is past the schedule's {n} steps (steps are 0-based); "
+                f"AdaSpaAttention: search step {steps[-1]} is past the schedule's {n} steps (steps are 0-based); "
                 "raise schedule_steps, or set schedule_steps=None to use the steps as given"
             )
         t = self.recall_threshold
         if not _is_real(t) or not 0.0 <= float(t) <= 1.0:
             raise ValueError(
-                f"AdaSpaConfig(recall_threshold={t!r}): the tiers' threshold is a recall, a number in [0, 1] "
+                f"{type(self).__name__}(recall_threshold={t!r}): the tiers' threshold is a recall, a number in [0, 1] "
                 "(the paper uses 0.8)"
             )
         if not isinstance(self.tiers, bool):
-            raise TypeError(f"AdaSpaConfig(tiers={self.tiers!r}): give True (three head tiers) or False (every head at s)")
+            raise TypeError(f"{type(self).__name__}(tiers={self.tiers!r}): give True (three head tiers) or False (every head at s)")
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, num_steps: int | None) -> StepSchedule:
@@ -181,21 +176,26 @@ class AdaSpaConfig(AttentionMethod):
     def begin_forward(self, forward: ForwardContext) -> StepPlan:
         num_steps = forward.num_steps
         if num_steps is None and self.schedule_steps is not None:
-            _warn_once(
-                f"AdaSpa: this forward does not say how many denoising steps the generation has (no pipeline "
-                f"schedule, no cache_context(num_inference_steps=...)): assuming {self.schedule_steps}. Apply it "
-                "to the pipeline, or set schedule_steps=None and give the steps explicitly"
+            num_steps = steps_or_assumed(
+                forward, self.schedule_steps, "AdaSpa", "the number its schedule is written for (or set "
+                "schedule_steps=None and give the steps explicitly)", _warned,
             )
-            num_steps = self.schedule_steps
+        if num_steps is not None and not self.schedule(num_steps).search_steps:
+            warn_once(
+                _warned, ("all dense", self, num_steps),
+                f"AdaSpa: a {num_steps}-step generation with {self!r} has no search step: every step runs dense "
+                f"(its search steps {list(self.search_steps)} fall past the generation). Give search steps below "
+                f"{num_steps}, or keep schedule_steps set so the schedule scales to the step count",
+                stacklevel=3,
+            )
         layout = forward.token_layout
         plan = self.plan(forward.step_index, num_steps, BlockGeometry.of(layout.seq_len, self.block_size, layout))
-        if plan.phase != DENSE and not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"AdaSpa runs its search and sparse steps in {dtype_names()}, but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline or transformer first "
-                "(e.g. pipe.to(torch.bfloat16))"
-            )
+        if plan.phase != DENSE:
+            check_kernel_dtype(forward.dtype, "AdaSpa (its search and sparse steps)")
         return plan
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
         return attend(self, call.prepared, call.state, call.layer_index, q, k, v, call, call.forward.head_shard)
+
+
+AdaSpaConfig = AdaSpaAttention  # the old name: the settings *are* the method

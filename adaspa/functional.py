@@ -1,7 +1,7 @@
 """``adaspa_attention``: AdaSpa on plain tensors, for models outside diffusers.
 
-    from adaspa import AdaSpaConfig, AdaSpaState, adaspa_attention
-    config = AdaSpaConfig(sparsity=0.8)
+    from adaspa import AdaSpaAttention, AdaSpaState, adaspa_attention
+    config = AdaSpaAttention(sparsity=0.8)
     state = AdaSpaState()                               # one per generation and CFG branch
     for step in range(num_steps):
         ...
@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from types import SimpleNamespace
 
 import torch
 
-from adaspa.config import AdaSpaConfig
+from adaspa.config import AdaSpaAttention
 from adaspa.runtime import attend
 from adaspa.search import BlockGeometry
 from adaspa.state import AdaSpaState
@@ -24,7 +25,7 @@ from sparse_vdit.token_layout import TokenLayout
 
 __all__ = ["adaspa_attention"]
 
-DEFAULT_CONFIG = AdaSpaConfig()
+DEFAULT_CONFIG = AdaSpaAttention()
 
 
 def adaspa_attention(
@@ -35,7 +36,7 @@ def adaspa_attention(
     *,
     step: int,
     num_steps: int | None = None,
-    config: AdaSpaConfig = DEFAULT_CONFIG,
+    config: AdaSpaAttention = DEFAULT_CONFIG,
     layer: int = 0,
     kv_lens: torch.Tensor | None = None,
     token_layout: TokenLayout | None = None,
@@ -50,22 +51,28 @@ def adaspa_attention(
         step: 0-based denoising step.
         num_steps: steps in the generation (the schedule scales to it, ``adaspa.schedule``);
             None: ``config.schedule_steps`` (50 by default).
-        config: the ``AdaSpaConfig``.
+        config: the ``AdaSpaAttention``.
         layer: the attention layer's index (each layer keeps its own LSE and selection).
         kv_lens: [B] integer tensor or None: sample b's keys at index >= kv_lens[b] are padding.
         token_layout: where text sits in the sequence (its rows and columns are always computed);
             None: no text.
 
     Returns out [B, H, S, D] in q's dtype. Warm-up steps compute dense attention with our kernel
-    (``attention_with_lse``); search and sparse steps as ``AdaSpaConfig`` does in diffusers.
+    (``attention_with_lse``); search and sparse steps as ``AdaSpaAttention`` does in diffusers.
     """
     if not isinstance(state, AdaSpaState):
         raise TypeError(f"state must be an adaspa.AdaSpaState (one per generation and branch), got {type(state).__name__}")
-    if not isinstance(config, AdaSpaConfig):
-        raise TypeError(f"config must be an adaspa.AdaSpaConfig, got {type(config).__name__}")
+    if not isinstance(config, AdaSpaAttention):
+        raise TypeError(f"config must be an adaspa.AdaSpaAttention, got {type(config).__name__}")
     if q.dim() != 4:
         raise ValueError("q, k, v must be [B, H, S, D]; for [B, S, H, D] tensors pass x.transpose(1, 2)")
-    num_steps = config.schedule_steps if num_steps is None else num_steps
+    _check_index("step", step, 0)
+    _check_index("layer", layer, 0)
+    if num_steps is not None:
+        _check_index("num_steps", num_steps, 1)
+        if step >= num_steps:
+            raise ValueError(f"step {step} is outside a {num_steps}-step generation (steps are 0 .. {num_steps - 1})")
+    num_steps = config.schedule_steps if num_steps is None else int(num_steps)
     plan = config.plan(int(step), num_steps, BlockGeometry.of(q.shape[2], config.block_size, token_layout))
     ops = SimpleNamespace(
         kv_lens=kv_lens,
@@ -77,3 +84,9 @@ def adaspa_attention(
     if out is None:
         out, _ = ops.attention_with_lse(q, k, v)
     return out
+
+
+def _check_index(name: str, value, minimum: int) -> None:
+    """``ValueError`` unless ``value`` is an integer >= ``minimum`` (a float or a bool is not one)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,4 +1,4 @@
-"""One AdaSpa attention call, shared by the diffusers method (``AdaSpaConfig``) and the functional
+"""One AdaSpa attention call, shared by the diffusers method (``AdaSpaAttention``) and the functional
 entry (``adaspa_attention``): run this step's phase for one layer, reading and writing its state.
 
 The kernel ops come from ``ops``, an object with ``attention_with_lse(q, k, v)``,
@@ -32,7 +32,7 @@ from adaspa.search import BlockGeometry, select_blocks
 from adaspa.state import AdaSpaState
 
 if TYPE_CHECKING:
-    from adaspa.config import AdaSpaConfig
+    from adaspa.config import AdaSpaAttention
     from sparse_vdit.protocol import HeadShard
 
 __all__ = ["StepPlan", "attend"]
@@ -40,7 +40,7 @@ __all__ = ["StepPlan", "attend"]
 
 @dataclass(frozen=True)
 class StepPlan:
-    """What every attention call of one step does (``AdaSpaConfig.plan``).
+    """What every attention call of one step does (``AdaSpaAttention.plan``).
 
     Attributes:
         phase: one of ``adaspa.schedule.PHASES``.
@@ -53,7 +53,7 @@ class StepPlan:
     geometry: BlockGeometry
 
 
-def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
+def attend(config: "AdaSpaAttention", plan: StepPlan, state: AdaSpaState, layer: int,
            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any,
            head_shard: "HeadShard | None" = None) -> torch.Tensor | None:
     """This step's attention for layer ``layer``: q, k, v [B, H, S, D] -> out [B, H, S, D], or None
@@ -71,7 +71,7 @@ def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: in
             f"AdaSpa is self-attention over one sequence: q has {q.shape[2]} tokens, k {k.shape[2]}, "
             f"the step's token layout {geometry.seq_len}"
         )
-    state.check(geometry, q.shape[0])
+    state.check(geometry, q.shape[0], q.shape[1])
     phase = plan.phase
     missed = (phase == SPARSE and not state.has_selection(layer)) or (
         phase == CACHED_SEARCH and state.cached_lse(layer) is None
@@ -88,7 +88,7 @@ def attend(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: in
     return _dense_text_rows(out, q, k, v, geometry, ops)
 
 
-def _search(config: "AdaSpaConfig", plan: StepPlan, state: AdaSpaState, layer: int,
+def _search(config: "AdaSpaAttention", plan: StepPlan, state: AdaSpaState, layer: int,
             mass: torch.Tensor, lse: torch.Tensor, head_shard: "HeadShard | None") -> None:
     selection = select_blocks(
         mass, plan.geometry, sparsity=config.sparsity, recall_threshold=config.recall_threshold, tiers=config.tiers,

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 from sparse_vdit.protocol import HeadShard
 from sparse_vdit.token_layout import TokenLayout
 
@@ -63,10 +64,6 @@ BITS_PER_BYTE = 8
 INT16_MAX = 32767
 # Float slack when turning a kept fraction into a block count: (1 - 0.8) * 10 is 2.0000000000000004.
 COUNT_EPS = 1e-9
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class BlockGeometry:
     @property
     def num_blocks(self) -> int:
         """QB = KB = ceil(S / block_size)."""
-        return _cdiv(self.seq_len, self.block_size)
+        return cdiv(self.seq_len, self.block_size)
 
     @property
     def text_end(self) -> int:
@@ -110,14 +107,14 @@ class BlockGeometry:
         """Key blocks holding at least one text token (kept in every row)."""
         if not self.text_len:
             return range(0)
-        return range(self.text_start // self.block_size, _cdiv(self.text_end, self.block_size))
+        return range(self.text_start // self.block_size, cdiv(self.text_end, self.block_size))
 
     @property
     def text_only_blocks(self) -> range:
         """Query blocks whose rows are all text (computed densely, outside the selection)."""
         if not self.text_len:
             return range(0)
-        first = _cdiv(self.text_start, self.block_size)
+        first = cdiv(self.text_start, self.block_size)
         last = self.num_blocks if self.text_end == self.seq_len else self.text_end // self.block_size
         return range(first, max(first, last))
 

@@ -8,11 +8,11 @@ one whose tensors keep a batch dimension (each sample its own selection). With
 
 Storage, chosen to stay compact (sizes at HunyuanVideo 720p in ``cache_bytes`` and the README):
 
-- LSE: [B, H, S] **float16**, per layer, cached at the first search step and only while a later
-  search step will read it (dropped after the last one; never stored when there is none). fp16
-  keeps 11 significant bits: an LSE error e scales one row's mass by exp(e), |e| <= |LSE| * 2^-11,
-  which moves no block across a top-k boundary unless two blocks' masses agree to that precision
-  (tests check the selection is unchanged). bf16 (8 bits) would be 8x coarser for the same bytes.
+- LSE: [B, H, S] **float32**, per layer, cached at the first search step and only while a later
+  search step will read it (dropped after the last one; never stored when there is none). It is
+  kept as the kernel returns it: float16 would halve it but overflows to inf past 65504 (large
+  scores: every mass of the row then reads 0 and the row selects nothing), and its 11 bits scale a
+  row's mass by up to exp(|LSE| * 2^-11); bfloat16 keeps the range but only 8 bits.
 - Selection: [B, H, QB, ceil(KB / 8)] uint8 **bitmask** per layer (one bit per block). At the
   default sparsity rows keep 10-30% of blocks, where int16 index lists would take 2.6x to 8x more;
   the layout's index lists are rebuilt from the bitmask on the device at each sparse step
@@ -29,24 +29,21 @@ import torch
 
 from adaspa.search import BlockGeometry, Selection, layout_from_blocks, pack_blocks, unpack_blocks
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 
 __all__ = ["AdaSpaState", "LSE_CACHE_DTYPE", "cache_bytes"]
 
-LSE_CACHE_DTYPE = torch.float16
+LSE_CACHE_DTYPE = torch.float32  # the kernel's LSE as it comes: no overflow, no rounding
 PER_HEAD_DTYPE = torch.float32
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def cache_bytes(*, layers: int, heads: int, seq_len: int, block_size: int, batch: int = 1) -> dict[str, int]:
     """Bytes an ``AdaSpaState`` holds at most, for ``layers`` layers of ``heads`` heads over
     ``seq_len`` tokens: {"lse", "selection", "per_head", "total"} (one CFG branch; the LSE part is
     held only from the first to the last search step)."""
-    qb = _cdiv(seq_len, block_size)
+    qb = cdiv(seq_len, block_size)
     lse = layers * batch * heads * seq_len * torch.finfo(LSE_CACHE_DTYPE).bits // 8
-    selection = layers * batch * heads * qb * _cdiv(qb, 8)
+    selection = layers * batch * heads * qb * cdiv(qb, 8)
     per_head = 2 * layers * batch * heads * torch.finfo(PER_HEAD_DTYPE).bits // 8
     return {"lse": lse, "selection": selection, "per_head": per_head, "total": lse + selection + per_head}
 
@@ -55,7 +52,7 @@ class AdaSpaState:
     """What AdaSpa keeps between the steps of one generation and CFG branch.
 
     Attributes (dicts keyed by layer index):
-        lse: [B, H, S] float16, the row LSE cached at the first search step.
+        lse: [B, H, S] float32, the row LSE cached at the first search step.
         selections: [B, H, QB, ceil(KB / 8)] uint8, the packed block selection in use.
         widths: the index-list width that holds every row of the selection (Python int).
         recall: [B, H] float32, the fraction of each head's attention mass the selection keeps
@@ -80,9 +77,9 @@ class AdaSpaState:
         return f"AdaSpaState({len(self.selections)} layers selected, {len(self.lse)} LSE cached, {self.nbytes()} bytes)"
 
     # ------------------------------------------------------------------ writing
-    def check(self, geometry: BlockGeometry, batch: int) -> None:
+    def check(self, geometry: BlockGeometry, batch: int, heads: int) -> None:
         """Raise ``ValueError`` when a call does not fit what this state holds (another resolution,
-        block size or batch: a state must not outlive its generation)."""
+        block size, batch or head count: a state must not outlive its generation)."""
         if self.geometry is not None and geometry != self.geometry:
             raise ValueError(
                 f"this AdaSpa state holds selections for {self.geometry.seq_len} tokens in blocks of "
@@ -96,10 +93,15 @@ class AdaSpaState:
                 f"this AdaSpa state holds selections for batch {held.shape[0]}, but the call has batch {batch}: "
                 "use a fresh state per generation and CFG branch"
             )
+        if held is not None and held.shape[1] != heads:
+            raise ValueError(
+                f"this AdaSpa state holds selections for {held.shape[1]} heads, but the call has {heads}: "
+                "use a fresh state per generation, CFG branch and model"
+            )
 
     def store(self, layer: int, selection: Selection, geometry: BlockGeometry) -> None:
         """Keep ``selection`` (packed) as layer ``layer``'s selection until the next search."""
-        self.check(geometry, selection.blocks.shape[0])
+        self.check(geometry, *selection.blocks.shape[:2])
         self.geometry = geometry
         self.selections[layer] = pack_blocks(selection.blocks)
         self.widths[layer] = selection.width
@@ -118,7 +120,7 @@ class AdaSpaState:
         return layer in self.selections
 
     def cached_lse(self, layer: int) -> torch.Tensor | None:
-        """The LSE cached for ``layer`` ([B, H, S] float16), or None."""
+        """The LSE cached for ``layer`` ([B, H, S] float32), or None."""
         return self.lse.get(layer)
 
     def selected_blocks(self, layer: int) -> torch.Tensor:

@@ -114,12 +114,12 @@ def memory_rows(sparsity: float, block: int, shapes=MEMORY_SHAPES) -> list[dict]
         width = geometry.list_width(keep_count(tier_sparsities(sparsity)[0], geometry.selectable))
         rows.append({
             "shape": f"{name}: {layers} layers x {heads} heads x {tokens:,} tokens, blocks {block}",
-            "LSE fp16 MiB": held["lse"] / MIB,
+            "LSE fp32 MiB": held["lse"] / MIB,
             "selection bitmask MiB": held["selection"] / MIB,
             "per-head MiB": held["per_head"] / MIB,
             "total MiB": held["total"] / MIB,
             "after last search MiB": (held["total"] - held["lse"]) / MIB,
-            "alt: LSE fp32 MiB": 2 * held["lse"] / MIB,
+            "alt: LSE fp16 MiB (overflows past 65504)": held["lse"] / 2 / MIB,
             "alt: int16 lists MiB (width)": f"{layers * heads * qb * (2 * width + 4) / MIB:.1f} ({width})",
             "alt: int32 full-width lists MiB": layers * heads * qb * (4 * qb + 4) / MIB,
         })
@@ -128,13 +128,13 @@ def memory_rows(sparsity: float, block: int, shapes=MEMORY_SHAPES) -> list[dict]
 
 def check_memory_formula(device: torch.device) -> dict:
     """A real AdaSpaState after a first search at a small shape holds exactly what cache_bytes says."""
-    from adaspa import AdaSpaConfig, AdaSpaState, adaspa_attention
+    from adaspa import AdaSpaAttention, AdaSpaState, adaspa_attention
     from adaspa.state import cache_bytes
 
     block = SMOKE_CPU_BLOCK if device.type == "cpu" else DEFAULT_BLOCK
     shape = common.Shape("mem", "memory check", 1, 2, 7 * block + 5, 64)
     q, k, v = common.random_qkv(shape, device)
-    cfg = AdaSpaConfig(block_size=block, warmup_steps=0, search_steps=(0, 1), schedule_steps=None)
+    cfg = AdaSpaAttention(block_size=block, warmup_steps=0, search_steps=(0, 1), schedule_steps=None)
     state = AdaSpaState()
     for layer in range(2):
         adaspa_attention(q, k, v, state, step=0, config=cfg, layer=layer)
@@ -192,7 +192,7 @@ def timed_forward(model, kwargs: dict, device: torch.device, step: int | None = 
 
 def time_steps(spec: ModelSpec, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Per-step times of every kind (median over args.reps), peak memory, state bytes, density."""
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines import apply_sparse_attention
 
     t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def time_steps(spec: ModelSpec, args, device: torch.device, dtype: torch.dtype) 
             if rep >= args.warmup:
                 times["dense (stock)"].append(ms)
         print(f"[{spec.key}] dense (stock): {statistics.median(times['dense (stock)']):.1f} ms", flush=True)
-        cfg = AdaSpaConfig(sparsity=args.sparsity, block_size=args.block, warmup_steps=1, search_steps=(1, 2),
+        cfg = AdaSpaAttention(sparsity=args.sparsity, block_size=args.block, warmup_steps=1, search_steps=(1, 2),
                            schedule_steps=None)
         state_bytes, density = None, None
         with apply_sparse_attention(model, cfg) as handle:
@@ -234,9 +234,9 @@ def time_steps(spec: ModelSpec, args, device: torch.device, dtype: torch.dtype) 
 
 def generation_totals(ms: dict, steps: int = DEFAULT_STEPS) -> dict:
     """The default schedule's generation time, computed from per-step times (see the docstring)."""
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
 
-    schedule = AdaSpaConfig().schedule(steps)
+    schedule = AdaSpaAttention().schedule(steps)
     warm = schedule.warmup_steps
     searches = len(schedule.search_steps)
     sparse = steps - warm - searches
@@ -262,14 +262,14 @@ def attention_only(spec: ModelSpec, args, device: torch.device, dtype: torch.dty
     """One layer's attention call at the model's shape, each kind and its parts."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    from adaspa import AdaSpaConfig, AdaSpaState, adaspa_attention
+    from adaspa import AdaSpaAttention, AdaSpaState, adaspa_attention
     from adaspa.search import BlockGeometry, select_blocks
     from kernels.attention import attention_with_lse, block_attention_mass, block_sparse_attention
 
     shape = common.Shape(spec.key, spec.name, 1, spec.heads, spec.tokens, spec.head_dim)
     q, k, v = common.random_qkv(shape, device, dtype=dtype)
     bshd = tuple(t.transpose(1, 2) for t in (q, k, v))  # diffusers' [B, S, H, D]
-    cfg = AdaSpaConfig(sparsity=args.sparsity, block_size=args.block, warmup_steps=1, search_steps=(1, 2, 3),
+    cfg = AdaSpaAttention(sparsity=args.sparsity, block_size=args.block, warmup_steps=1, search_steps=(1, 2, 3),
                        schedule_steps=None)
     state = AdaSpaState()
     adaspa_attention(q, k, v, state, step=1, config=cfg)  # a selection and a cached LSE to reuse

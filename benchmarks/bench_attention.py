@@ -196,7 +196,7 @@ def check_attention(ctx: Ctx, case: str, op: str, q, k, v, layout, block: int, o
     """ours_fn() -> (out, lse). Compares chosen rows of out (and lse) with float64."""
     shape = ctx.shapes[case_shape(case)]
     heads = common.check_heads(shape.h)
-    qblocks = common.check_qblocks(-(-shape.s // block))
+    qblocks = common.check_qblocks(common.cdiv(shape.s, block))
     rows, ref_out, ref_lse = common.ref_attention_rows(q, k, v, layout, heads, qblocks, block)
     out, lse = ours_fn()
     common.sync(ctx.device)
@@ -210,7 +210,7 @@ def check_attention(ctx: Ctx, case: str, op: str, q, k, v, layout, block: int, o
 def check_mass(ctx: Ctx, case: str, op: str, q, k, lse, block: int, mass):
     shape = ctx.shapes[case_shape(case)]
     heads = common.check_heads(shape.h)
-    qblocks = common.check_qblocks(-(-shape.s // block))
+    qblocks = common.check_qblocks(common.cdiv(shape.s, block))
     ref = common.ref_mass_rows(q, k, lse, heads, qblocks, block)
     hs = torch.tensor(heads, device=mass.device)
     got = mass.index_select(1, hs)[:, :, qblocks]
@@ -419,7 +419,7 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
     if case.startswith("wan-mass"):
         block = int(case[len("wan-mass"):])
         _, lse = ops.attention_with_lse(q, k, v)
-        qblocks = common.check_qblocks(-(-shape.s // block))
+        qblocks = common.check_qblocks(common.cdiv(shape.s, block))
         ref = common.ref_mass_rows(q, k, lse, heads, qblocks, block)
         hs = torch.tensor(heads, device=q.device)
         return SweepCase(
@@ -435,7 +435,7 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
     elif case == "wan-lse":
         block, ref_layout, flops = 128, None, dense
         fn = lambda: ops.attention_with_lse(q, k, v)[0]  # noqa: E731
-        qblocks = common.check_qblocks(-(-shape.s // block))
+        qblocks = common.check_qblocks(common.cdiv(shape.s, block))
         rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
         return SweepCase(case, "dense", shape.d, block, fn, flops,
                          lambda out: common.rel_err(common.take_rows(out, heads, rows), ref_out))
@@ -445,7 +445,7 @@ def build_sweep_case(ctx: Ctx, case: str) -> SweepCase:
         flops = common.layout_flops(layout, shape.b, shape.h, shape.d)
         fn = lambda: ops.block_sparse_attention(q, k, v, layout)  # noqa: E731
         qblock = block
-    qblocks = common.check_qblocks(-(-shape.s // block))
+    qblocks = common.check_qblocks(common.cdiv(shape.s, block))
     rows, ref_out, _ = common.ref_attention_rows(q, k, v, ref_layout, heads, qblocks, block)
     # A complete layout runs the index-free dense loop, which reads the "dense" table.
     table, key = ("dense", shape.d) if case == "wan-dense" else ("attention", (shape.d, qblock))

@@ -4,7 +4,8 @@ Per shape (bf16, B=1, random inputs in diffusers' [B, S, H, D] layout passed as 
     cuDNN SDPA dense, FlashAttention SDPA dense, compiled FlexAttention dense,
     compiled FlexAttention on a random block layout (default 10% of 128-token blocks, diagonal kept).
 Prints time (ms, do_bench median) and effective TFLOP/s (computed blocks only) per row, the
-figure from shared/docs/baselines.md where one exists, a markdown table last, JSON under $OUT.
+figure published for the same configuration (H200, 2026-11-28; ``DOC_MS``) where one exists, a
+markdown table last, JSON under $OUT.
 
     python benchmarks/bench_baselines.py                       # all four shapes (H200: < 4 min)
     python benchmarks/bench_baselines.py --shapes wan480,cogvideox15
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py, next to this script)
 
-# Figures of shared/docs/baselines.md (H200, 2026-11-28) at the same configuration, for eyeballing.
+# Figures measured before sparse-vdit existed (H200, 2026-11-28) at the same configuration, for eyeballing.
 DOC_MS = {
     ("wan480", "cudnn"): 11.65, ("wan480", "flash"): 18.5, ("wan480", "flex-dense"): 15.3,
     ("wan480", "flex-sparse", 0.10, 128): 1.74,
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     common.print_table(
         rows,
         [("shape", "shape"), ("peer", "peer"), ("density", "density"), ("ms", "time ms"),
-         ("tflops", "eff. TFLOP/s"), ("doc_ms", "baselines.md ms"), ("notes", "notes")],
+         ("tflops", "eff. TFLOP/s"), ("doc_ms", "before ms"), ("notes", "notes")],
         title=f"Baselines ({header['gpu']}, torch {header['torch']}, triton {header['triton']}, commit {header['commit'][:12]})",
     )
     return 0

@@ -9,7 +9,7 @@ rms_norm_across_heads, cross_attn_norm True); latent [1, 16, 21, 90, 160] (75,60
 barrier and the step's time is the slowest rank's):
 
     1 GPU     dense (diffusers)      the stock processors: diffusers' default attention (cuDNN SDPA)
-    1 GPU     AdaSpa sparse step     AdaSpaConfig(sparsity=0.8): block-sparse attention on the
+    1 GPU     AdaSpa sparse step     AdaSpaAttention(sparsity=0.8): block-sparse attention on the
                                      selection of a first search (density ~0.2), index lists rebuilt
                                      from the bitmask each step
     1 GPU     plan (~0.2)            a Sparse-vDiT plan whose heads cycle through four modes of
@@ -160,7 +160,7 @@ class Timer:
 @torch.no_grad()
 def measure_kinds(model, kwargs: dict, spec: Spec, args, timer: Timer, *, parallel: bool) -> dict:
     """{kind: (ms on this rank, density or None, output)} of every forward kind (see the docstring)."""
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines import FullAttention, apply_sparse_attention
 
     def plain(i):
@@ -177,7 +177,7 @@ def measure_kinds(model, kwargs: dict, spec: Spec, args, timer: Timer, *, parall
         with apply_sparse_attention(model, FullAttention()):
             ms, out = timer(lambda i: at_step(0, 1), together=True)
         results["dense (sparse-vdit, FullAttention)"] = (ms, 1.0, out)
-    config = AdaSpaConfig(sparsity=args.sparsity, block_size=spec.block, warmup_steps=1, search_steps=(1,),
+    config = AdaSpaAttention(sparsity=args.sparsity, block_size=spec.block, warmup_steps=1, search_steps=(1,),
                           schedule_steps=None)
     with apply_sparse_attention(model, config) as handle:
         at_step(0, 1000)  # warm-up (dense)

@@ -152,7 +152,7 @@ class Timer:
 
 @torch.no_grad()
 def step_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines import FullAttention, apply_sparse_attention
 
     t0 = time.perf_counter()
@@ -187,7 +187,7 @@ def step_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> li
                 f"blocks {args.plan_block}: {mix}")
     for d in args.densities if "adaspa" in args.kinds else ():
         s = round(1.0 - d, 6)
-        config = AdaSpaConfig(sparsity=s, block_size=args.adaspa_block, warmup_steps=0, search_steps=(0,),
+        config = AdaSpaAttention(sparsity=s, block_size=args.adaspa_block, warmup_steps=0, search_steps=(0,),
                               schedule_steps=None)
         with apply_sparse_attention(model, config) as handle:
             common.sync(device)

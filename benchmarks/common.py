@@ -41,6 +41,13 @@ FLEX_RECOMPILE_LIMIT = 64  # one compile per (shape, mask, kernel_options); dyna
 TRITON_INTERPRET = "TRITON_INTERPRET"
 
 
+def cdiv(a: int, b: int) -> int:
+    """``kernels.helpers.cdiv`` (imported when called: ``setup()`` puts the repository on sys.path first)."""
+    from kernels.helpers import cdiv as kernels_cdiv
+
+    return kernels_cdiv(a, b)
+
+
 class Skipped(Exception):
     """A peer that cannot run here (e.g. cuDNN on the CPU): reported as a skipped row."""
 
@@ -263,11 +270,11 @@ def random_qkv(shape: Shape, device: torch.device, *, seed: int = 0, dtype: torc
 
 
 def _text_blocks(shape: Shape, block: int) -> range:
-    nb = -(-shape.s // block)
+    nb = cdiv(shape.s, block)
     if not shape.text:
         return range(0)
     if shape.text_first:
-        return range(0, -(-shape.text // block))
+        return range(0, cdiv(shape.text, block))
     return range((shape.s - shape.text) // block, nb)
 
 
@@ -288,7 +295,7 @@ def random_block_layout(
     Built with ``BlockLayout.from_block_maps`` on ``device``."""
     from kernels.block_layout import BlockLayout
 
-    nb = -(-shape.s // block)
+    nb = cdiv(shape.s, block)
     lh = shape.h if per_head else 1
     gen = torch.Generator(device=device).manual_seed(seed)
     scores = torch.rand(1, lh, nb, nb, generator=gen, device=device)

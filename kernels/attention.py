@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 
 import torch
 
 from kernels import torch_paths, tuning
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 from kernels.limits import (
     KV_BLOCK_SIZES,
     MASS_BLOCK_SIZES,
@@ -118,7 +120,13 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> None
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    """The softmax scale: 1/sqrt(D) for None, else ``scale`` as a float; a string, a bool, NaN or an
+    infinity is refused (float() would take "0.5" and NaN would spread through every row)."""
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite number (the softmax scale; None for 1/sqrt(D)), got {scale!r}")
+    return float(scale)
 
 
 def _on_device(t: torch.Tensor):
@@ -154,7 +162,8 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 def _dot_fp32(q: torch.Tensor) -> bool:
-    # The interpreter multiplies bf16 bit patterns as integers (see baselines.md): upcast there.
+    # The Triton CPU interpreter multiplies bf16 tl.dot operands as their integer bit patterns
+    # (wrong products), so the dot is upcast to fp32 there.
     return q.dtype == torch.float32 or (interpreting() and not q.is_cuda)
 
 
@@ -172,7 +181,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
-    grid = (triton.cdiv(sq, q_block), b * h)
+    grid = (cdiv(sq, q_block), b * h)
 
     def launch(block_n: int, warps: int, stages: int) -> None:
         block_sparse_attention_kernel[grid](
@@ -247,7 +256,8 @@ def _head_table(layout: BlockLayout, heads: int) -> torch.Tensor | None:
 
 def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """Validate per-batch key lengths and return them as int32 [B] on q's device, clamped to
-    [0, Skv] on the device (no host synchronisation, so CUDA graphs and torch.compile keep it)."""
+    [0, Skv] on the device (no host synchronisation, so CUDA graphs and torch.compile keep it).
+    The clamp comes before the cast: int32 would wrap a length >= 2^31 to a negative one."""
     if kv_lens is None:
         return None
     if not isinstance(kv_lens, torch.Tensor):
@@ -256,25 +266,28 @@ def _key_lengths(kv_lens: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor)
         raise TypeError(f"kv_lens must be an integer tensor [B] (number of real keys per batch), got {kv_lens.dtype}")
     if tuple(kv_lens.shape) != (q.shape[0],):
         raise ValueError(f"kv_lens must be [B] = [{q.shape[0]}] (real keys per batch), got {tuple(kv_lens.shape)}")
-    return kv_lens.to(device=q.device, dtype=torch.int32).clamp(0, k.shape[2])
+    return kv_lens.to(device=q.device).clamp(0, k.shape[2]).to(torch.int32)
 
 
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    block_mask: BlockLayout,
+    layout: BlockLayout | None = None,
     *,
     scale: float | None = None,
     return_lse: bool = False,
     kv_lens: torch.Tensor | None = None,
+    block_mask: BlockLayout | None = None,
 ):
-    """Attention computed only on ``block_mask``'s blocks.
+    """Attention computed only on ``layout``'s blocks.
 
     Args:
         q: [B, H, Sq, D]; k, v: [B, H, Skv, D]; any strides, one dtype (bf16 / fp16 / fp32).
-        block_mask: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
+        layout: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
             B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
+        block_mask: the old name of ``layout`` (it takes a ``BlockLayout``, not a FlexAttention
+            ``BlockMask``; ``BlockLayout.to_flex_block_mask()`` converts), kept for callers.
         scale: softmax scale, default 1/sqrt(D).
         return_lse: also return the row log-sum-exp [B, H, Sq] (float32, natural log).
         kv_lens: [B] integer tensor or None: batch b attends only keys 0 .. kv_lens[b]-1 (key
@@ -285,37 +298,40 @@ def block_sparse_attention(
     empty or fully masked return zeros (lse = -inf).
     """
     _check_qkv(q, k, v)
-    if not isinstance(block_mask, BlockLayout):
+    if (layout is None) == (block_mask is None):
+        raise TypeError("block_sparse_attention takes one layout: pass it as `layout` (block_mask is its old name)")
+    layout = layout if layout is not None else block_mask
+    if not isinstance(layout, BlockLayout):
         raise TypeError(
-            f"block_mask must be a kernels.block_layout.BlockLayout, got {type(block_mask).__name__}; "
+            f"layout must be a kernels.block_layout.BlockLayout, got {type(layout).__name__}; "
             "build one with BlockLayout.from_block_maps or BlockLayout.from_mask_mod"
         )
     sq, sk = q.shape[2], k.shape[2]
-    if tuple(block_mask.seq_lengths) != (sq, sk):
+    if tuple(layout.seq_lengths) != (sq, sk):
         raise ValueError(
-            f"block layout was built for seq_lengths {block_mask.seq_lengths} but q / k have ({sq}, {sk}): "
+            f"block layout was built for seq_lengths {layout.seq_lengths} but q / k have ({sq}, {sk}): "
             "you likely need to build a new layout for this shape"
         )
-    lb, lh = block_mask.shape[:2]
+    lb, lh = layout.shape[:2]
     if lb not in (1, q.shape[0]) or lh not in (1, q.shape[1]):
         raise ValueError(
             f"block layout has batch x heads {lb} x {lh}; q has {q.shape[0]} x {q.shape[1]} (use 1 to broadcast)"
         )
-    q_block, kv_block = block_mask.block_size
+    q_block, kv_block = layout.block_size
     if q_block not in Q_BLOCK_SIZES or kv_block not in KV_BLOCK_SIZES:
         raise ValueError(
-            f"block size {block_mask.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
+            f"block size {layout.block_size} is not served by the kernel: Q_BLOCK must be 64 or 128 "
             "(16 / 32 work but are slow) and KV_BLOCK a power of two from 16 to 256; "
             "rebuild the layout with such a block_size"
         )
-    if block_mask.device != q.device:
-        block_mask = block_mask.to(q.device)
+    if layout.device != q.device:
+        layout = layout.to(q.device)
     out, lse = _block_sparse_attention_op(
         q, k, v,
-        block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
-        block_mask.kv_num_blocks, block_mask.kv_indices,
-        block_mask.tile_ids, block_mask.tile_masks_i8, _head_table(block_mask, q.shape[1]), _key_lengths(kv_lens, q, k),
-        q_block, kv_block, _scale(q, scale), block_mask.has_partial, block_mask.is_dense,
+        layout.full_kv_num_blocks, layout.full_kv_indices,
+        layout.kv_num_blocks, layout.kv_indices,
+        layout.tile_ids, layout.tile_masks_i8, _head_table(layout, q.shape[1]), _key_lengths(kv_lens, q, k),
+        q_block, kv_block, _scale(q, scale), layout.has_partial, layout.is_dense,
     )
     return (out, lse) if return_lse else out
 
@@ -337,7 +353,7 @@ def attention_with_lse(
 def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    qb, kb = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)
     row_group = MASS_ROW_GROUP if 0 < MASS_ROW_GROUP < block_size else block_size
     groups = block_size // row_group
     mass = torch.empty(b, h, qb * groups, kb, dtype=torch.float32, device=q.device)
@@ -374,7 +390,7 @@ def _block_attention_mass_op(
 @_block_attention_mass_op.register_fake
 def _(q, k, lse, kv_lens, block_size, scale):
     b, h, sq, _ = q.shape
-    qb, kb = -(-sq // block_size), -(-k.shape[2] // block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(k.shape[2], block_size)
     return q.new_empty(b, h, qb, kb, dtype=torch.float32), q.new_empty(b, h, sq, dtype=torch.float32)
 
 

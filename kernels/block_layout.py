@@ -46,16 +46,13 @@ from typing import Callable
 
 import torch
 
+from kernels.helpers import cdiv
 from kernels.limits import MAX_BLOCK_SIZE
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 NO_TILE = -1  # tile id of a partial block masked only by the sequence bounds
 INDEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "tile_ids", "tile_masks")
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def index_dtype(num_values: int, signed_sentinel: bool = False) -> torch.dtype:
@@ -198,7 +195,7 @@ class BlockLayout:
             )
         qblk, kvblk = self.block_size
         q_len, kv_len = self.seq_lengths
-        qb = _cdiv(q_len, qblk)
+        qb = cdiv(q_len, qblk)
         nf, fi = self.full_kv_num_blocks, self.full_kv_indices
         npart, pi, ti = self.kv_num_blocks, self.kv_indices, self.tile_ids
         if nf.dim() != 3 or fi.dim() != 4 or npart.dim() != 3 or pi.dim() != 4:
@@ -227,7 +224,7 @@ class BlockLayout:
 
     def _check_values(self) -> None:
         """Every invariant of the module docstring, vectorised (reads the device once)."""
-        kb = _cdiv(self.seq_lengths[1], self.block_size[1])
+        kb = cdiv(self.seq_lengths[1], self.block_size[1])
         problems = []
         lists = (
             ("full", self.full_kv_num_blocks, self.full_kv_indices),
@@ -298,7 +295,7 @@ class BlockLayout:
         """
         qblk, kvblk = _block_size(block_size)
         q_len, kv_len = _seq_lengths(seq_lengths)
-        qb, kb = _cdiv(q_len, qblk), _cdiv(kv_len, kvblk)
+        qb, kb = cdiv(q_len, qblk), cdiv(kv_len, kvblk)
         full = _bool_map(full, "full")
         if full.dim() != 4 or tuple(full.shape[-2:]) != (qb, kb):
             raise ValueError(
@@ -367,7 +364,7 @@ class BlockLayout:
         """Every block computed (B = H = 1, broadcast)."""
         qblk, kvblk = _block_size(block_size)
         q_len, kv_len = _seq_lengths(seq_lengths)
-        full = torch.ones(1, 1, _cdiv(q_len, qblk), _cdiv(kv_len, kvblk), dtype=torch.bool, device=device)
+        full = torch.ones(1, 1, cdiv(q_len, qblk), cdiv(kv_len, kvblk), dtype=torch.bool, device=device)
         return cls.from_block_maps(full, block_size=(qblk, kvblk), seq_lengths=(q_len, kv_len))
 
     @classmethod
@@ -403,7 +400,7 @@ class BlockLayout:
         """
         qblk, kvblk = _block_size(block_size)
         q_len, kv_len = _seq_lengths(seq_lengths)
-        kb = _cdiv(kv_len, kvblk)
+        kb = cdiv(kv_len, kvblk)
         given = [t for t in (kv_num_blocks, full_kv_num_blocks) if t is not None]
         if not given or (kv_num_blocks is None) != (kv_indices is None) or (full_kv_num_blocks is None) != (full_kv_indices is None):
             raise ValueError(
@@ -492,7 +489,7 @@ class BlockLayout:
         for name, n in (("B", B), ("H", H)):
             if n is not None and (not isinstance(n, int) or n < 1):
                 raise ValueError(f"{name} must be a positive int or None (the mask does not depend on it), got {n!r}")
-        qb, kb = _cdiv(q_len, qblk), _cdiv(kv_len, kvblk)
+        qb, kb = cdiv(q_len, qblk), cdiv(kv_len, kvblk)
         nb, nh = B or 1, H or 1
         dev = torch.device(device) if device is not None else torch.device("cpu")
         b_idx = torch.arange(nb, device=dev).view(nb, 1, 1, 1)
@@ -554,7 +551,7 @@ class BlockLayout:
         """(B, H, QB, KB) of the block grid (B, H may be 1 = broadcast)."""
         b, p, qb = self.full_kv_num_blocks.shape
         h = p if self.head_patterns is None else self.head_patterns.shape[0]
-        return b, h, qb, _cdiv(self.seq_lengths[1], self.block_size[1])
+        return b, h, qb, cdiv(self.seq_lengths[1], self.block_size[1])
 
     @property
     def device(self) -> torch.device:
@@ -592,7 +589,7 @@ class BlockLayout:
 
     def _scatter(self, num: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, fill) -> torch.Tensor:
         """Scatter per-entry ``values`` [..., W] of index lists into a [..., KB] block map."""
-        kb = _cdiv(self.seq_lengths[1], self.block_size[1])
+        kb = cdiv(self.seq_lengths[1], self.block_size[1])
         used = torch.arange(idx.shape[-1], device=idx.device) < num.unsqueeze(-1)
         target = torch.where(used, idx.long(), kb)  # unused entries land in a scratch column
         out = torch.full((*idx.shape[:-1], kb + 1), fill, dtype=values.dtype, device=idx.device)
@@ -646,9 +643,14 @@ class BlockLayout:
         rows = min(nq * qblk, q_len - qb_start * qblk)
         return dense[:, :, :rows, :kv_len]
 
-    def to_dense(self) -> torch.Tensor:
-        """[B, H, Q_LEN, KV_LEN] bool element mask (for tests and small shapes only)."""
+    def to_element_mask(self) -> torch.Tensor:
+        """[B, H, Q_LEN, KV_LEN] bool element mask: True where a score is computed (for tests and
+        small shapes only). The block map is ``block_maps()``."""
         return self.dense_rows(0, self.shape[2]).contiguous()
+
+    # The old name, kept: it returns the ELEMENT mask [B, H, Q_LEN, KV_LEN], whereas FlexAttention's
+    # BlockMask.to_dense() returns the block map [B, H, QB, KB] (here: block_maps()).
+    to_dense = to_element_mask
 
     def to_flex_block_mask(self):
         """The same layout as a FlexAttention ``BlockMask`` (int32 lists of width KB, one per head).

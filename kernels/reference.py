@@ -13,6 +13,7 @@ import math
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -58,9 +59,9 @@ def block_sparse_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, scale: float | None = None,
     kv_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_dense()``
+    """Twin of ``kernels.attention.block_sparse_attention``: attention under ``layout.to_element_mask()``
     and the key padding of ``kv_lens``."""
-    mask = layout.to_dense().cpu()
+    mask = layout.to_element_mask().cpu()
     keys = key_padding_ref(kv_lens, k.shape[2])
     return attention_ref(q, k, v, (mask if keys is None else mask & keys).to(q.device), scale=scale)
 
@@ -90,7 +91,7 @@ def block_attention_mass_ref(
     # A row with no key at all (lse = -inf) contributes nothing, as in the kernel.
     p = torch.exp(s - torch.where(torch.isneginf(lse), float("inf"), lse).unsqueeze(-1))
     b, h, sq, sk = p.shape
-    qb, kb = -(-sq // block_size), -(-sk // block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)
     p = torch.nn.functional.pad(p, (0, kb * block_size - sk, 0, qb * block_size - sq))
     mass = p.reshape(b, h, qb, block_size, kb, block_size).sum(dim=(3, 5))
     return mass, lse

@@ -7,28 +7,25 @@ search and the notebook run anywhere.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv, warn_once
 
-_warned = False
+_warned: set = set()  # warn_once's registry: the fallback is announced once per process
 
 STRIP_ROWS = 1024  # query rows per strip: bounds the [B, H, rows, S] score buffer
 
 
 def warn_fallback_once() -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(
-            "sparse-vdit: no CUDA device, so attention runs on the PyTorch fallback path "
-            "(float32, correct but slow). Use a CUDA GPU for the Triton kernels, or set "
-            "TRITON_INTERPRET=1 to run the kernels on the CPU interpreter (tests only).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    warn_once(
+        _warned, "fallback",
+        "sparse-vdit: no CUDA device, so attention runs on the PyTorch fallback path "
+        "(float32, correct but slow). Use a CUDA GPU for the Triton kernels, or set "
+        "TRITON_INTERPRET=1 to run the kernels on the CPU interpreter (tests only).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _masked_softmax_strip(s: torch.Tensor, mask: torch.Tensor | None):
@@ -92,7 +89,7 @@ def block_attention_mass(
     """(mass [B, H, QB, KB] fp32, lse [B, H, Sq] fp32); see kernels.attention.block_attention_mass."""
     b, h, sq, _ = q.shape
     sk = k.shape[2]
-    qb, kb = -(-sq // block_size), -(-sk // block_size)
+    qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)
     mass = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
     lse_out = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     kf = k.float()

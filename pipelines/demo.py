@@ -22,7 +22,7 @@ import argparse
 import math
 import sys
 
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, positive_int
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, positive_int, seed
 
 __all__ = ["DEMO_EPSILON", "DEMO_SPARSITY", "DEMO_OUTPUT_DIR", "add_parser", "run_demo"]
 
@@ -37,13 +37,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="the proxy model: a small plan search, then dense, Sparse-vDiT and AdaSpa generations; density, PSNR, time",
-        description=__doc__.split("\n\n")[0],
+        description="The main job, on the shipped proxy model, on any machine: a small Sparse-vDiT plan search, then "
+                    "one prompt generated with dense attention, the plan and AdaSpa; prints each one's attention "
+                    "density, PSNR and SSIM against dense, and time, and writes side-by-side videos.",
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p, model=False)
     add_video_options(p, steps=None, what="8 steps of 17 x 64 x 96 on the CPU, 20 of 81 x 128 x 192 on a GPU")
     p.add_argument("--prompt", default=None, help="the prompt to generate (default: the proxy's first sample prompt)")
-    p.add_argument("--seed", type=int, default=0, help="the generation's seed")
+    p.add_argument("--seed", type=seed, default=0, help="the generation's seed")
     p.add_argument("--epsilon", type=float, default=DEMO_EPSILON,
                    help="plan search threshold on the normalised error + cost (larger: sparser)")
     p.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help="AdaSpa's sparsity (0.8 keeps 20%% of blocks)")
@@ -55,14 +57,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
-    from pipelines.evaluation.methods import SMALL_CANDIDATES
+    from search.candidates import SMALL_CANDIDATES
     from pipelines.evaluation.metrics import psnr_quality
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
-    from search.run import search_plan
+    import warnings
 
+    from search.run import DensePlanWarning, dense_plan_note, search_plan
+    from sparse_vdit.cli_args import check_output_dir
+
+    from search.greedy import DEFAULT_LAMBDA, check_lambda_epsilon
+
+    check_lambda_epsilon(DEFAULT_LAMBDA, args.epsilon)  # bad values and the output folder: before the model loads
+    AdaSpaAttention(sparsity=args.sparsity)
+    check_output_dir(args.output_dir, "--output-dir")
     session = open_model("proxy", args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
@@ -73,17 +83,17 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{kwargs['num_frames']} frames of {kwargs['height']} x "
           f"{kwargs['width']}, {steps} steps, CFG {kwargs['guidance_scale']}; {session.device}, "
           f"{str(pipe.dtype).replace('torch.', '')}, block size {session.block_size}", flush=True)
-    adaspa = AdaSpaConfig(sparsity=args.sparsity, block_size=session.block_size)
+    adaspa = AdaSpaAttention(sparsity=args.sparsity, block_size=session.block_size)
     print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {args.search_steps or steps} steps, "
           f"candidates {', '.join(map(str, SMALL_CANDIDATES))}, epsilon {args.epsilon}", flush=True)
-    pipe.set_progress_bar_config(disable=False, desc="plan search", unit="step")  # the search's steps, one bar
-    plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed], num_inference_steps=args.search_steps or steps,
-                       candidates=SMALL_CANDIDATES, epsilon=args.epsilon, block_size=session.block_size, progress=False,
-                       **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    print(f"    plan: attention density {plan.expected_density:.3f}" +
-          (" (every head stayed dense: no mode's error met epsilon; a larger --epsilon, e.g. 0.5, allows more error)"
-           if plan.expected_density >= 1 else ""), flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DensePlanWarning)  # said below, as a note
+        plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed],
+                           num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES,
+                           epsilon=args.epsilon, block_size=session.block_size, **kwargs)
+    note = dense_plan_note(plan)
+    print(f"    plan: attention density {plan.expected_density:.3f}" + (f"\nNOTE: {note} (--epsilon)" if note else ""),
+          flush=True)
     schedule = adaspa.schedule(steps)
     print(f"2/2 generating {prompt!r} (seed {args.seed}): dense, the plan, AdaSpa (s = {args.sparsity}: dense before "
           f"step {schedule.warmup_steps}, searches at steps {list(schedule.search_steps)}), each after a warm-up", flush=True)

@@ -15,6 +15,7 @@ way ``from_pretrained`` does it (modules diffusers keeps in float32 stay so), ne
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass, field
 
@@ -110,8 +111,7 @@ def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
     if model == PROXY:
         on_gpu = torch.device(device).type == "cuda"
         return load_proxy(device, dtype), PROXY_DEFAULTS if on_gpu else PROXY_CPU_DEFAULTS
-    import warnings
-
+    check_model_name(model)
     from diffusers import DiffusionPipeline
 
     try:
@@ -119,11 +119,32 @@ def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
             warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - diffusers raises many kinds; the message is what matters
+        reason = " ".join(str(exc).split()).split(". ")[0][:MAX_REASON]
         raise ValueError(
-            f"could not load the pipeline {model!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-            f"pass '{PROXY}', a local diffusers folder or a Hub repo id (downloaded once, then served from the cache)"
+            f"could not load the pipeline {model!r} ({type(exc).__name__}: {reason}): pass '{PROXY}', a local "
+            "diffusers folder or a Hub repo id (SPARSE_VDIT_DEBUG=1 shows the traceback)"
         ) from exc
     return pipe.to(device), MODEL_DEFAULTS
+
+
+MAX_REASON = 120  # characters of the loader's own message quoted in ours
+
+
+def check_model_name(model: str) -> None:
+    """``ValueError`` for a ``--model`` that is neither "proxy", an existing folder nor of the form of a
+    Hub repo id (namespace/name), naming the closest known name: a typo never reaches the Hub."""
+    from pathlib import Path
+
+    from sparse_vdit.plan_file import is_hub_repo_id
+
+    if model == PROXY or Path(model).expanduser().exists() or is_hub_repo_id(model):
+        return
+    close = difflib.get_close_matches(model, [PROXY], n=1)
+    raise ValueError(
+        f"could not load the pipeline {model!r}: it is not '{PROXY}', an existing folder, nor a Hub repo id "
+        "(namespace/name)"
+        + (f": did you mean '{close[0]}'?" if close else "")
+    )
 
 
 # ------------------------------------------------------------------ for the commands

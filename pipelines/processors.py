@@ -39,6 +39,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import warn_once
 from kernels.limits import dtype_names, dtype_supported, head_dim_error, head_dim_supported
 from pipelines.context_parallel import UlyssesGroup, local_heads
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext
@@ -168,7 +169,7 @@ class SparseAttnProcessorBase:
         """Ulysses: exchange the shards for this process's heads of the whole sequence, attend, exchange back."""
         group = forward.head_shard
         if not isinstance(group, UlyssesGroup):
-            _warn_once(RING_DENSE)
+            warn_once(_WARNED, RING_DENSE, RING_DENSE, log=logger.warning)
             return self._dense(query, key, value, attn_mask)
         split = group.token_split(forward.token_layout, query.shape[1], text_tokens)
         q, k, v = group.to_heads((query, key, value), split)
@@ -254,10 +255,4 @@ def _(query, key, value, attn_mask, slot, mask_is_key_padding, text_tokens):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        logger.warning(message)
+_WARNED: set = set()  # warn_once's registry: once per process

@@ -19,6 +19,15 @@ A new generation starts when ``set_timesteps`` runs, when ``reset()`` is called,
 timestep goes up, when the cache context's step index goes down, or when a branch name repeats
 within one step. Batched CFG (CogVideoX: one forward with 2B samples) is one branch.
 
+Generations inside generations: one transformer shared by two pipelines, the second run from the
+first one's step callback. A generation replaced before its last step (its step count known) is
+suspended, with its method states; a later forward that continues it (the next step of its
+schedule, or another branch of its current step, and no ``set_timesteps`` in between) resumes it
+with those states. Suspended generations are given up (their states freed) when a new generation
+starts after a finished one (the usual end of a generation stopped by an error), on ``reset()``,
+and beyond the ``MAX_SUSPENDED`` latest; one given up that resumes later is said, in one warning,
+to continue afresh (a step callback that runs two generations one after the other).
+
 Context parallelism: the hook sees the transformer's whole inputs (diffusers splits the sequence
 later, at the module its ``_cp_plan`` names, e.g. Wan's ``blocks.0``), so the token layout and the
 key lengths always describe the whole sequence. Under Ulysses, the forward's ``head_shard`` (a
@@ -35,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kernels.helpers import warn_once
 from pipelines.context_parallel import UlyssesGroup, ulysses_group
 from sparse_vdit.protocol import AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
@@ -46,6 +56,7 @@ __all__ = ["ForwardContext", "ForwardInputs", "StepTracker"]
 
 # Timesteps of one schedule differ by far more than this; two equal timesteps are one step.
 TIMESTEP_MATCH_TOL = 1e-4
+MAX_SUSPENDED = 4  # unfinished generations kept for resumption (each holds its method states)
 
 
 @dataclass
@@ -69,6 +80,7 @@ class _Generation:
 
     index: int
     schedule: list[float] | None = None
+    num_steps: int | None = None
     last_timestep: float | None = None
     last_step: int | None = None
     calls_at_step: int = 0
@@ -97,6 +109,9 @@ class StepTracker:
         self._generations = 0
         self._pending_schedule: list[float] | None = None
         self._reset_pending = False
+        self._suspended: list[_Generation] = []  # unfinished generations another one interrupted
+        self._dropped: list[_Generation] = []  # suspended ones given up, without their states
+        self._warned: set = set()
         self.current: ForwardContext | None = None
         self._parallel_config = None
         self._head_shard: UlyssesGroup | None = None
@@ -107,9 +122,11 @@ class StepTracker:
 
     # ------------------------------------------------------------------ control
     def reset(self) -> None:
-        """Start a new generation at the next forward (fresh method state, step 0)."""
+        """Start a new generation at the next forward (fresh method state, step 0); forget the
+        suspended ones."""
         self._reset_pending = True
         self._pending_schedule = None
+        self._suspended, self._dropped = [], []
 
     def start_generation(self, timesteps: list[float] | None = None) -> None:
         """A pipeline is starting a generation with this timestep schedule (called by the pipeline hook)."""
@@ -121,6 +138,7 @@ class StepTracker:
         self._context_hook.remove()
         self.current = None
         self._generation = None
+        self._suspended, self._dropped = [], []
 
     @property
     def generation_index(self) -> int | None:
@@ -138,7 +156,7 @@ class StepTracker:
         inputs = self.family.read_inputs(module, bound)
         t = _timestep_value(inputs.timestep)
         name, ctx_step, ctx_num = self._context_hook.current()
-        gen = self._advance(t, name, ctx_step)
+        gen = self._advance(t, name, ctx_step, ctx_num)
         layout = self.family.token_layout(
             module.config, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len
         )
@@ -148,6 +166,7 @@ class StepTracker:
         if branch not in gen.states:
             gen.states[branch] = self.method.new_state()
         num_steps = ctx_num if ctx_num is not None else (len(gen.schedule) if gen.schedule else None)
+        gen.num_steps = num_steps
         ctx = ForwardContext(
             generation=gen.index,
             step_index=gen.last_step,
@@ -178,7 +197,7 @@ class StepTracker:
             self._parallel_config = config
         return self._head_shard
 
-    def _advance(self, t: float, name: str | None, ctx_step: int | None) -> _Generation:
+    def _advance(self, t: float, name: str | None, ctx_step: int | None, ctx_num: int | None) -> _Generation:
         """Update the bookkeeping for a forward at timestep ``t``; returns the current generation."""
         gen = self._generation
         new = gen is None or self._reset_pending
@@ -190,12 +209,7 @@ class StepTracker:
                 same = gen.last_timestep is not None and abs(t - gen.last_timestep) <= TIMESTEP_MATCH_TOL
                 new = (gen.last_timestep is not None and t > gen.last_timestep + TIMESTEP_MATCH_TOL) or (same and repeated_name)
         if new:
-            schedule = self._pending_schedule if self._reset_pending else None
-            gen = _Generation(index=self._generations, schedule=schedule)
-            self._generations += 1
-            self._generation = gen
-            self._reset_pending = False
-            self._pending_schedule = None
+            gen = self._switch(gen, t, name, ctx_step, ctx_num)
         step = self._step_of(gen, t, ctx_step)
         if step != gen.last_step:
             gen.calls_at_step = 0
@@ -204,6 +218,59 @@ class StepTracker:
         if name is not None and name not in gen.branch_names:
             gen.branch_names.append(name)
         return gen
+
+    def _switch(self, current: _Generation | None, t: float, name: str | None, ctx_step: int | None,
+                ctx_num: int | None) -> _Generation:
+        """The generation of a forward that does not continue ``current``: a suspended one it
+        continues, else a new one. ``current`` is suspended when it has steps left; a new one after a
+        finished one drops the suspended (abandoned: stopped by an error, say), keeping their
+        bookkeeping without states so that a later forward continuing one is said to start afresh."""
+        if current is not None and current.num_steps is not None and current.last_step is not None \
+                and current.last_step < current.num_steps - 1:
+            self._suspended = [*self._suspended, current][-MAX_SUSPENDED:]
+        if not self._reset_pending:  # set_timesteps and reset() start a generation: they resume none
+            for i in range(len(self._suspended) - 1, -1, -1):
+                if self._continues(self._suspended[i], t, name, ctx_step, ctx_num):
+                    self._generation = self._suspended.pop(i)
+                    return self._generation
+            dropped = [g for g in self._dropped if self._continues(g, t, name, ctx_step, ctx_num)]
+            if dropped:
+                self._dropped.remove(dropped[-1])
+                warn_once(
+                    self._warned, "dropped",
+                    f"a generation resumes at step {dropped[-1].last_step + 1} of {dropped[-1].num_steps} after "
+                    "another generation finished and a third started inside it: its method state (AdaSpa's "
+                    "selections, a search's decisions) was dropped, so it continues afresh. Run one generation "
+                    "at a time inside a step callback, or give each pipeline its own transformer",
+                    stacklevel=4,
+                )
+        if current is not None and current not in self._suspended and self._suspended:
+            self._dropped = [*self._dropped, *(dataclasses.replace(g, states={}) for g in self._suspended)][-MAX_SUSPENDED:]
+            self._suspended = []
+        schedule = self._pending_schedule if self._reset_pending else None
+        gen = _Generation(index=self._generations, schedule=schedule)
+        self._generations += 1
+        self._generation = gen
+        self._reset_pending = False
+        self._pending_schedule = None
+        return gen
+
+    @staticmethod
+    def _continues(gen: _Generation, t: float, name: str | None, ctx_step: int | None, ctx_num: int | None) -> bool:
+        """A forward at ``t`` (cache context ``name``, ``ctx_step`` of ``ctx_num``) is ``gen``'s next
+        step, or another branch of its current step."""
+        if ctx_num is not None and gen.num_steps is not None and ctx_num != gen.num_steps:
+            return False
+        other_branch = name is not None and name not in gen.names_at_step
+        if ctx_step is None and gen.schedule:
+            dist = [abs(s - t) for s in gen.schedule]
+            best = min(range(len(dist)), key=dist.__getitem__)
+            ctx_step = best if dist[best] <= TIMESTEP_MATCH_TOL * max(1.0, abs(t)) else None
+            if ctx_step is None:
+                return False
+        if ctx_step is not None:
+            return ctx_step == gen.last_step + 1 or (ctx_step == gen.last_step and other_branch)
+        return t < gen.last_timestep - TIMESTEP_MATCH_TOL or (abs(t - gen.last_timestep) <= TIMESTEP_MATCH_TOL and other_branch)
 
     @staticmethod
     def _step_of(gen: _Generation, t: float, ctx_step: int | None) -> int:

@@ -26,6 +26,10 @@ DEFAULT_CANDIDATES: tuple[Mode, ...] = (
 )
 
 
+# One candidate per mode kind: a search the CPU fallback finishes in seconds on the proxy.
+SMALL_CANDIDATES: tuple[Mode, ...] = (Skip(), Diagonal(1), MultiDiagonal(1, None), VerticalStripe((0,), 1))
+
+
 def check_candidates(candidates: Iterable[Mode]) -> tuple[Mode, ...]:
     """The candidates as a tuple of distinct modes, Full removed; a clear error for anything else."""
     out = []

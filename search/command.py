@@ -11,7 +11,7 @@ import argparse
 from search.candidates import DEFAULT_CANDIDATES
 from search.cost_model import SOURCES
 from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options
+from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, seed
 
 
 def add_cost_option(p: argparse.ArgumentParser) -> None:
@@ -26,14 +26,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "search",
         help="search a Sparse-vDiT plan (mode per step, layer and head) for a model and write it as JSON",
+        description="Search a Sparse-vDiT plan: generate each prompt and seed with every candidate mode tried per "
+                    "step, layer and head, keep the cheapest whose error is below epsilon, and write the plan as "
+                    "JSON (apply it with load_plan and apply_sparse_attention).",
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)
-    p.add_argument("--out", required=True, help="where to write the plan (JSON)")
+    p.add_argument("--out", required=True, help="where to write the plan (JSON; a folder: its plan.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out even when it is not a plan file")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt to search with (repeatable; default: the model's built-in prompts)")
-    p.add_argument("--seed", action="append", type=int, default=None, help="a seed (repeatable; default: 0)")
-    add_video_options(p, steps=50)
+    p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
+    add_video_options(p, steps=None)
     p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost in the loss")
     p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
                    help="a head takes its best mode only if its loss (normalised MSE + lam * cost) is below this")
@@ -44,19 +48,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
+    import warnings
+
     from pipelines.loading import generation_kwargs, open_model
-    from search.run import search_plan
-    from sparse_vdit.plan_file import save_plan
+    from search.run import DensePlanWarning, dense_plan_note, search_plan
+    from sparse_vdit.cli_args import check_output_file
+    from sparse_vdit.plan_file import looks_like_plan, save_plan
     from sparse_vdit.plan_show import format_plan
 
+    from search.greedy import check_lambda_epsilon
+
+    check_lambda_epsilon(args.lam, args.epsilon)  # bad values and the output path: before the model loads
+    out = check_output_file(args.out, "--out", is_ours=looks_like_plan, force=args.force)
     session = open_model(args.model, args.device, args.dtype, args.block_size)  # says its notes before the bars
     kwargs = generation_kwargs(session.defaults, args.height, args.width, args.frames)
-    plan = search_plan(
-        session.pipe, args.prompt or list(session.defaults.prompts), args.seed or [0], num_inference_steps=args.steps,
-        candidates=DEFAULT_CANDIDATES, lam=args.lam, epsilon=args.epsilon, block_size=session.block_size,
-        cost=args.cost, **kwargs,
-    )
-    path = save_plan(plan, args.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DensePlanWarning)  # said below, after the table
+        plan = search_plan(
+            session.pipe, args.prompt or list(session.defaults.prompts), args.seed or [0],
+            num_inference_steps=args.steps or session.defaults.num_inference_steps, candidates=DEFAULT_CANDIDATES,
+            lam=args.lam, epsilon=args.epsilon, block_size=session.block_size, cost=args.cost, **kwargs,
+        )
+    path = save_plan(plan, out)
     print(format_plan(plan, str(path)))
     print(f"plan written to {path} ({path.stat().st_size} bytes)")
+    note = dense_plan_note(plan)
+    if note:
+        print(f"NOTE: {note} (--epsilon, --lam)")
     return 0

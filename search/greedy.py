@@ -29,14 +29,23 @@ from typing import Sequence
 
 import torch
 
-from kernels.limits import Q_BLOCK_SIZES, dtype_names, dtype_supported, head_dim_error, head_dim_supported
+from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
 from search.candidates import DEFAULT_CANDIDATES, check_candidates
 from search.cost_model import CostShape, candidate_costs
 from sparse_vdit.modes import Full, Mode, ModeBank
+from sparse_vdit.guards import check_kernel_dtype
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
 DEFAULT_LAMBDA = 0.5
 DEFAULT_EPSILON = 0.05
+
+
+def check_lambda_epsilon(lam: float, epsilon: float) -> None:
+    """``ValueError`` unless lambda is a finite number >= 0 and epsilon a finite number > 0."""
+    if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lambda must be a finite number >= 0 (the weight of the cost in the loss), got {lam!r}")
+    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be a finite number > 0 (the loss a head's mode must stay below), got {epsilon!r}")
 
 
 class PlanSearch(AttentionMethod):
@@ -55,10 +64,7 @@ class PlanSearch(AttentionMethod):
                  epsilon: float = DEFAULT_EPSILON, block_size: int = 128, cost: str = "auto",
                  costs: dict | None = None, cost_source: str | None = None, gpu: str | None = None) -> None:
         self.candidates = check_candidates(candidates)
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        check_lambda_epsilon(lam, epsilon)
         if block_size not in Q_BLOCK_SIZES:
             raise ValueError(f"block_size {block_size} is not served by the kernel: use one of {Q_BLOCK_SIZES}")
         self.lam, self.epsilon, self.block_size, self.cost = float(lam), float(epsilon), int(block_size), cost
@@ -82,11 +88,7 @@ class PlanSearch(AttentionMethod):
         self.model = model
 
     def begin_forward(self, forward: ForwardContext) -> ModeBank:
-        if not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"the plan search runs the block-sparse kernel ({dtype_names()}), but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline first (e.g. pipe.to(torch.bfloat16))"
-            )
+        check_kernel_dtype(forward.dtype, "the plan search (its candidates' block-sparse kernel)")
         if self.token_layout is None:
             self.token_layout = forward.token_layout
         elif forward.token_layout != self.token_layout:

@@ -7,12 +7,15 @@
 
 Every (prompt, seed) is one greedy search along its own trajectory (``search.greedy``); the runs
 are combined by majority (``search.calibration``), and the plan records how consistent they were.
+A progress bar counts denoising steps over every run. A plan that comes out (nearly) all Full says
+so (``DensePlanWarning``, the text of ``dense_plan_note``) with what to change.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -24,6 +27,26 @@ from search.calibration import combine_runs
 from search.candidates import DEFAULT_CANDIDATES
 from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA, PlanSearch
 from sparse_vdit.modes import Mode
+
+
+NEARLY_DENSE = 0.95  # a plan at least this dense saves next to nothing
+
+
+class DensePlanWarning(UserWarning):
+    """A searched plan computes (nearly) all of the attention: ``dense_plan_note`` says what to change."""
+
+
+def dense_plan_note(plan) -> str | None:
+    """What to change when ``plan`` is (nearly) all Full (density >= ``NEARLY_DENSE``), else None."""
+    if plan.expected_density < NEARLY_DENSE:
+        return None
+    return (
+        f"the plan is {'all' if plan.expected_density >= 1 else 'nearly all'} Full (attention density "
+        f"{plan.expected_density:.3f}): at epsilon {plan.epsilon:g} no candidate mode's error + lambda x cost was "
+        f"small enough for {'any' if plan.expected_density >= 1 else 'most'} head. Raise epsilon (larger: sparser, "
+        f"e.g. {min(4 * plan.epsilon, 1.0):g}) or lower lambda ({plan.lam:g}); an untrained or tiny model has few "
+        "sparse heads"
+    )
 
 
 def default_block_size(device: torch.device | str) -> int:
@@ -54,7 +77,7 @@ def search_plan(
             default: per device, ``default_block_size``).
         call_kwargs: passed to ``pipe(...)`` (height, width, num_frames, guidance_scale, ...).
 
-    Returns a ``sparse_vdit.plan.Plan``.
+    Returns a ``sparse_vdit.plan.Plan``; warns (``DensePlanWarning``) when it is (nearly) all Full.
     """
     from sparse_vdit.plan import CostTable, Plan
 
@@ -65,13 +88,21 @@ def search_plan(
     block = block_size or default_block_size(device)
     PlanSearch(candidates, lam=lam, epsilon=epsilon, block_size=block, cost=cost)  # bad arguments fail here, first
     call_kwargs.setdefault("output_type", "latent")  # the search needs the trajectory, not the pixels
+    user_callback = call_kwargs.pop("callback_on_step_end", None)
     runs, costs, source, gpu, shape, layout = [], None, None, None, None, None
     combos = list(itertools.product(prompts, seeds))
-    for prompt, seed in tqdm(combos, desc="search runs (prompt x seed)", disable=not progress):
+    bar = tqdm(total=len(combos) * num_inference_steps, desc="plan search", unit="step", disable=not progress)
+
+    def on_step(pipeline, step, timestep, callback_kwargs):
+        bar.update(1)
+        return user_callback(pipeline, step, timestep, callback_kwargs) if user_callback else {}
+
+    for run, (prompt, seed) in enumerate(combos):
+        bar.set_postfix_str(f"run {run + 1}/{len(combos)}: {prompt[:40]!r} seed {seed}")
         method = PlanSearch(candidates, lam=lam, epsilon=epsilon, block_size=block, cost=cost,
                             costs=costs, cost_source=source, gpu=gpu)
         with apply_sparse_attention(pipe, method):
-            pipe(prompt, num_inference_steps=num_inference_steps,
+            pipe(prompt, num_inference_steps=num_inference_steps, callback_on_step_end=on_step,
                  generator=torch.Generator(device="cpu").manual_seed(int(seed)), **call_kwargs)
         runs.append(method.step_modes())
         costs, source, gpu = method.costs, method.cost_source, method.gpu
@@ -79,8 +110,9 @@ def search_plan(
         layout = layout or method.token_layout
     step_modes, report = combine_runs(runs, costs, keys=combos)
     report.update(prompts=list(prompts), seeds=[int(s) for s in seeds])
+    bar.close()
     info = model_info(transformer, family_of(transformer))
-    return Plan.from_step_modes(
+    plan = Plan.from_step_modes(
         step_modes,
         model=info,
         model_config=dict(info.config),
@@ -94,4 +126,8 @@ def search_plan(
         calibration=report,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    note = dense_plan_note(plan)
+    if note is not None:
+        warnings.warn(note, DensePlanWarning, stacklevel=2)
+    return plan
 

@@ -7,7 +7,7 @@ the Sparse-vDiT modes and plans: ``Plan``, ``load_plan``, ``save_plan``), ``adas
 ``pipelines`` (diffusers adapters: one record per model family, processors, apply, step tracking).
 
 The user-facing API is importable from here (``from sparse_vdit import apply_sparse_attention,
-AdaSpaConfig, load_plan, search_plan, evaluate, ...``; see ``__all__``).
+AdaSpaAttention, load_plan, search_plan, evaluate, ...``; see ``__all__``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +30,8 @@ _LAZY = {
     "FullAttention": "sparse_vdit.static_methods",
     "StaticMaskAttention": "sparse_vdit.static_methods",
     "AttentionMethod": "sparse_vdit.protocol",
-    "AdaSpaConfig": "adaspa.config",
+    "AdaSpaAttention": "adaspa.config",
+    "AdaSpaConfig": "adaspa.config",  # the old name of AdaSpaAttention
     # Sparse-vDiT: modes, plans, the search
     "Full": "sparse_vdit.modes",
     "Skip": "sparse_vdit.modes",
@@ -50,11 +51,19 @@ _LAZY = {
 __all__ = ["TokenLayout", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+_METHODS = "pipelines.evaluation.methods"  # the evaluated methods' registry: their files export names too
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(_METHODS).exported(name)
+        except AttributeError:
+            pass
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -46,13 +46,13 @@ evaluation can draw PSNR against speedup as a curve.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from kernels.block_layout import BlockLayout
-from kernels.limits import Q_BLOCK_SIZES, dtype_names, dtype_supported, head_dim_error, head_dim_supported
+from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
+from sparse_vdit.guards import check_kernel_dtype, steps_or_assumed
 from sparse_vdit.modes import Diagonal, Mode, ModeBank, MultiDiagonal, mode_block_map, mode_density
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
@@ -112,7 +112,7 @@ class _DenseWarmupWindows(AttentionMethod):
         self.block_size = int(block_size)
         self.warmup_fraction = float(warmup_fraction)
         self._banks: dict = {}
-        self._warned = False
+        self._warned: set = set()  # warn_once's registry: once per method instance
 
     def validate(self, model: ModelInfo) -> None:
         if not head_dim_supported(model.head_dim):
@@ -120,24 +120,11 @@ class _DenseWarmupWindows(AttentionMethod):
 
     def in_warmup(self, forward: ForwardContext) -> bool:
         """True when this forward's step runs dense."""
-        num_steps = forward.num_steps
-        if num_steps is None:
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"{type(self).__name__}: this forward does not say how many denoising steps the generation "
-                    f"has: the dense warm-up assumes {ASSUMED_STEPS}. Apply the method to the pipeline",
-                    UserWarning, stacklevel=3,
-                )
-            num_steps = ASSUMED_STEPS
+        num_steps = steps_or_assumed(forward, ASSUMED_STEPS, type(self).__name__, "for its dense warm-up", self._warned)
         return forward.step_index < dense_warmup_steps(num_steps, self.warmup_fraction)
 
     def check_dtype(self, forward: ForwardContext) -> None:
-        if not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"{type(self).__name__} runs sparse in {dtype_names()}, but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline first (e.g. pipe.to(torch.bfloat16))"
-            )
+        check_kernel_dtype(forward.dtype, type(self).__name__)
 
     def bank(self, modes: tuple[Mode, ...], layout: TokenLayout, device) -> ModeBank:
         key = (modes, layout, str(device))

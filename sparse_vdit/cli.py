@@ -15,7 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparse_vdit.cli_args import DefaultsFormatter, OneLineErrorParser, positive_int, run_command
+from sparse_vdit.cli_args import CliError, DefaultsFormatter, OneLineErrorParser, bounded_int, run_command
+
+# The check's float64 reference holds [heads, S, S] scores: keep S = frames x rows x cols small.
+CHECK_MAX_TOKENS = 4096
+HEAD_DIMS = (16, 32, 64, 128, 256)  # kernels.limits: powers of two from 16 to 256
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -31,13 +35,15 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="run the attention kernels on a small video token layout and compare with the float64 reference",
+        description="Run the three attention kernels (or their PyTorch path without CUDA) on a small video token "
+                    "layout and compare each with the float64 reference: a quick check of an installation.",
         formatter_class=DefaultsFormatter,
     )
-    check.add_argument("--frames", type=positive_int, default=4, help="latent frames of the token layout")
-    check.add_argument("--rows", type=positive_int, default=8, help="latent rows per frame")
-    check.add_argument("--cols", type=positive_int, default=16, help="latent columns per frame")
-    check.add_argument("--heads", type=positive_int, default=2, help="attention heads")
-    check.add_argument("--head-dim", type=positive_int, default=64, help="head dimension (a power of two, 16 to 256)")
+    check.add_argument("--frames", type=bounded_int(1, 64), default=4, help="latent frames of the token layout")
+    check.add_argument("--rows", type=bounded_int(1, 64), default=8, help="latent rows per frame")
+    check.add_argument("--cols", type=bounded_int(1, 64), default=16, help="latent columns per frame")
+    check.add_argument("--heads", type=bounded_int(1, 16), default=2, help="attention heads")
+    check.add_argument("--head-dim", type=int, choices=HEAD_DIMS, default=64, help="head dimension")
     check.set_defaults(func=_check)
 
     from pipelines.demo import add_parser as add_demo_parser
@@ -47,10 +53,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_eval_parser(sub)
     add_search_parser(sub)
-    plan = sub.add_parser("plan", help="inspect Sparse-vDiT plan files", formatter_class=DefaultsFormatter)
+    plan = sub.add_parser("plan", help="inspect Sparse-vDiT plan files", formatter_class=DefaultsFormatter,
+                          description="Inspect Sparse-vDiT plan files (plan show).")
     plan_sub = plan.add_subparsers(dest="plan_command", metavar="PLAN_COMMAND", required=True)
     show = plan_sub.add_parser(
         "show", help="print a plan: its model, search settings, and the modes per step range and layer with densities",
+        description="Print a plan: its model, search settings and calibration, then per step range a line per layer "
+                    "with its mode counts and attention density.",
         formatter_class=DefaultsFormatter,
     )
     show.add_argument("plan", help="a plan file, a folder holding plan.json, or a Hugging Face Hub repo id")
@@ -71,6 +80,11 @@ def _plan_show(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from sparse_vdit.selfcheck import run_selfcheck
+
+    tokens = args.frames * args.rows * args.cols
+    if tokens > CHECK_MAX_TOKENS:
+        raise CliError(f"--frames x --rows x --cols = {tokens:,} tokens, more than the {CHECK_MAX_TOKENS:,} the float64 "
+                       "reference holds comfortably: lower one of them")
 
     return run_selfcheck(args.frames, args.rows, args.cols, args.heads, args.head_dim)
 

@@ -3,11 +3,14 @@ options, their validation, and one-line errors.
 
 - Every option's help shows its default (``DefaultsFormatter``).
 - Bad values are refused before anything is loaded, in one line (``error: ...``)
-  with exit status 2: ``--device cuda`` without CUDA, a height or width that is not a multiple
-  of 16, a frame count diffusers would round (frames must be 4k + 1), a non-positive count.
+  with exit status 2: ``--device cuda`` without CUDA, a device torch has but the kernels do not
+  serve (meta, mps), a height or width that is not a multiple of 16 or past 4096, a frame count
+  diffusers would round (frames must be 4k + 1), a non-positive count, a seed outside 64 bits, an
+  output path that cannot be written (checked before a search, not after it) or that would
+  overwrite a file the command did not write.
 - ``run_command`` runs a command and turns the library's errors (``ValueError``, ``TypeError``,
-  ``PlanError``, a missing file) into one ``error:`` line and exit status 2, no traceback
-  (``SPARSE_VDIT_DEBUG=1`` shows the traceback).
+  ``PlanError``, a file that cannot be read or written, running out of memory) into one ``error:``
+  line and exit status 2, no traceback (``SPARSE_VDIT_DEBUG=1`` shows the traceback).
 
 Importing it imports neither torch nor diffusers (``--help`` stays fast); ``resolve_block_size``
 reads the search's per-device default, which imports diffusers.
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 __all__ = [
@@ -28,14 +33,19 @@ __all__ = [
     "TEMPORAL_FACTOR",
     "add_model_options",
     "add_video_options",
+    "bounded_int",
+    "check_output_dir",
+    "check_output_file",
     "comma_floats",
     "comma_ints",
     "frame_count",
+    "non_negative_int",
     "positive_int",
     "resolve_block_size",
     "resolve_device",
     "resolve_dtype",
     "run_command",
+    "seed",
     "video_side",
 ]
 
@@ -45,6 +55,12 @@ __all__ = [
 SPATIAL_MULTIPLE = 16
 TEMPORAL_FACTOR = 4
 DTYPES = ("float32", "bfloat16", "float16")
+# Past these a generation cannot be allocated on any machine these models run on (a 4K side, 1025
+# frames: over 10 million latent tokens at Wan's factors).
+MAX_VIDEO_SIDE = 4096
+MAX_FRAMES = 1025
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 64 bits
+DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run
 
 
 class CliError(Exception):
@@ -69,19 +85,43 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ value types
-def positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+
+
+def bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (no maximum: None)."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is more than {maximum}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = bounded_int(1)
+non_negative_int = bounded_int(0)
+
+
+def seed(text: str) -> int:
+    """A generator seed: an integer in 0 .. 2^64 - 1 (what ``torch.Generator.manual_seed`` takes)."""
+    value = _integer(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2^64 - 1")
     return value
 
 
 def video_side(text: str) -> int:
-    """A height or width: a positive multiple of 16; the error names the nearest valid values."""
-    value = positive_int(text)
+    """A height or width: a positive multiple of 16 up to 4096; the error names the nearest valid values."""
+    value = bounded_int(1, MAX_VIDEO_SIDE)(text)
     if value % SPATIAL_MULTIPLE:
         low = value // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE
         options = " or ".join(str(v) for v in (low, low + SPATIAL_MULTIPLE) if v > 0)
@@ -93,8 +133,8 @@ def video_side(text: str) -> int:
 
 
 def frame_count(text: str) -> int:
-    """A frame count diffusers keeps as given: 1 + 4k; the error names the nearest valid values."""
-    value = positive_int(text)
+    """A frame count diffusers keeps as given: 1 + 4k, up to 1025; the error names the nearest valid values."""
+    value = bounded_int(1, MAX_FRAMES)(text)
     if (value - 1) % TEMPORAL_FACTOR:
         low = (value - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
         raise argparse.ArgumentTypeError(
@@ -139,29 +179,41 @@ def add_model_options(p: argparse.ArgumentParser, *, model: bool = True) -> None
 
 def add_video_options(p: argparse.ArgumentParser, *, steps: int | None, frames: int | None = None,
                       height: int | None = None, width: int | None = None, what: str = "the model's") -> None:
-    """--steps, --height, --width, --frames (None defaults: ``what``)."""
-    p.add_argument("--steps", type=positive_int, default=steps,
-                   help="denoising steps" + ("" if steps is not None else f" (default: {what})"))
+    """--steps, --height, --width, --frames in one group; what a None default means (``what``) is
+    said once, in the group's description."""
+    group = p.add_argument_group("size and steps", f"Defaults: {what}.")
+    unset = " (default: the model's, above)"
+    group.add_argument("--steps", type=positive_int, default=steps,
+                       help="denoising steps" + ("" if steps is not None else unset))
     for name, kind, value in (("height", video_side, height), ("width", video_side, width)):
-        p.add_argument(f"--{name}", type=kind, default=value,
-                       help=f"video {name}, a multiple of {SPATIAL_MULTIPLE}" + ("" if value is not None else f" (default: {what})"))
-    p.add_argument("--frames", type=frame_count, default=frames,
-                   help=f"video frames, 1 + {TEMPORAL_FACTOR}k" + ("" if frames is not None else f" (default: {what})"))
+        group.add_argument(f"--{name}", type=kind, default=value,
+                           help=f"video {name}, a multiple of {SPATIAL_MULTIPLE}" + ("" if value is not None else unset))
+    group.add_argument("--frames", type=frame_count, default=frames,
+                       help=f"video frames, 1 + {TEMPORAL_FACTOR}k" + ("" if frames is not None else unset))
 
 
 # ------------------------------------------------------------------ resolution
 def resolve_device(value: str | None) -> str:
-    """The device to run on; CliError for CUDA where torch sees none."""
+    """The device to run on (None: cuda if available, else cpu); CliError for an empty value, a
+    device the kernels do not serve, or a CUDA device torch does not see."""
     import torch
 
+    if value is not None and not value.strip():
+        raise CliError("--device is empty: use cuda, cuda:N or cpu (or leave --device out: cuda if available)")
     device = value or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
         raise CliError(f"--device {device!r} is not a device: use cuda, cuda:N or cpu") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type not in DEVICE_KINDS:
+        raise CliError(f"--device {device} is not supported: use cuda, cuda:N or cpu (the kernels run on CUDA; "
+                       "the CPU runs their PyTorch path)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {device}, but torch sees no CUDA device here: use --device cpu "
                        "(or install a CUDA build of torch on a GPU machine)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise CliError(f"--device {device}, but torch sees {count} CUDA device(s): use cuda:0 .. cuda:{count - 1}")
     return device
 
 
@@ -179,16 +231,66 @@ def resolve_block_size(value: int | None, device: str) -> int:
     return value or default_block_size(device)
 
 
+# ------------------------------------------------------------------ output paths
+def _writable_folder(path: Path, option: str, shown: str) -> None:
+    """CliError unless ``path``'s nearest existing ancestor is a folder we may write in (the
+    folders below it are made when the command writes)."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CliError(f"{option} {shown}: {ancestor} is a file, not a folder: choose a path in a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {shown}: cannot write in {ancestor} (permission denied): choose another path")
+
+
+def check_output_file(text: str, option: str, *, is_ours: Callable[[Path], bool], force: bool = False,
+                      default_name: str = "plan.json") -> Path:
+    """The file a command will write for ``option`` (a folder: its ``default_name``), checked before
+    the command does its work. CliError for an empty value, a path that cannot be written, or an
+    existing file that ``is_ours`` does not recognise (unless ``force``)."""
+    if not text.strip():
+        raise CliError(f"{option} is empty: give the plan's file name, e.g. {option} {default_name}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / default_name
+    _writable_folder(path, option, text)
+    if path.exists() and not force and not (path.is_file() and is_ours(path)):
+        raise CliError(f"{option} {text} exists and is not a sparse-vdit plan: pass another {option}, or --force "
+                       "to overwrite it")
+    return path
+
+
+def check_output_dir(text: str, option: str) -> Path:
+    """The folder a command writes into for ``option``, checked before the command does its work."""
+    if not text.strip():
+        raise CliError(f"{option} is empty: give a folder, e.g. {option} sparse-vdit-out")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{option} {text} is a file, not a folder: give a folder")
+    _writable_folder(path / "report.json", option, text)
+    return path
+
+
 # ------------------------------------------------------------------ running
+_NO_MEMORY = re.compile(r"can't allocate memory|out of memory|OutOfMemory", re.IGNORECASE)
+
+
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """``func(args)``, with bad values and the library's errors as one ``error:`` line and exit 2."""
     from sparse_vdit.plan import PlanError
 
     try:
         return func(args)
-    except (CliError, PlanError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (CliError, PlanError, ValueError, TypeError, OSError, MemoryError, RuntimeError) as exc:
         if os.environ.get("SPARSE_VDIT_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _NO_MEMORY.search(message)):
+            first = message[:160] + ("..." if len(message) > 160 else "")
+            message = (f"out of memory ({first}): lower --height, --width or --frames (or use a GPU with more memory; "
+                       "SPARSE_VDIT_DEBUG=1 shows the traceback)")
+        elif isinstance(exc, RuntimeError):
+            raise  # a bug, not a bad value: the traceback is what helps
         print(f"error: {message}", file=sys.stderr)
         return 2

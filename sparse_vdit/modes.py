@@ -37,6 +37,7 @@ from typing import Any, Sequence, Union
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 from sparse_vdit.token_layout import TokenLayout
 
 
@@ -209,7 +210,7 @@ def mode_mask_mod(mode: Mode, layout: TokenLayout):
 
 def _block_spans(layout: TokenLayout, block: int, device):
     """Per block of ``block`` tokens: (has_video, first global row, last global row, has_text)."""
-    n = -(-layout.seq_len // block)
+    n = cdiv(layout.seq_len, block)
     start = torch.arange(n, device=device) * block
     end = torch.clamp(start + block, max=layout.seq_len) - 1  # inclusive
     v0, v1 = layout.video_start, layout.video_start + layout.video_len - 1
@@ -222,6 +223,28 @@ def _block_spans(layout: TokenLayout, block: int, device):
     return has_video, g_first.clamp(0, g_max), g_last.clamp(0, g_max), has_text
 
 
+# The largest layouts a plan is made for: its block maps are [N, N] for N blocks per axis and its
+# row relation [G, G] for G latent rows over all frames (8192^2 int32 = 256 MiB each). HunyuanVideo
+# 720p has 7,441 blocks of 16 tokens; Wan2.1 720p, 81 frames, 945 latent rows.
+MAX_BLOCKS_PER_AXIS = 8192
+MAX_LATENT_ROWS = 8192
+
+
+def check_layout_size(layout: TokenLayout, block_size: int | tuple[int, int]) -> None:
+    """``ValueError`` when ``layout`` at ``block_size`` exceeds ``MAX_BLOCKS_PER_AXIS`` blocks or
+    ``MAX_LATENT_ROWS`` latent rows (its block maps would take gigabytes)."""
+    smallest = min((block_size, block_size) if isinstance(block_size, int) else block_size)
+    blocks = cdiv(layout.seq_len, smallest)
+    if blocks > MAX_BLOCKS_PER_AXIS:
+        raise ValueError(
+            f"{blocks:,} blocks of {smallest} tokens per axis, more than the {MAX_BLOCKS_PER_AXIS:,} a plan is "
+            "built for (use larger blocks)"
+        )
+    rows = layout.frames * layout.rows
+    if rows > MAX_LATENT_ROWS:
+        raise ValueError(f"{rows:,} latent rows over all frames, more than the {MAX_LATENT_ROWS:,} a plan is built for")
+
+
 def mode_block_map(mode: Mode, layout: TokenLayout, block_size: int | tuple[int, int] = 128, device=None) -> torch.Tensor:
     """[QB, KB] bool: the blocks a mode computes (every block its element pattern touches).
 
@@ -230,7 +253,7 @@ def mode_block_map(mode: Mode, layout: TokenLayout, block_size: int | tuple[int,
     """
     qblk, kvblk = (block_size, block_size) if isinstance(block_size, int) else block_size
     if isinstance(mode, Skip):
-        return torch.zeros(-(-layout.seq_len // qblk), -(-layout.seq_len // kvblk), dtype=torch.bool, device=device)
+        return torch.zeros(cdiv(layout.seq_len, qblk), cdiv(layout.seq_len, kvblk), dtype=torch.bool, device=device)
     rel = _row_relation(mode, layout, device).to(torch.int32)
     prefix = torch.zeros(rel.shape[0] + 1, rel.shape[1] + 1, dtype=torch.int32, device=device)
     prefix[1:, 1:] = rel.cumsum(0).cumsum(1)

@@ -36,7 +36,7 @@ import dataclasses
 import datetime
 import json
 import math
-import warnings
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -44,8 +44,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import warn_once
 from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
-from sparse_vdit.modes import MODES, Full, Mode, ModeBank, mode_density
+from sparse_vdit.guards import steps_or_assumed
+from sparse_vdit.modes import MODES, Full, Mode, ModeBank, check_layout_size, mode_density
 from sparse_vdit.protocol import (
     AttentionCall,
     AttentionMethod,
@@ -62,6 +64,7 @@ __all__ = ["SCHEMA_VERSION", "COST_SOURCES", "PlanError", "CostTable", "StepRang
 SCHEMA_VERSION = 1
 COST_SOURCES = ("measured", "flops")
 REMAKE = "save the plan again with save_plan, or search it again"
+_FINGERPRINT = re.compile(r"(?:[0-9a-f]{64})?")  # config_fingerprint: a sha256 in hex, or empty
 
 
 class PlanError(ValueError):
@@ -178,6 +181,10 @@ def _all_full(modes: Sequence[Mode]) -> bool:
 class Plan(AttentionMethod):
     """A Sparse-vDiT plan, and the attention method that runs it (see the module docstring).
 
+    One object on purpose: the frozen record a plan file holds (every field below) is also the
+    method (``validate``, ``begin_forward``, ``__call__``; its run-time caches are not fields that
+    compare or print), so a loaded plan is applied as it is.
+
     Attributes:
         model: the ``ModelInfo`` of the model it was searched on (with its config fingerprint).
         model_config: that model's transformer config (JSON values, private keys dropped).
@@ -185,7 +192,8 @@ class Plan(AttentionMethod):
         num_steps: denoising steps it was searched at (N_s).
         block_size: layout block size used at search and, by default, at run time.
         steps: contiguous ``StepRange``s covering [0, num_steps); identical consecutive steps merged.
-        lam, epsilon: the search's lambda (weight of the cost) and epsilon (loss threshold).
+        lam, epsilon: the search's lambda (the weight of the cost in the loss; ``lambda`` is a
+            Python keyword, hence ``lam``; the file calls it "lambda") and epsilon (loss threshold).
         cost: the ``CostTable`` the search used.
         expected_density: fraction of attention computed, averaged over steps, layers and heads
             (at the searched layout and ``block_size``).
@@ -253,7 +261,13 @@ class Plan(AttentionMethod):
             )
         if not isinstance(self.model_config, dict):
             raise PlanError(f"model_config must be a dict (the transformer config), got {type(self.model_config).__name__}")
-        if self.model_config and model.config_fingerprint and config_fingerprint(self.model_config) != model.config_fingerprint:
+        if not (isinstance(model.config_fingerprint, str) and _FINGERPRINT.fullmatch(model.config_fingerprint)):
+            raise PlanError(
+                f"model: config_fingerprint must be a sha256 (64 hex digits) of the model config, or empty for a "
+                f"plan made without one, got {model.config_fingerprint!r}; {REMAKE}"
+            )
+        # An empty fingerprint beside a config would switch the config check off: refused as an edit.
+        if self.model_config and config_fingerprint(self.model_config) != model.config_fingerprint:
             raise PlanError(f"model_config does not match the model's config_fingerprint (was it edited?): {REMAKE}")
         if not isinstance(self.token_layout, TokenLayout):
             raise PlanError(f"token_layout must be a TokenLayout, got {type(self.token_layout).__name__}")
@@ -269,6 +283,10 @@ class Plan(AttentionMethod):
                 f"block_size {self.block_size!r} is not served by the block-sparse kernel: use one of "
                 f"{', '.join(map(str, Q_BLOCK_SIZES))} (64 or 128 on GPUs), e.g. plan.with_block_size(128)"
             )
+        try:
+            check_layout_size(self.token_layout, self.block_size)
+        except ValueError as exc:
+            raise PlanError(f"token_layout {self.token_layout.describe()} is too large: {exc}; {REMAKE}") from None
         for name in ("lam", "epsilon"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -400,8 +418,8 @@ class Plan(AttentionMethod):
         if self.model.config_fingerprint and model.config_fingerprint and self.model.config_fingerprint != model.config_fingerprint:
             known = bool(self.model_config) and model.config is not None
             diffs = config_differences(self.model_config, model.config) if known else []
-            self._warn_once(
-                "config",
+            warn_once(
+                self._warned, "config",
                 f"this plan was searched on a {self.model.family} of the same structure but another config "
                 f"({'; '.join(diffs) if diffs else 'config fingerprints differ'}). It runs, but its modes may "
                 "fit this model less well: search a plan for this model to be sure",
@@ -410,15 +428,7 @@ class Plan(AttentionMethod):
     def begin_forward(self, forward: ForwardContext) -> tuple[BlockLayout | None, ...]:
         """Per layer: None (all heads Full: dense) or the layer's BlockLayout, at this forward's step,
         for the heads this process computes (``forward.heads``: all of them on one GPU)."""
-        num_steps = forward.num_steps
-        if num_steps is None:
-            self._warn_once(
-                "steps",
-                "the pipeline did not say how many denoising steps this generation has: the plan maps steps "
-                f"assuming {self.num_steps}, the number it was searched at. Generate through the pipeline "
-                "(its scheduler tells the step count) for the documented mapping",
-            )
-            num_steps = self.num_steps
+        num_steps = steps_or_assumed(forward, self.num_steps, "the plan", "the number it was searched at", self._warned)
         step = self.searched_step(min(forward.step_index, num_steps - 1), num_steps)
         index = self._range_index(step)
         heads = forward.heads
@@ -459,11 +469,6 @@ class Plan(AttentionMethod):
                 ) from None
             self._banks[key] = bank
         return bank
-
-    def _warn_once(self, topic: str, message: str) -> None:
-        if topic not in self._warned:
-            self._warned.add(topic)
-            warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def __getattr__(name: str):

@@ -17,13 +17,21 @@ Format (schema 1), one JSON object:
 
 Modes are stored once and referred to by index; identical consecutive steps are one range. Every
 problem found while reading raises ``PlanError`` naming the file, what is wrong and what to do.
+
+Reading trusts nothing in the file: a key twice in one object is refused (JSON readers disagree on
+which one counts), as are nesting too deep and numbers too long to read; the expected density and
+predicted speedup are recomputed from the modes and costs (the file's own numbers are not shown);
+only a regular file of at most ``MAX_PLAN_BYTES`` is read (a FIFO would block, ``/dev/zero`` never
+ends), and a broken symbolic link is named as one, not taken for a Hub repo id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,9 +40,10 @@ from sparse_vdit.plan import REMAKE, SCHEMA_VERSION, CostTable, Plan, PlanError,
 from sparse_vdit.protocol import ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
-__all__ = ["save_plan", "load_plan", "plan_to_dict", "plan_from_dict", "plan_to_json", "plan_from_json"]
+__all__ = ["save_plan", "load_plan", "plan_to_dict", "plan_from_dict", "plan_to_json", "plan_from_json", "looks_like_plan"]
 
 DEFAULT_FILENAME = "plan.json"
+MAX_PLAN_BYTES = 64 * 2**20  # a 50-step, 40-layer, 40-head plan whose every step differs takes 300 KB
 LINE_WIDTH = 100  # a container this short is written on one line
 _MODEL_KEYS = ("family", "num_layers", "num_heads", "head_dim", "layer_names", "text_position", "patch_size", "config_fingerprint")
 _LAYOUT_KEYS = ("frames", "rows", "cols", "text_len", "text_position")
@@ -43,6 +52,11 @@ _TOP_KEYS = (
     "block_size", "lambda", "epsilon", "modes", "steps", "cost", "expected_density", "predicted_speedup", "calibration",
 )
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face Hub repo id ("namespace/name", no "..")."""
+    return bool(_REPO_ID.fullmatch(text)) and ".." not in text
 
 
 # ------------------------------------------------------------------------------ writing
@@ -255,6 +269,11 @@ def _check_schema(data: Any) -> None:
     if not isinstance(data, dict) or "schema_version" not in data:
         raise PlanError("not a sparse-vdit plan (a JSON object with a schema_version): pass a file written by save_plan")
     version = data["schema_version"]
+    if isinstance(version, str) and version.strip().isdigit():
+        raise PlanError(
+            f'schema_version must be the integer {int(version)}, not the string "{version}": write it without '
+            f"quotes, or {REMAKE}"
+        )
     if _integer(version) and version > SCHEMA_VERSION:
         raise PlanError(
             f"schema version {version} is newer than this sparse-vdit reads ({SCHEMA_VERSION}; the file was written "
@@ -272,7 +291,9 @@ def plan_from_dict(data: Any) -> Plan:
         _take(top, key, "str", "plan")
     model_config = _take(top, "model_config", "object", "plan")
     table = _read_modes(top["modes"])
-    return Plan(
+    for key in ("expected_density", "predicted_speedup"):  # recomputed below: only their type is read
+        _take(top, key, "number", "plan")
+    plan = Plan(
         model=_read_model(top["model"]),
         model_config=model_config,
         token_layout=_read_layout(top["token_layout"]),
@@ -282,11 +303,27 @@ def plan_from_dict(data: Any) -> Plan:
         lam=_take(top, "lambda", "number", "plan"),
         epsilon=_take(top, "epsilon", "number", "plan"),
         cost=_read_cost(top["cost"], table),
-        expected_density=_take(top, "expected_density", "number", "plan"),
-        predicted_speedup=_take(top, "predicted_speedup", "number", "plan"),
+        expected_density=0.0,
+        predicted_speedup=1.0,
         calibration=_take(top, "calibration", "object", "plan", nullable=True),
         created=top["created"],
     )
+    # What the modes and costs give, not what the file says (an edited or hand-made file could
+    # claim any density; an all-Skip plan computes nothing and is refused here).
+    return dataclasses.replace(plan, expected_density=plan.computed_density(), predicted_speedup=plan.computed_speedup())
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's pairs as a dict; ``PlanError`` for a key given twice."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise PlanError(
+                f"the key {key!r} appears twice in one object: which one counts is ambiguous (JSON readers "
+                f"disagree); remove one, or {REMAKE}"
+            )
+        out[key] = value
+    return out
 
 
 def plan_from_json(text: str) -> Plan:
@@ -295,7 +332,10 @@ def plan_from_json(text: str) -> Plan:
     if not text.strip():
         raise PlanError("the file is empty: save the plan again with save_plan, or download it again")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+        return plan_from_dict(data)
+    except RecursionError:
+        raise PlanError(f"nested too deeply to be a plan (lists or objects inside thousands of others): {REMAKE}") from None
     except json.JSONDecodeError as exc:
         # Reading ran into the end of the text (an unterminated string runs to the end, too).
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
@@ -304,7 +344,13 @@ def plan_from_json(text: str) -> Plan:
                 "written or downloaded; save or download it again"
             ) from None
         raise PlanError(f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): pass a plan file written by save_plan") from None
-    return plan_from_dict(data)
+    except ValueError as exc:
+        if isinstance(exc, PlanError):
+            raise
+        digits = re.search(r"value has (\d+) digits", str(exc))  # Python's limit on int(str) (4300 digits)
+        if digits is None:
+            raise
+        raise PlanError(f"a number too long to read ({digits.group(1)} digits): {REMAKE}") from None
 
 
 def load_plan(
@@ -318,7 +364,7 @@ def load_plan(
     """
     path = _resolve(path_or_repo_id, filename, revision)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = _read_regular_file(path).decode("utf-8")
     except UnicodeDecodeError:
         raise PlanError(f"{path}: not a plan file (not UTF-8 text): pass the plan's JSON file") from None
     except OSError as exc:
@@ -329,9 +375,38 @@ def load_plan(
         raise PlanError(f"{path}: {exc}") from None
 
 
+def looks_like_plan(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file ``save_plan`` could have written (a JSON object with a schema
+    version and steps): what a command may overwrite without being told to."""
+    try:
+        data = json.loads(_read_regular_file(Path(path)))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "steps" in data
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``MAX_PLAN_BYTES`` (checked before
+    opening it: a FIFO would block the open, a device never ends); ``OSError`` as reading raises it."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise PlanError(f"{path}: not a regular file (a FIFO, a device or a socket): pass the plan's JSON file")
+    if info.st_size > MAX_PLAN_BYTES:
+        raise PlanError(
+            f"{path}: {info.st_size / 2**20:.1f} MiB, far more than any plan (at most {MAX_PLAN_BYTES // 2**20} "
+            "MiB): pass the plan's JSON file"
+        )
+    with open(path, "rb") as f:
+        return f.read(MAX_PLAN_BYTES + 1)
+
+
 def _resolve(path_or_repo_id: str | os.PathLike, filename: str, revision: str | None) -> Path:
     """The local file a ``load_plan`` argument names (downloaded first for a Hub repo id)."""
     path = Path(path_or_repo_id).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise PlanError(
+            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist: fix the link, or pass the plan file"
+        )
     if path.is_dir():
         if not (path / filename).is_file():
             raise PlanError(f"{path} is a folder without {filename}: pass the plan file itself, or filename= naming it")
@@ -339,7 +414,7 @@ def _resolve(path_or_repo_id: str | os.PathLike, filename: str, revision: str | 
     if path.exists() or isinstance(path_or_repo_id, os.PathLike):
         return path
     repo_id = str(path_or_repo_id)
-    if not _REPO_ID.fullmatch(repo_id) or repo_id.endswith(".json") or ".." in repo_id:
+    if not is_hub_repo_id(repo_id) or repo_id.endswith(".json"):
         raise PlanError(
             f"{repo_id}: no such file, and not a Hugging Face Hub repo id (namespace/name): check the path"
         )

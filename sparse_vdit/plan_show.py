@@ -50,14 +50,15 @@ def _header(plan: Plan, source: str | None) -> list[tuple[str, str]]:
     ]
     calibration = plan.calibration or {}
     if "consistency" in calibration:
-        runs = ", ".join(f"{len(calibration[k])} {k}" for k in ("prompts", "seeds") if isinstance(calibration.get(k), list))
+        runs = ", ".join(_count(len(calibration[k]), k[:-1]) for k in ("prompts", "seeds")
+                         if isinstance(calibration.get(k), list))
         method = calibration.get("method")
         detail = ", ".join(str(x) for x in (method, runs) if x)
         value = calibration["consistency"]
         shown = f"{value:.1%}" if isinstance(value, float) else str(value)
         extra = [f"{label} {calibration[key]:.1%}" for key, label in (("kind_agreement", "same kind"),
                  ("unanimous", "unanimous"), ("agreement_same_prompt", "two runs of one prompt agree on"),
-                 ("agreement_other_prompt", "of two prompts on")) if isinstance(calibration.get(key), float)]
+                 ("agreement_other_prompt", "two runs of other prompts agree on")) if isinstance(calibration.get(key), float)]
         rows.append(("calibration", f"consistency {shown}" + "".join(f", {e}" for e in extra)
                      + (f" ({detail})" if detail else "")))
     if plan.created:

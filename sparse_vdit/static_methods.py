@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 
 from kernels.block_layout import BlockLayout
-from kernels.limits import Q_BLOCK_SIZES, dtype_names, dtype_supported, head_dim_error, head_dim_supported
+from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
+from sparse_vdit.guards import check_kernel_dtype
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
@@ -98,12 +99,7 @@ class StaticMaskAttention(AttentionMethod):
             )
 
     def begin_forward(self, forward: ForwardContext) -> BlockLayout:
-        if not dtype_supported(forward.dtype):
-            raise ValueError(
-                f"StaticMaskAttention runs sparse in {dtype_names()}, but this model computes in "
-                f"{str(forward.dtype).replace('torch.', '')}: cast the pipeline or transformer first "
-                "(e.g. pipe.to(torch.bfloat16)), or use FullAttention() to stay in this dtype"
-            )
+        check_kernel_dtype(forward.dtype, "StaticMaskAttention", "use FullAttention() to stay in this dtype")
         layout = forward.token_layout
         if self.token_layout is not None and layout != self.token_layout:
             raise ValueError(

@@ -10,6 +10,7 @@ rather than raw token indices, so one plan serves any resolution.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,13 @@ class TokenLayout:
     text_position: TextPosition = "none"
 
     def __post_init__(self) -> None:
+        for name in ("frames", "rows", "cols", "text_len"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy / torch integers hash and compare as ints
+        if self.text_len < 0:
+            raise ValueError(f"text_len must be an integer >= 0, got {self.text_len}")
         if min(self.frames, self.rows, self.cols) < 1:
             raise ValueError(f"frames, rows and cols must be >= 1, got {self.frames, self.rows, self.cols}")
         if self.text_position not in ("none", "before", "after"):

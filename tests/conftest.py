@@ -24,7 +24,7 @@ def fallback(monkeypatch):
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(attention_mod, "interpreting", lambda: False)
-    monkeypatch.setattr(torch_paths, "_warned", False)
+    monkeypatch.setattr(torch_paths, "_warned", set())
 
     def no_triton(*args, **kwargs):
         raise AssertionError("the Triton kernel was launched; the PyTorch fallback was expected")

@@ -1,6 +1,6 @@
 """Shared test helpers: tolerances relative to PyTorch's own error, hard shapes, diffusers-style inputs.
 
-Tolerance rule (style.md 7): a kernel's max-abs error against the float64 reference must stay within
+Tolerance rule (as flash-attention's tests set it): a kernel's max-abs error against the float64 reference must stay within
 ``factor`` x the error PyTorch itself makes at the same precision, plus a tiny floor so that fp32
 does not demand bit-exactness: a few fp32 ulps at the reference's magnitude (the kernels accumulate
 in fp32, so no kernel resolves finer; on outputs of a few elements PyTorch's own error can be ~0 by

@@ -153,3 +153,38 @@ def test_adaspa_runs_without_diffusers():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"loaded": [], "shapes": [[1, 2, 40, 64]] * 2}
+
+
+def test_rational_settings_are_taken_as_floats():
+    """A Fraction (or a numpy float) is a number in [0, 1) and must run, not fail at the first search."""
+    from fractions import Fraction
+
+    cfg = AdaSpaConfig(sparsity=Fraction(1, 2), recall_threshold=Fraction(3, 4), block_size=16)
+    assert type(cfg.sparsity) is float and cfg.sparsity == 0.5
+    assert type(cfg.recall_threshold) is float and cfg.recall_threshold == 0.75
+    state = AdaSpaState()
+    q, k, v = torch.randn(3, 1, 2, 40, 64, generator=torch.Generator().manual_seed(0)).unbind(0)
+    from adaspa import adaspa_attention
+
+    explicit = dataclasses.replace(cfg, warmup_steps=0, search_steps=(0,), schedule_steps=None)
+    assert adaspa_attention(q, k, v, state, step=0, config=explicit).shape == q.shape
+    assert adaspa_attention(q, k, v, state, step=1, config=explicit).shape == q.shape
+
+
+def test_a_schedule_dense_at_every_step_says_so_once(monkeypatch):
+    monkeypatch.setattr(config_module, "_warned", set())
+    cfg = AdaSpaConfig(block_size=16, warmup_steps=10, search_steps=(10,), schedule_steps=None)
+    with pytest.warns(UserWarning, match=r"AdaSpa: a 8-step generation .* no search step: every step runs dense"):
+        assert cfg.begin_forward(_forward(0, 8)).phase == DENSE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cfg.begin_forward(_forward(1, 8)).phase == DENSE
+        assert AdaSpaConfig(block_size=16).begin_forward(_forward(0, 8)).phase == DENSE  # searches at step 2
+
+
+def test_the_method_and_its_old_name_are_one_class():
+    from adaspa import AdaSpaAttention
+
+    assert AdaSpaConfig is AdaSpaAttention and AdaSpaAttention().validate is not None
+    with pytest.raises(ValueError, match=r"AdaSpaAttention\(sparsity=2\.0\)"):
+        AdaSpaConfig(sparsity=2)

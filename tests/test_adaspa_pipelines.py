@@ -211,3 +211,40 @@ def test_wan_pipeline_runs_the_scaled_default_schedule():
     states = {id(entry[4]): entry[4] for entry in LOG}
     assert len(states) == 4 and all(isinstance(s, AdaSpaState) for s in states.values())
     assert all(len(s.selections) == 2 and not s.lse for s in states.values()), "LSE dropped after the last search"
+
+
+@torch.no_grad()
+def test_a_generation_inside_another_keeps_the_outer_state(fallback):
+    """One transformer, two interleaved generations (a second pipeline sharing the transformer, run
+    from the first one's step callback): the outer generation resumes with its own AdaSpa state,
+    so its outputs are those of the same generation run alone."""
+    model = tiny.tiny_wan_transformer()
+    outer = tiny.wan_inputs(frames=3, height=12, width=10, seed=1)
+    inner = tiny.wan_inputs(frames=3, height=12, width=10, seed=2)
+    with apply_sparse_attention(model, config(0.5)) as handle:
+        alone, alone_state = run_steps(model, handle, {"cond": outer})["cond"]
+    with apply_sparse_attention(model, config(0.5)) as handle:
+        before, outer_state = run_steps(model, handle, {"cond": outer}, steps=range(2))["cond"]
+        _, inner_state = run_steps(model, handle, {"cond": inner})["cond"]
+        after, resumed_state = run_steps(model, handle, {"cond": outer}, steps=range(2, STEPS))["cond"]
+        assert handle.trackers[0].current.generation == 0, "the outer generation resumes under its own index"
+    assert inner_state is not outer_state and resumed_state is outer_state
+    assert_same_selections(resumed_state, alone_state)
+    for out, want in zip(before + after, alone):
+        assert torch.equal(out, want)
+
+
+@torch.no_grad()
+def test_a_generation_given_up_and_resumed_says_it_continues_afresh(fallback):
+    """Two generations one after the other inside another: the outer one is given up when the
+    second starts (as after a generation stopped by an error); resuming it later warns."""
+    model = tiny.tiny_wan_transformer()
+    outer = tiny.wan_inputs(frames=3, height=12, width=10, seed=1)
+    inner = tiny.wan_inputs(frames=3, height=12, width=10, seed=2)
+    with apply_sparse_attention(model, config(0.5)) as handle:
+        _, outer_state = run_steps(model, handle, {"cond": outer}, steps=range(2))["cond"]
+        run_steps(model, handle, {"cond": inner})
+        run_steps(model, handle, {"cond": inner})
+        with pytest.warns(UserWarning, match=r"resumes at step 2 of 5 .* was dropped, so it continues afresh"):
+            _, state = run_steps(model, handle, {"cond": outer}, steps=range(2, STEPS))["cond"]
+    assert state is not outer_state

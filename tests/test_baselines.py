@@ -98,8 +98,10 @@ def test_dense_warmup_scales_with_the_step_count():
     assert [dense_warmup_steps(n, 0.2) for n in (50, 8, 4, 1)] == [10, 2, 1, 0]
     method = StaticWindowAttention(block_size=BLOCK)
     assert _call(1, 8, method).prepared is None  # step 1 of 8: still dense
-    assert _call(2, 8, method).prepared is not None
-    with pytest.warns(UserWarning, match="assumes 50"):
+    layout = _call(2, 8, method).prepared  # step 2 of 8: the window, Diagonal(2) for every head
+    full, partial = layout.block_maps()
+    assert torch.equal((full | partial)[0, 0], mode_block_map(Diagonal(2), LAYOUT, BLOCK))
+    with pytest.warns(UserWarning, match="assuming 50, for its dense warm-up"):
         assert _call(9, None, method).prepared is None
 
 

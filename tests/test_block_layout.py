@@ -635,3 +635,16 @@ def test_from_mask_mod_never_indexes_past_the_sequence():
         table = torch.rand(q_len, kv_len, generator=torch.Generator().manual_seed(q_len)) < 0.3
         layout = BlockLayout.from_mask_mod(lambda b, h, q, k: table[q, k], None, None, q_len, kv_len, block_size=64)
         assert torch.equal(layout.to_dense()[0, 0], table)
+
+
+def test_the_element_mask_and_the_block_map_have_distinct_names():
+    """``to_element_mask`` is [B, H, Q_LEN, KV_LEN] (``to_dense`` its old name); FlexAttention's
+    ``BlockMask.to_dense`` is the block map, ``block_maps`` here."""
+    layout = BlockLayout.from_mask_mod(lambda b, h, q, k: (q - k).abs() <= 20, None, None, 100, 100, block_size=32)
+    mask = layout.to_element_mask()
+    assert mask.shape == (1, 1, 100, 100) and torch.equal(layout.to_dense(), mask)
+    idx = torch.arange(100)
+    assert torch.equal(mask[0, 0], (idx[:, None] - idx[None, :]).abs() <= 20)
+    full, partial = layout.block_maps()
+    flex = layout.to_flex_block_mask().to_dense()
+    assert flex.shape == full.shape == (1, 1, 4, 4) and torch.equal(flex.bool(), full | partial)

@@ -108,3 +108,185 @@ def test_help_runs_without_a_traceback():
         done = subprocess.run([sys.executable, "-m", "sparse_vdit.cli", *argv], capture_output=True, text=True, env=env,
                               timeout=120)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ bad values caught before any model loads
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model is an error: the checks under test must come first."""
+    import pipelines.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad value was refused")
+
+    monkeypatch.setattr(pipelines.loading, "load_pipeline", refuse)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("meta", "--device meta is not supported: use cuda, cuda:N or cpu"),
+    ("mps", "--device mps is not supported: use cuda, cuda:N or cpu"),
+    ("", "--device is empty: use cuda, cuda:N or cpu"),
+    ("gpu", "--device 'gpu' is not a device: use cuda, cuda:N or cpu"),
+])
+@pytest.mark.parametrize("command", [["demo"], ["eval"], ["search", "--out", "x.json"]], ids=lambda c: c[0])
+def test_devices_torch_has_but_we_do_not_serve_are_one_line(command, device, message, capsys, no_model, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--device", device]) == 2
+    assert message in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--out", "x.json", "--seed", str(2**64)], "argument --seed: 18446744073709551616 is outside 0 .. 2^64 - 1"),
+    (["eval", "--seed", "-1"], "argument --seed: -1 is outside 0 .. 2^64 - 1"),
+    (["demo", "--seed", "1e3"], "argument --seed: '1e3' is not an integer"),
+    (["eval", "--warmup", "-1"], "argument --warmup: -1 must be at least 0"),
+    (["eval", "--height", "16000"], "argument --height: 16000 is more than 4096"),
+    (["demo", "--width", str(16 * 10**6)], "is more than 4096"),
+    (["eval", "--frames", "100001"], "argument --frames: 100001 is more than 1025"),
+    (["check", "--frames", "100000"], "argument --frames: 100000 is more than 64"),
+    (["check", "--head-dim", "48"], "argument --head-dim: invalid choice: 48"),
+])
+def test_values_past_what_can_run_are_refused_by_the_parser(argv, message, capsys, no_model):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_the_search_output_is_checked_before_the_search(tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    cases = [
+        (str(notes / "plan.json"), f"--out {notes / 'plan.json'}: {notes} is a file, not a folder"),
+        ("", "--out is empty: give the plan's file name, e.g. --out plan.json"),
+        (str(notes), f"--out {notes} exists and is not a sparse-vdit plan: pass another --out, or --force to overwrite it"),
+    ]
+    for out, message in cases:
+        assert main(["search", "--out", out]) == 2
+        assert message in _one_error_line(capsys)
+    assert notes.read_text() == "my notes\n", "an unrelated file is never overwritten"
+
+
+@pytest.mark.parametrize("command, option", [(["eval"], "--out"), (["demo"], "--output-dir")], ids=["eval", "demo"])
+def test_output_folders_are_checked_before_the_model_loads(command, option, tmp_path, capsys, no_model):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert main([*command, option, str(notes)]) == 2
+    assert f"{option} {notes} is a file, not a folder" in _one_error_line(capsys)
+    assert main([*command, option, ""]) == 2
+    assert f"{option} is empty" in _one_error_line(capsys)
+
+
+def test_an_existing_plan_may_be_replaced(tmp_path):
+    from sparse_vdit.cli_args import check_output_file
+    from sparse_vdit.plan_file import looks_like_plan, save_plan
+    from test_plan import A, make_plan
+
+    path = save_plan(make_plan([A]), tmp_path / "plan.json")
+    assert looks_like_plan(path)
+    assert check_output_file(str(path), "--out", is_ours=looks_like_plan) == path
+    assert check_output_file(str(tmp_path), "--out", is_ours=looks_like_plan) == path, "a folder: its plan.json"
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    assert check_output_file(str(other), "--out", is_ours=looks_like_plan, force=True) == other
+
+
+def test_running_out_of_memory_is_one_line(capsys):
+    from sparse_vdit.cli_args import run_command
+
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 85899345920 bytes.")
+
+    assert run_command(allocate, argparse.Namespace()) == 2
+    err = _one_error_line(capsys)
+    assert "out of memory" in err and "--height, --width or --frames" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--sparsity", "1.5"], "sparsity must be a number in [0, 1)"),
+    (["demo", "--epsilon", "0"], "epsilon must be a finite number > 0"),
+    (["eval", "--sparsities", "0.5,1.2"], "sparsity must be a number in [0, 1)"),
+    (["eval", "--epsilons", "0.1,-1"], "epsilon must be a finite number > 0"),
+    (["eval", "--windows", "1,-2"], "--windows must be half-widths >= 0"),
+    (["search", "--out", "x.json", "--lam", "nan"], "lambda must be a finite number >= 0"),
+])
+def test_method_settings_are_checked_before_the_model_loads(argv, message, capsys, no_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_a_model_name_typo_never_reaches_the_hub(capsys, monkeypatch):
+    import diffusers
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", hub)
+    assert main(["eval", "--model", "prox", "--steps", "1"]) == 2
+    err = _one_error_line(capsys)
+    assert "could not load the pipeline 'prox': it is not 'proxy', an existing folder, nor a Hub repo id" in err
+    assert "did you mean 'proxy'?" in err
+    assert len(err) < 200
+
+
+def test_a_model_that_fails_to_load_is_one_short_line(capsys, monkeypatch):
+    import diffusers
+
+    def hub(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files. Check your internet connection or see how to run the library in offline mode "
+                      "at 'https://huggingface.co/docs/diffusers/installation#offline-mode'. " * 3)
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", hub)
+    assert main(["eval", "--model", "someone/some-model", "--steps", "1"]) == 2
+    err = _one_error_line(capsys)
+    assert "could not load the pipeline 'someone/some-model' (OSError: We couldn't connect" in err and len(err) < 300
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_every_command_has_a_plain_description_and_says_a_default_once(path):
+    parser = _subparser(_build_parser(), path)
+    assert parser.description and len(parser.description) > 40, f"{path} has no description"
+    text = parser.format_help()
+    assert "``" not in text, "reStructuredText quoting in --help"
+    groups = [g.description for g in parser._action_groups if g.description and g.description.startswith("Defaults:")]
+    for description in groups:
+        assert " ".join(text.split()).count(" ".join(description.split())) == 1
+
+
+def test_plan_show_counts_and_agreement_read_as_english(tmp_path, capsys):
+    from sparse_vdit.plan_file import save_plan
+    from test_plan import A, make_plan
+
+    calibration = {"prompts": ["a cat"], "seeds": [0], "consistency": 1.0, "method": "majority",
+                   "agreement_same_prompt": 1.0, "agreement_other_prompt": 0.25}
+    path = save_plan(make_plan([A], calibration=calibration), tmp_path / "plan.json")
+    assert main(["plan", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(majority, 1 prompt, 1 seed)" in out
+    assert "two runs of one prompt agree on 100.0%, two runs of other prompts agree on 25.0%" in out
+
+
+def test_default_output_folders_are_ignored_by_git():
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    parser = _build_parser()
+    folders = [_subparser(parser, ("demo",)).get_default("output_dir"), _subparser(parser, ("eval",)).get_default("out"),
+               "notebooks/notebook-eval"]
+    for folder in folders:
+        done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/report.json"], cwd=root)
+        assert done.returncode == 0, f"{folder}/ would show up as untracked files"

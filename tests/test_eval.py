@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from pipelines.evaluation import (
     video_ssim,
 )
 from pipelines.evaluation.report import legend
-from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip
+from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip, mode_density
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
@@ -209,21 +210,28 @@ def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback
     from pipelines.evaluation.plots import write_plots
     from sparse_vdit.baselines import StaticWindowAttention
 
-    methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16)}, "window": {"rows=0": StaticWindowAttention(0, block_size=16)},
-               "stock": None}
+    methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16, tiers=False)},
+               "window": {"rows=0": StaticWindowAttention(0, block_size=16)}, "stock": None}
     report = evaluate(smoke_pipe, methods, ["a red circle moves right"], seeds=[0, 1], num_inference_steps=3,
                       out_dir=tmp_path, warmup=1, progress=False, **SMOKE_CALL)
     assert [(r.method, r.seed) for r in report.rows][:4] == [("dense", 0), ("adaspa", 0), ("window", 0), ("stock", 0)]
     by = {s.label: s for s in report.summary()}
     assert by["stock"].psnr == math.inf and by["stock"].density == 1.0  # nothing applied: the dense video again
-    assert 0 < by["window (rows=0)"].density < 1 and math.isfinite(by["window (rows=0)"].psnr)
-    assert 0 < by["adaspa (s=0.5)"].density < 1 and by["adaspa (s=0.5)"].scan > 0
+    # The smoke layout is 3 x 4 x 8 = 96 tokens, 6 blocks of 16. Of 3 steps, the window runs step 0
+    # dense (warm-up 0.2 x 3, rounded) and Diagonal(0) after; AdaSpa (scaled schedule: warm-up 1,
+    # searches at 1 and 2) runs step 0 dense, step 1 dense with a scan, step 2 its selection of
+    # ceil(0.5 x 6) = 3 blocks per row with a scan.
+    window = mode_density(Diagonal(0), TokenLayout(3, 4, 8), 16)
+    assert by["window (rows=0)"].density == pytest.approx((1.0 + 2 * window) / 3) and math.isfinite(by["window (rows=0)"].psnr)
+    assert by["adaspa (s=0.5)"].density == pytest.approx((1.0 + 1.0 + 3 / 6) / 3)
+    assert by["adaspa (s=0.5)"].scan == pytest.approx(2 / 3)
     for row in report.rows:
         assert len(row.step_s) == 3 and row.denoise_s == pytest.approx(sum(row.step_s))
         assert 0 < row.transformer_s <= row.denoise_s <= row.total_s
     assert (tmp_path / "report.csv").exists() and (tmp_path / "report.json").exists()
     video = imageio.mimread(tmp_path / "videos" / "a_red_circle_moves_right" / "seed0" / "window_rows=0.mp4")
-    assert len(video) == 9 and video[0].shape == (16, 96, 3)  # dense | method | difference
+    # dense | method | difference, each 16 x 32 scaled 15x, under a 24-row strip of their names
+    assert len(video) == 9 and video[0].shape == (24 + 240, 3 * 480, 3)
     lines = write_plots(report, {}, smoke_pipe, tmp_path, prompt="a red circle moves right", seed=0,
                         num_inference_steps=3, **SMOKE_CALL)
     assert lines == [f"plot: {tmp_path / 'psnr_speedup.png'}"] and (tmp_path / "psnr_speedup.png").stat().st_size > 0
@@ -290,3 +298,79 @@ def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch)
     out = methods_module.build_methods(smoke_pipe, ["plan"], block_size=16, epsilons=[0.1, 0.2], search_prompts=["p"],
                                        num_inference_steps=2, cost="flops", **SMOKE_CALL)
     assert out == {"plan": {"eps=0.1": "plan", "eps=0.2": "plan"}} and seen == ["flops", "flops"]
+
+
+def test_cpu_times_are_not_shown_as_speedups(tmp_path, monkeypatch):
+    from pipelines.evaluation import plots
+
+    rows = [_row("dense", "", math.inf, 1.0, 2.0), _row("plan", "eps=0.1", 20.0, 0.5, 1.0),
+            _row("plan", "eps=0.2", 18.0, 0.4, 0.9)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or Path(path))
+    for device, shown in (("cpu", False), ("cuda:0", True)):
+        report = EvalReport(rows, meta={"device": device})
+        table = report.table()
+        assert ("2.00x" in table) is shown and ("n/a (CPU)" in table) is not shown
+        plots.plot_psnr_speedup(report, tmp_path / "p.png")
+        labels = [ax.get_xlabel() for ax in figures[-1].axes]
+        assert any("speedup" in label for label in labels) is shown
+        assert ("no speedup is plotted" in figures[-1]._suptitle.get_text()) is not shown
+
+
+def test_side_by_side_panels_are_scaled_up_and_named():
+    from pipelines.evaluation.videos import LABEL_HEIGHT, side_by_side
+
+    gen = torch.Generator().manual_seed(0)
+    dense, method = torch.rand(2, 3, 3, 32, 48, generator=gen).unbind(0)  # [F, C, H, W]
+    frames = side_by_side(dense, method, label="plan eps=0.3")
+    assert frames.shape == (3, LABEL_HEIGHT + 8 * 32, 3 * 8 * 48, 3) and frames.dtype == torch.uint8
+    panels = frames[:, LABEL_HEIGHT:].float() / 255
+    want = dense.permute(0, 2, 3, 1).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    assert torch.allclose(panels[:, :, : 8 * 48], want, atol=1 / 255)
+    header = frames[0, :LABEL_HEIGHT]
+    for third in header.chunk(3, dim=1):
+        assert third.max() > 200, "each panel has its name written above it"
+
+
+NEW_METHOD = '''
+from pipelines.evaluation.methods import EvaluatedMethod
+from sparse_vdit.static_methods import FullAttention
+
+
+class HalfDense(FullAttention):
+    def __init__(self, share):
+        self.share = share
+
+
+METHOD = EvaluatedMethod(
+    name="halfdense", rank=9, settings="shares", defaults=(0.5,), kind=float, help="share of dense heads",
+    label=lambda share: f"share={share:g}", build=lambda share, context: HalfDense(share), baseline=True,
+    why_below_baseline="it is a test", exports={"HalfDense": __name__},
+)
+'''
+
+
+def test_a_new_method_is_one_file(tmp_path, monkeypatch):
+    """One file in the methods folder: the registry, build_methods, the eval options, the report's
+    baselines and the public face all see it."""
+    import sparse_vdit
+    from pipelines.evaluation import methods as registry_module
+    from sparse_vdit.cli import _build_parser
+
+    (tmp_path / "halfdense.py").write_text(NEW_METHOD)
+    monkeypatch.setattr(registry_module, "__path__", [*registry_module.__path__, str(tmp_path)])
+    registry_module.registry.cache_clear()
+    try:
+        assert registry_module.method_names()[-1] == "halfdense" and "halfdense" in registry_module.baseline_names()
+        built = registry_module.build_methods(None, ["halfdense"], block_size=16, num_inference_steps=1, shares=[0.25])
+        method = built["halfdense"]["share=0.25"]
+        assert type(method).__name__ == "HalfDense" and method.share == 0.25
+        assert sparse_vdit.HalfDense is type(method)
+        eval_parser = next(a for a in _build_parser()._actions if a.dest == "command").choices["eval"]
+        args = eval_parser.parse_args(["--methods", "plan,halfdense", "--shares", "0.1,0.2"])
+        assert args.methods == ["plan", "halfdense"] and args.shares == [0.1, 0.2]
+        report = EvalReport([_row("dense", "", math.inf, 1.0, 2.0), _row("plan", "eps=0.1", 18.0, 0.5, 1.0),
+                             _row("halfdense", "share=0.5", 25.0, 0.5, 1.0)])
+        assert report.findings()[0].startswith("plan (eps=0.1) falls below the baseline halfdense (share=0.5)")
+    finally:
+        registry_module.registry.cache_clear()

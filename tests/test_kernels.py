@@ -1,6 +1,6 @@
 """Every public attention op against its float64 reference twin, under the Triton interpreter on CPU.
 
-Tolerances follow style.md 7 (tests/helpers.py): the kernel's error against float64 must stay within
+Tolerances follow tests/helpers.py: the kernel's error against float64 must stay within
 2x of PyTorch's own error at the same precision. The interpreter computes bf16 ``tl.dot`` wrongly;
 the launcher upcasts dot operands there (DOT_FP32), so bf16 runs under the same strict rule.
 """
@@ -122,10 +122,14 @@ def test_block_sparse_sliding_window(request, dtype, block):
     assert layout.has_partial and 1 < layout.tile_masks.shape[0] <= 6
     q, k, v = to_dev(*diffusers_qkv(1, S, 2, 64, dtype, gen=fresh_generator(request), scale=1.5))
     out, lse = block_sparse_attention(q, k, v, layout, return_lse=True)
-    ref, _ = check_attention(q, k, v, layout.to_dense(), out, lse, name="window")
-    # The same layout through the reference twin of the op.
-    twin, _ = block_sparse_attention_ref(q.cpu(), k.cpu(), v.cpu(), layout)
-    assert torch.equal(twin, ref)
+    check_attention(q, k, v, layout.to_dense(), out, lse, name="window")
+    # The reference twin of the op on the layout equals plain attention under the window itself:
+    # the layout's element mask (its tiles) is exactly the mask_mod it was built from.
+    idx = torch.arange(S)
+    window_mask = (idx[:, None] - idx[None, :]).abs() <= window
+    twin, twin_lse = block_sparse_attention_ref(q.cpu(), k.cpu(), v.cpu(), layout)
+    want, want_lse = attention_ref(q.cpu(), k.cpu(), v.cpu(), window_mask)
+    assert torch.equal(twin, want) and torch.equal(twin_lse, want_lse)
 
 
 @pytest.mark.parametrize("dtype", DTYPES[:2])
@@ -635,3 +639,14 @@ def test_meta_tensors_give_shapes():
     assert block_attention_mass(q, q, None, 64).shape == (2, 3, 2, 2)
     moved = layout.to("meta")
     assert moved.has_partial == layout.has_partial and moved.device.type == "meta"
+
+
+def test_the_layout_argument_and_its_old_name():
+    q, k, v = to_dev(*diffusers_qkv(1, 64, 1, 64, torch.float32, gen=torch.Generator().manual_seed(0)))
+    layout = BlockLayout.dense(64, 64)
+    out = block_sparse_attention(q, k, v, layout=layout)
+    assert torch.equal(block_sparse_attention(q, k, v, block_mask=layout), out)
+    with pytest.raises(TypeError, match="takes one layout"):
+        block_sparse_attention(q, k, v, layout, block_mask=layout)
+    with pytest.raises(TypeError, match="takes one layout"):
+        block_sparse_attention(q, k, v)

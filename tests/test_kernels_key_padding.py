@@ -123,3 +123,25 @@ def test_key_lengths_bad_input():
         attention_with_lse(q, k, v, kv_lens=[3, 4])
     with pytest.raises(ValueError, match=r"kv_lens must be \[B\] = \[2\]"):
         block_attention_mass(q, k, None, 64, kv_lens=torch.tensor([3]))
+
+
+def test_key_lengths_past_int32_clamp_to_the_keys_instead_of_wrapping():
+    """kv_lens >= 2^31 means "every key" (clamped to Skv), not the negative number int32 makes of it."""
+    q, k, v = _dev(*diffusers_qkv(2, 64, 1, 64, torch.float32, gen=torch.Generator().manual_seed(0)))
+    huge = torch.tensor([2**31, 2**32 + 5], dtype=torch.int64)
+    every = torch.tensor([64, 64], dtype=torch.int64)
+    out, lse = attention_with_lse(q, k, v, kv_lens=huge)
+    want, want_lse = attention_with_lse(q, k, v, kv_lens=every)
+    assert torch.equal(out, want) and torch.equal(lse, want_lse)
+    assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("scale", ["0.5", float("nan"), float("inf"), True, [0.5]])
+def test_scale_must_be_a_finite_number(scale):
+    q, k, v = _dev(*diffusers_qkv(1, 64, 1, 64, torch.float32, gen=torch.Generator().manual_seed(0)))
+    layout = BlockLayout.dense(64, 64)
+    for call in (lambda: block_sparse_attention(q, k, v, layout, scale=scale),
+                 lambda: attention_with_lse(q, k, v, scale=scale),
+                 lambda: block_attention_mass(q, k, None, 64, scale=scale)):
+        with pytest.raises((TypeError, ValueError), match=r"scale must be a finite number .*got"):
+            call()

@@ -197,3 +197,15 @@ def test_meta_device_says_to_load_the_weights(family):
         with pytest.raises(RuntimeError, match=r"needs real tensors.*meta device.*init_empty_weights"):
             with torch.no_grad():
                 model(**kwargs)
+
+
+def test_the_old_methods_module_still_imports_and_says_where_to_go():
+    import importlib
+    import sys
+
+    sys.modules.pop("pipelines.methods", None)
+    with pytest.warns(DeprecationWarning, match="import the protocol from sparse_vdit.protocol"):
+        old = importlib.import_module("pipelines.methods")
+    from sparse_vdit import FullAttention
+
+    assert old.FullAttention is FullAttention

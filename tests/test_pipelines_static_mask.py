@@ -125,13 +125,23 @@ def test_mask_pinned_to_a_layout_refuses_another_resolution():
 
 
 def test_layout_is_built_once_per_shape():
+    """The pattern is evaluated once per token layout: later forwards at that layout reuse the same
+    BlockLayout object; a new resolution builds (and keeps) another."""
     model = tiny.tiny_wan_transformer()
-    method = StaticMaskAttention(lambda b, h, q, kv: (q - kv).abs() < 4, block_size=BLOCK)
+    built = []
+
+    def factory(layout):
+        built.append(layout)
+        return lambda b, h, q, kv: (q - kv).abs() < 4
+
+    method = StaticMaskAttention.per_layout(factory, block_size=BLOCK)
     handle = apply_sparse_attention(model, method)
+    prepared = []
     with torch.no_grad():
-        for t in (900.0, 600.0):
-            model(**tiny.wan_inputs(timestep=t))
-        assert len(method._cache) == 1
-        model(**tiny.wan_inputs(height=12))
-        assert len(method._cache) == 2
+        for kwargs in (tiny.wan_inputs(timestep=900.0), tiny.wan_inputs(timestep=600.0), tiny.wan_inputs(height=12),
+                       tiny.wan_inputs(timestep=300.0)):
+            model(**kwargs)
+            prepared.append(handle.trackers[0].current.prepared)
     handle.remove()
+    assert len(built) == 2 and built[0] != built[1]
+    assert prepared[0] is prepared[1] is prepared[3] and prepared[2] is not prepared[0]

@@ -158,6 +158,22 @@ MALFORMED = {
     "bad token layout": (_set("token_layout.rows", 0), r"token_layout: frames, rows and cols must be >= 1"),
     "bad patch size": (_set("model.patch_size", [1, 2]), r"model\.patch_size must be 3 integers"),
     "edited config": (_set("model_config.eps", 1.0), r"model_config does not match the model's config_fingerprint"),
+    "nested too deeply": (lambda data: '{"schema_version": 1, "model_config": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                          r"nested too deeply"),
+    "integer too long": (lambda data: json.dumps(data).replace('"num_steps": 3', '"num_steps": ' + "9" * 5000),
+                         r"a number too long to read \(5000 digits\)"),
+    "duplicate key": (lambda data: json.dumps(data).replace('"num_steps": 3', '"num_steps": 3, "num_steps": 2'),
+                      r"the key 'num_steps' appears twice in one object: which one counts is ambiguous"),
+    "duplicate nested key": (lambda data: json.dumps(data).replace('"rows": 1}', '"rows": 1, "rows": 4}', 1),
+                             r"the key 'rows' appears twice"),
+    "huge token layout": (_set("token_layout.frames", 10**6), r"token_layout .* is too large"),
+    "huge token rows": (_set("token_layout.cols", 10**9), r"token_layout .* is too large"),
+    "negative text": (_set("token_layout.text_len", -5), r"token_layout: text_len must be an integer >= 0, got -5"),
+    "empty fingerprint": (_set("model.config_fingerprint", ""), r"model_config does not match the model's config_fingerprint"),
+    "bad fingerprint": (_set("model.config_fingerprint", "abc"), r"config_fingerprint must be a sha256"),
+    "schema as a string": (_set("schema_version", "1"), r'schema_version must be the integer 1, not the string "1"'),
+    "every head skipped": (_edit(lambda d: [r.update(layers=[[6, 6]] * 3) for r in d["steps"]]),
+                           r"every head of this plan costs 0"),
 }
 
 
@@ -169,6 +185,70 @@ def test_malformed_plans_say_what_is_wrong(case, plan, tmp_path):
     with pytest.raises(PlanError, match=message) as info:
         load_plan(path)
     assert str(info.value).startswith(str(path) + ": ")
+
+
+def test_the_density_and_speedup_shown_are_those_of_the_modes(plan, tmp_path):
+    """A file's expected_density and predicted_speedup are recomputed from its modes and costs: an
+    edited header cannot make a plan look sparser or faster than it is."""
+    data = plan_to_dict(plan)
+    data.update(expected_density=0.01, predicted_speedup=50.0)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    loaded = load_plan(path)
+    assert loaded.expected_density == pytest.approx(plan.computed_density())
+    assert loaded.predicted_speedup == pytest.approx(plan.computed_speedup())
+    assert (loaded.expected_density, loaded.predicted_speedup) != (0.01, 50.0)
+
+
+def _load_in_thread(path, seconds: float = 20.0):
+    """load_plan(path) in a daemon thread: (finished in time, the exception it raised)."""
+    import threading
+
+    result = {}
+
+    def run():
+        try:
+            load_plan(path)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), result.get("error")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path):
+    fifo = tmp_path / "plan.json"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        if not path.exists():
+            continue
+        finished, error = _load_in_thread(path)
+        assert finished, f"load_plan({path}) blocked"
+        assert isinstance(error, PlanError) and "not a regular file" in str(error), error
+
+
+def test_a_file_far_larger_than_any_plan_is_refused_unread(tmp_path):
+    path = tmp_path / "plan.json"
+    with open(path, "wb") as f:
+        f.truncate(200 * 2**20)  # sparse: no disk used
+    with pytest.raises(PlanError, match=r"200.0 MiB, far more than any plan \(at most 64 MiB\)"):
+        load_plan(path)
+
+
+def test_a_broken_symlink_is_not_taken_for_a_hub_repo_id(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raises(AssertionError("the Hub was asked")))
+    (tmp_path / "plans").mkdir()
+    link = tmp_path / "plans" / "latest"
+    link.symlink_to("missing/plan.json")
+    monkeypatch.chdir(tmp_path)
+    for name in ("plans/latest", str(link)):
+        with pytest.raises(PlanError, match=r"is a symbolic link to missing/plan.json, which does not exist"):
+            load_plan(name)
 
 
 def test_a_binary_file_is_not_a_plan(tmp_path):
@@ -255,7 +335,7 @@ def test_plan_show_prints_the_header_and_a_line_per_layer(saved, capsys):
     out = capsys.readouterr().out
     assert "WanTransformer3DModel: 3 layers x 2 heads x 64" in out
     assert "searched at  3x6x5 video tokens (90 total), block 16, 3 steps (2 ranges)" in out
-    assert "lambda 0.5, epsilon 1" in out and "consistency 93.0% (majority, 1 prompts, 2 seeds)" in out
+    assert "lambda 0.5, epsilon 1" in out and "consistency 93.0% (majority, 1 prompt, 2 seeds)" in out
     assert "steps 0-1 (2 steps): density" in out and "step 2 (1 step): density" in out
     assert "  layer 0  density 0.2" in out and "1 skip, 1 diagonal(1)" in out
     assert "  layer 1  dense          2 full" in out

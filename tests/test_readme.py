@@ -84,11 +84,21 @@ def test_proxy_block_runs(line, kind, code, fallback, tmp_path, monkeypatch):
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
 
 
+OLD_NAMES = {"AdaSpaConfig": "AdaSpaAttention"}  # old public name -> the object's name now
+
+
 def test_public_face():
     import sparse_vdit
 
     for name in sparse_vdit.__all__:
-        assert getattr(sparse_vdit, name) is not None, name
+        obj = getattr(sparse_vdit, name)
+        if name == "__version__":
+            assert isinstance(obj, str) and obj.count(".") >= 2, obj
+            continue
+        # The name resolves to the object of that name (or the one it is the old name of) in one
+        # of the project's packages.
+        assert obj.__name__ == OLD_NAMES.get(name, name), f"sparse_vdit.{name} is {obj!r}"
+        assert obj.__module__.split(".")[0] in ("sparse_vdit", "adaspa", "kernels", "search", "pipelines"), obj
     from adaspa import AdaSpaConfig
     from pipelines import apply_sparse_attention
     from search import search_plan
@@ -98,3 +108,65 @@ def test_public_face():
     assert {"apply_sparse_attention", "load_plan", "AdaSpaConfig", "search_plan", "evaluate"} <= set(dir(sparse_vdit))
     with pytest.raises(AttributeError, match="no_such_name"):
         sparse_vdit.no_such_name
+
+
+# ------------------------------------------------------------------ the stated defaults
+def stated_defaults() -> dict[tuple[str, str], str]:
+    """{(command, option): default} from the table after ``<!-- readme-test: defaults -->``."""
+    lines = README.read_text().splitlines()
+    start = lines.index("<!-- readme-test: defaults -->")
+    out = {}
+    for line in lines[start + 3:]:
+        if not line.startswith("|"):
+            break
+        command, option, default = (cell.strip().strip("`") for cell in line.strip("|").split("|"))
+        out[(command, option)] = default
+    return out
+
+
+def parser_defaults() -> dict[tuple[str, str], str]:
+    """{(command, option): default as the README writes it} of every option with a fixed default."""
+    import argparse
+
+    from sparse_vdit.cli import _build_parser
+
+    def subcommands(parser, path=()):
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if action is None:
+            yield " ".join(path), parser
+            return
+        for name, sub in action.choices.items():
+            yield from subcommands(sub, (*path, name))
+
+    out = {}
+    for command, parser in subcommands(_build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or action.dest == "help":
+                continue
+            default = action.default
+            out[(command, action.option_strings[0])] = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+    return out
+
+
+def test_the_readme_states_every_fixed_default_as_the_parsers_have_it():
+    stated, actual = stated_defaults(), parser_defaults()
+    assert stated == actual, {key: (stated.get(key), actual.get(key)) for key in stated.keys() | actual.keys()
+                              if stated.get(key) != actual.get(key)}
+
+
+def test_the_repository_stands_alone():
+    """No file of the repository cites documents kept outside it."""
+    root = README.parent
+    cited = re.compile(r"shared/docs|\.\./shared|/work/shared|(?<![\w/])(?:baselines|architecture|style|diffusers-notes|methods|proxy)\.md\b")
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix not in (".py", ".md", ".toml", ".cfg", ".ipynb") or any(p in path.parts for p in (".venv", ".git")):
+            continue
+        if path.name == "RESULTS.md":  # a log of past runs, quoted as they were
+            continue
+        if path.parts[len(root.parts):][:2] == ("pipelines", "proxy"):
+            continue  # TODO(issue 18): the proxy is being rebuilt in a parallel change; drop this exemption there
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if cited.search(line) and "cited = re.compile" not in line:
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)

@@ -6,6 +6,7 @@ same functions fast enough for whole pipelines on the CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 
@@ -211,3 +212,35 @@ def test_search_command_and_errors(fallback, tmp_path, capsys):
     assert main(["search", "--out", str(out), "--epsilon", "-1", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "epsilon" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_all_full_plan_says_what_to_change_and_the_bar_counts_steps(fallback, monkeypatch):
+    from pipelines.loading import PROXY_DEFAULTS
+    from pipelines.tiny import tiny_wan_pipeline
+    from search import run as search_run
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.postfix = total, 0, []
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text):
+            self.postfix.append(text)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(search_run, "tqdm", Bar)
+    pipe = tiny_wan_pipeline()
+    with pytest.warns(search_run.DensePlanWarning, match=r"the plan is all Full \(attention density 1.000\).*Raise epsilon"):
+        plan = search_run.search_plan(pipe, ["a cat runs"], [0, 1], num_inference_steps=2, epsilon=1e-9, block_size=16,
+                                      **PROXY_DEFAULTS.call_kwargs())
+    assert plan.expected_density == 1.0
+    assert [(b.total, b.n) for b in bars] == [(4, 4)], "one bar over every denoising step of every run"
+    assert bars[0].postfix[-1].startswith("run 2/2")
+    assert search_run.dense_plan_note(dataclasses.replace(plan, expected_density=0.5)) is None

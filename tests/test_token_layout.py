@@ -118,3 +118,11 @@ def test_frozen():
     layout = TokenLayout(2, 3, 4)
     with pytest.raises(Exception):
         layout.frames = 3  # type: ignore[misc]
+
+
+def test_text_length_is_a_count():
+    with pytest.raises(ValueError, match=r"text_len must be an integer >= 0, got -3"):
+        TokenLayout(2, 3, 4, text_len=-3)
+    with pytest.raises(ValueError, match=r"rows must be an integer, got 2.5"):
+        TokenLayout(2, 2.5, 4)
+    assert TokenLayout(torch.tensor(2).item(), 3, 4) == TokenLayout(2, 3, 4)

@@ -162,7 +162,7 @@ def test_fallback_warns_exactly_once(fallback, request):
     # Already warned: silent from now on.
     assert _count_fallback_warnings(calls) == []
     # Re-armed: warns again, once.
-    torch_paths._warned = False
+    torch_paths._warned = set()
     assert len(_count_fallback_warnings(calls[:3] * 2)) == 1
 
 
@@ -171,7 +171,7 @@ def test_no_warning_on_the_kernel_path(request):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v = (t.to(device) for t in diffusers_qkv(1, 64, 1, 16, torch.float32, gen=fresh_generator(request)))
     old = torch_paths._warned
-    torch_paths._warned = False
+    torch_paths._warned = set()
     try:
         assert _count_fallback_warnings([lambda: attention_with_lse(q, k, v)]) == []
         assert not torch_paths._warned

@@ -13,10 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.evaluation.methods import DEFAULT_EPSILONS, DEFAULT_SPARSITIES, DEFAULT_WINDOWS, METHOD_NAMES, parse_methods
+from pipelines.evaluation.methods import method_names, parse_methods, registry
 from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
 from search.command import add_cost_option
-from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, comma_floats, comma_ints, positive_int
+from sparse_vdit.cli_args import (
+    DefaultsFormatter,
+    add_model_options,
+    add_video_options,
+    comma_floats,
+    comma_ints,
+    non_negative_int,
+    positive_int,
+    seed,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -32,25 +41,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="evaluate dense vs a Sparse-vDiT plan, AdaSpa and two baselines: PSNR, SSIM, time, attention density",
-        description=__doc__.split("\n\n")[0],
+        description="Dense attention against a Sparse-vDiT plan, AdaSpa and two baselines on the same prompts and "
+                    "seeds: a table on the screen; CSV, JSON, side-by-side videos and plots in --out.",
         formatter_class=DefaultsFormatter,
     )
     add_model_options(p)
     add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 17 x 64 x 96 on the CPU, 20 of "
                                           "81 x 128 x 192 on a GPU; other models 50 of 81 x 480 x 832")
-    p.add_argument("--methods", type=_method_names, default=",".join(METHOD_NAMES),
-                   help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    p.add_argument("--methods", type=_method_names, default=",".join(method_names()),
+                   help=f"comma-separated, from {', '.join(method_names())}")
     p.add_argument("--plan", default=None,
                    help="a plan file, folder or Hub repo id (default: search one per --epsilons first, as the demo does)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt to evaluate (repeatable; default: the model's built-in prompts)")
-    p.add_argument("--seed", action="append", type=int, default=None, help="a seed (repeatable; default: 0)")
+    p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
-    p.add_argument("--epsilons", type=comma_floats, default=list(DEFAULT_EPSILONS),
-                   help="plan search epsilons, one plan each (a curve); ignored with --plan")
-    p.add_argument("--sparsities", type=comma_floats, default=list(DEFAULT_SPARSITIES), help="AdaSpa sparsities")
-    p.add_argument("--windows", type=comma_ints, default=list(DEFAULT_WINDOWS),
-                   help="window half-widths in latent rows of the svg and window baselines")
+    for settings, entry in {e.settings: e for e in registry().values()}.items():  # each method's curve
+        p.add_argument(f"--{settings}", type=comma_floats if entry.kind is float else comma_ints,
+                       default=list(entry.defaults), help=entry.help)
     p.add_argument("--search-prompt", action="append", default=None,
                    help="a prompt the plan is searched on (repeatable; default: the model's, not among the evaluated)")
     p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
@@ -58,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--candidates", choices=("small", "default"), default=None,
                    help="plan search candidates: one per mode kind, or search.DEFAULT_CANDIDATES "
                         "(default: small on the CPU, default on a GPU)")
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--warmup", type=non_negative_int, default=None,
                    help=f"steps of the untimed warm-up generation per method, 0 for none "
                         f"(default: --steps on a GPU, {CPU_WARMUP_STEPS} on the CPU)")
     p.add_argument("--no-videos", action="store_true", help="do not write the side-by-side videos")
@@ -69,24 +77,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from pipelines.evaluation.methods import SMALL_CANDIDATES, build_methods
+    from pipelines.evaluation.methods import build_methods
     from pipelines.evaluation.plots import write_plots
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
-    from search.candidates import DEFAULT_CANDIDATES
+    import warnings
 
+    from search.candidates import DEFAULT_CANDIDATES
+    from search.run import DensePlanWarning, dense_plan_note
+    from sparse_vdit.cli_args import check_output_dir
+
+    from search.candidates import SMALL_CANDIDATES
+
+    for name in args.methods:  # bad settings and the output folder: before the model loads
+        entry = registry()[name]
+        for value in getattr(args, entry.settings):
+            entry.check(value)
+    check_output_dir(args.out, "--out")
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
     steps = args.steps or defaults.num_inference_steps
     prompts, seeds = args.prompt or list(defaults.prompts), args.seed or [0]
     small = args.candidates == "small" or (args.candidates is None and not session.on_gpu)
-    methods = build_methods(
-        pipe, args.methods, block_size=session.block_size, plan=args.plan, epsilons=args.epsilons,
-        sparsities=args.sparsities, windows=args.windows, search_prompts=args.search_prompt or defaults.search_prompts,
-        num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES,
-        cost=args.cost, **kwargs,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DensePlanWarning)  # said below, per plan
+        settings = {entry.settings: getattr(args, entry.settings) for entry in registry().values()}
+        methods = build_methods(
+            pipe, args.methods, block_size=session.block_size, plan=args.plan,
+            search_prompts=args.search_prompt or defaults.search_prompts, num_inference_steps=args.search_steps or steps,
+            candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES, cost=args.cost, **settings, **kwargs,
+        )
+    for setting, plan in methods.get("plan", {}).items():
+        note = dense_plan_note(plan)
+        if note:
+            print(f"NOTE: plan ({setting}): {note} (--epsilons)", flush=True)
     warmup = args.warmup if args.warmup is not None else (steps if session.on_gpu else CPU_WARMUP_STEPS)
     report = evaluate(
         pipe, methods, prompts, seeds, num_inference_steps=steps, out_dir=args.out, warmup=warmup,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from kernels.block_layout import BlockLayout
+from kernels.helpers import cdiv
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
 __all__ = ["computed_fraction", "MeteredMethod", "MeterReading", "StepClock"]
@@ -42,7 +43,7 @@ def computed_fraction(layout: BlockLayout) -> torch.Tensor:
     no host synchronisation."""
     qblk, kvblk = layout.block_size
     q_len, kv_len = layout.seq_lengths
-    kb = -(-kv_len // kvblk)
+    kb = cdiv(kv_len, kvblk)
     device = layout.full_kv_num_blocks.device
     partial = layout.kv_num_blocks.long()
     # The crossing key block is never full and, the lists being ascending, the last partial entry.

@@ -47,28 +47,38 @@ def _save(plt, fig, path: str | Path) -> Path:
     return path
 
 
+CPU_NOTE = "CPU run: times are the PyTorch fallback's, so no speedup is plotted; density is what a GPU would save"
+
+
 def plot_psnr_speedup(report: EvalReport, path: str | Path) -> Path:
-    """Two panels: PSNR vs speedup (denoising time), PSNR vs attention density. Infinite PSNR
-    (a method identical to dense) is drawn at the top of the axis."""
+    """Two panels: PSNR vs speedup (denoising time), PSNR vs attention density; on the CPU only the
+    density panel (the fallback's times are no speedup). Infinite PSNR (a method identical to
+    dense) is drawn at the top of the axis. Setting labels alternate above and below their points
+    so neighbours do not overlap."""
     plt = _pyplot()
     summary = [s for s in report.summary() if s.method != DENSE]
     finite = [s.psnr for s in summary if math.isfinite(s.psnr)]
     top = (max(finite) if finite else 40.0) + 5.0
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = ["density"] if report.on_cpu else ["speedup", "density"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
     for method in dict.fromkeys(s.method for s in summary):
         points = sorted((s for s in summary if s.method == method), key=lambda s: s.density)
         psnr = [s.psnr if math.isfinite(s.psnr) else top for s in points]
-        for ax, x in ((axes[0], [s.speedup for s in points]), (axes[1], [s.density for s in points])):
+        for panel, ax in axes.items():
+            x = [getattr(s, panel) for s in points]
             ax.plot(x, psnr, marker="o", label=method)
-            for xi, yi, s in zip(x, psnr, points):
-                ax.annotate(s.setting, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[0].axvline(1.0, color="grey", lw=0.8, ls="--")
-    axes[0].set(xlabel="speedup over dense (denoising time)", ylabel="PSNR vs dense (dB)")
-    axes[1].set(xlabel="attention density (fraction computed)", ylabel="PSNR vs dense (dB)")
-    axes[1].invert_xaxis()
-    note = report.meta.get("note")
-    fig.suptitle(f"{report.meta.get('model', '')}" + (f"\n{note}" if note else ""), fontsize=9)
-    for ax in axes:
+            for i, (xi, yi, s) in enumerate(zip(x, psnr, points)):
+                ax.annotate(s.setting, (xi, yi), fontsize=7, xytext=(4, 5 if i % 2 == 0 else -11),
+                            textcoords="offset points")
+    if "speedup" in axes:
+        axes["speedup"].axvline(1.0, color="grey", lw=0.8, ls="--")
+        axes["speedup"].set(xlabel="speedup over dense (denoising time)", ylabel="PSNR vs dense (dB)")
+    axes["density"].set(xlabel="attention density (fraction computed)", ylabel="PSNR vs dense (dB)")
+    axes["density"].invert_xaxis()
+    notes = [n for n in (report.meta.get("note"), CPU_NOTE if report.on_cpu else None) if n]
+    fig.suptitle("\n".join([str(report.meta.get("model", "")), *notes]), fontsize=9)
+    for ax in axes.values():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)

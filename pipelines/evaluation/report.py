@@ -21,7 +21,6 @@ from typing import Any
 __all__ = ["DENSE", "EvalRow", "EvalSummary", "EvalReport", "legend"]
 
 DENSE = "dense"
-BASELINES = ("svg", "window")  # the simple baselines a method should beat (sparse_vdit.baselines)
 
 
 @dataclass(frozen=True)
@@ -111,11 +110,14 @@ class EvalReport:
     def findings(self) -> list[str]:
         """Where a method falls below a simple baseline: a baseline setting with higher PSNR at no
         more attention computed (density). One line each, with the likely reason."""
+        from pipelines.evaluation.methods import baseline_names
+
+        simple = baseline_names()
         summary = [s for s in self.summary() if s.method != DENSE]
-        baselines = [s for s in summary if s.method in BASELINES]
+        baselines = [s for s in summary if s.method in simple]
         lines = []
         for s in summary:
-            if s.method in BASELINES:
+            if s.method in simple:
                 continue
             beaten = [b for b in baselines if b.psnr > s.psnr and b.density <= s.density]
             if beaten:
@@ -127,26 +129,31 @@ class EvalReport:
         return lines
 
     def _why(self, s: EvalSummary) -> str:
+        from pipelines.evaluation.methods import registry
+
         if self.meta.get("random_weights"):
             return ("the model has random weights, so its attention has no structure for any method to exploit; "
                     "every sparse choice is a guess and the ranking is noise")
-        if s.method == "plan":
-            return ("a plan is fixed offline on its search prompts, seeds and steps; the online baselines adapt to each "
-                    "prompt, and a plan searched on few runs may not generalise (search with more prompts and seeds)")
-        if s.method == "adaspa":
-            return ("AdaSpa keeps the top-k blocks per query block, so a head whose mass is spread thinly loses mass that a "
-                    "contiguous window keeps; its search steps also run dense (density counts them)")
-        return "see the per-prompt rows"
+        entry = registry().get(s.method)
+        return entry.why_below_baseline if entry is not None else "see the per-prompt rows"
 
     # ------------------------------------------------------------------ output
+    @property
+    def on_cpu(self) -> bool:
+        """Run on the CPU: its times are the PyTorch fallback's, which computes every score and
+        masks it, so a speedup from them means nothing (density is what the CPU can say)."""
+        return str(self.meta.get("device", "")).startswith("cpu")
+
     def table(self) -> str:
-        """The summary as a fixed-width table, dense first."""
+        """The summary as a fixed-width table, dense first; the speedup column reads "n/a (CPU)"
+        on the CPU."""
         summary = sorted(self.summary(), key=lambda s: (s.method != DENSE, s.method, s.density))
-        lines = [f"{'method':<26}{'density':>8}{'PSNR dB':>9}{'SSIM':>7}{'denoise s':>11}{'total s':>9}{'speedup':>9}"]
+        lines = [f"{'method':<26}{'density':>8}{'PSNR dB':>9}{'SSIM':>7}{'denoise s':>11}{'total s':>9}{'speedup':>11}"]
         for s in summary:
             psnr = "ref" if s.method == DENSE else f"{s.psnr:.2f}"
+            speedup = "n/a (CPU)" if self.on_cpu else f"{s.speedup:.2f}x"
             lines.append(f"{s.label:<26}{s.density:>8.3f}{psnr:>9}{s.ssim:>7.3f}{s.denoise_s:>11.2f}"
-                         f"{s.total_s:>9.2f}{s.speedup:>8.2f}x")
+                         f"{s.total_s:>9.2f}{speedup:>11}")
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:
@@ -201,9 +208,10 @@ def legend(report: EvalReport) -> str:
         "denoise  seconds in the denoising loop (what attention changes); total: the whole call with text encoding "
         "and decode; speedup: dense denoise / method denoise",
     ]
-    if str(report.meta.get("device", "")).startswith("cpu"):
+    if report.on_cpu:
         lines.append("times on the CPU are of the PyTorch fallback path (it computes every score and masks them), not "
-                     "of the GPU kernels: they say nothing about speed; density is what a GPU would save")
+                     "of the GPU kernels: they say nothing about speed, so no speedup is shown; density is what a GPU "
+                     "would save")
     note = report.meta.get("note")
     if note:
         lines.append(f"NOTE: {note}")

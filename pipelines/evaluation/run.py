@@ -1,9 +1,9 @@
 """``evaluate``: dense against sparse methods on the same prompts and seeds.
 
     from pipelines.evaluation import evaluate
-    from adaspa import AdaSpaConfig
+    from adaspa import AdaSpaAttention
     from sparse_vdit.baselines import StaticWindowAttention
-    report = evaluate(pipe, {"adaspa": {"s=0.8": AdaSpaConfig(0.8)}, "window": StaticWindowAttention(2)},
+    report = evaluate(pipe, {"adaspa": {"s=0.8": AdaSpaAttention(0.8)}, "window": StaticWindowAttention(2)},
                       ["a red circle moves right"], seeds=[0, 1], num_inference_steps=20, out_dir="eval",
                       height=64, width=96, num_frames=33)
     print(report.table())
@@ -169,7 +169,8 @@ def evaluate(
                     clock.total_s, clock.denoise_s, clock.transformer_s, tuple(clock.step_s),
                 ))
                 if where is not None:
-                    write_video(side_by_side(reference, video), where / f"{slug(name + ('_' + setting if setting else ''))}.mp4")
+                    label = f"{name} {setting}".strip()
+                    write_video(side_by_side(reference, video, label=label), where / f"{slug(label.replace(' ', '_'))}.mp4")
     if out is not None:
         report.to_csv(out / "report.csv")
         report.to_json(out / "report.json")

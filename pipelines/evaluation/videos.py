@@ -1,15 +1,23 @@
-"""Side-by-side videos of an evaluation, written with imageio (ffmpeg through imageio-ffmpeg)."""
+"""Side-by-side videos of an evaluation, written with imageio (ffmpeg through imageio-ffmpeg).
+
+A side-by-side frame is three panels, dense | method | difference x4, each scaled up (nearest
+neighbour, whole pixels) to at least ``MIN_PANEL_HEIGHT`` rows so a small video (the proxy's 32 x 48
+on the CPU) is visible, under a strip naming each panel.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import torch
 
-__all__ = ["DIFF_GAIN", "side_by_side", "write_video", "slug"]
+__all__ = ["DIFF_GAIN", "MIN_PANEL_HEIGHT", "LABEL_HEIGHT", "side_by_side", "write_video", "slug"]
 
 DIFF_GAIN = 4  # |method - dense| is shown 4x brighter, so small differences are visible
+MIN_PANEL_HEIGHT = 240  # panels are scaled up by a whole factor to at least this many rows
+LABEL_HEIGHT = 24  # the strip above the panels holding their names (even: video codecs want even sizes)
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -21,11 +29,29 @@ def _frames(video: torch.Tensor) -> torch.Tensor:
     return video[0] if video.dim() == 5 else video
 
 
-def side_by_side(dense: torch.Tensor, method: torch.Tensor, gain: float = DIFF_GAIN) -> torch.Tensor:
-    """[F, H, 3W, 3] uint8: dense | method | |method - dense| x gain, from [F, C, H, W] in [0, 1]."""
+def side_by_side(dense: torch.Tensor, method: torch.Tensor, gain: float = DIFF_GAIN, label: str = "method") -> torch.Tensor:
+    """[F, LABEL_HEIGHT + s H, 3 s W, 3] uint8: dense | method | |method - dense| x gain under their
+    names, from [F, C, H, W] videos in [0, 1], each panel scaled up by s = ceil(MIN_PANEL_HEIGHT / H)."""
     d, m = _frames(dense).float().clamp(0, 1), _frames(method).float().clamp(0, 1)
-    panel = torch.cat([d, m, ((m - d).abs() * gain).clamp(0, 1)], dim=-1)  # [F, C, H, 3W]
-    return (panel.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    scale = max(1, math.ceil(MIN_PANEL_HEIGHT / d.shape[-2]))
+    panels = [d, m, ((m - d).abs() * gain).clamp(0, 1)]
+    panels = [p.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1) for p in panels]
+    video = (torch.cat(panels, dim=-1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)  # [F, sH, 3sW, 3]
+    names = ("dense", label, f"difference x{gain:g}")
+    header = _label_strip(names, panels[0].shape[-1])
+    return torch.cat([header.expand(video.shape[0], -1, -1, -1), video], dim=1)
+
+
+def _label_strip(names: tuple[str, ...], panel_width: int) -> torch.Tensor:
+    """[1, LABEL_HEIGHT, len(names) * panel_width, 3] uint8: each name in white on black over its panel."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (len(names) * panel_width, LABEL_HEIGHT), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    for i, name in enumerate(names):
+        draw.text((i * panel_width + 6, 5), name[: max(1, panel_width // 7)], fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(strip).copy()).unsqueeze(0)
 
 
 def write_video(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:

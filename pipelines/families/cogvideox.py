@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.helpers import cdiv
 from pipelines.families.record import Family, config_value, square_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
@@ -123,7 +124,7 @@ def cogvideox_inputs(transformer, frames: int = 2, height: int = 8, width: int =
     else:
         cos, sin = get_3d_rotary_pos_embed(
             embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(grid_h, grid_w),
-            temporal_size=-(-frames // p_t), grid_type="slice", max_size=(grid_h, grid_w), device="cpu",
+            temporal_size=cdiv(frames, p_t), grid_type="slice", max_size=(grid_h, grid_w), device="cpu",
         )
     return dict(
         hidden_states=torch.randn(batch, frames, TINY_LATENT_CHANNELS, height, width, generator=g),
