@@ -39,6 +39,9 @@ def test_demo_as_a_new_user_sees_it(tmp_path):
         assert text in out, text
     assert out.index("NOTE: no CUDA device") < out.index("1/2 searching")  # said before any bar starts
     assert "evaluate:" in err and "plan search:" in err  # the progress bars
-    videos = tmp_path / "out" / "videos" / "a_red_circle_moves_right" / "seed0"
+    from pipelines.evaluation.videos import slug
+    from pipelines.loading import PROXY_CPU_DEFAULTS
+
+    videos = tmp_path / "out" / "videos" / slug(PROXY_CPU_DEFAULTS.prompts[0]) / "seed0"
     assert {p.name for p in videos.iterdir()} == {"dense.mp4", "plan_eps=0.3.mp4", "adaspa_s=0.8.mp4"}
     assert (tmp_path / "out" / "report.json").exists()
