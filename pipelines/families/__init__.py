@@ -112,6 +112,8 @@ UNSUPPORTED: dict[str, str] = {
     "embedding; a record like Wan's would serve it",
     "Kandinsky6Transformer3DModel": NOT_YET + "fused text-video-audio blocks with separate key RoPE; a record like "
     "Kandinsky 5's would serve its video self-attention",
+    "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
+    "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }
 
 

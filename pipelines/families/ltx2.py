@@ -141,6 +141,6 @@ FAMILY = ltx_family(
     tiny_transformer=tiny_ltx2_transformer,
     tiny_inputs=lambda transformer: ltx2_inputs(),
     name="LTX-2, video self-attention",
-    pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline", "LTX2ICLoraPipeline"),
+    pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline", "LTX2InContextPipeline"),
     standard=StandardSize("512 x 768, 121 frames", {"patch_size": 1, "patch_size_t": 1}, (16, 16, 24)),
 )
