@@ -10,14 +10,11 @@ cross-attention RoPE is not split with the video), so it is not run here (README
 
 from __future__ import annotations
 
-import datetime
-import os
-from pathlib import Path
+import functools
 
 import pytest
-import torch
 
-from test_context_parallel_gloo import ADASPA_STEPS, WORLD, _methods, assert_matches, check_case, runs
+from test_context_parallel_gloo import ADASPA_STEPS, WORLD, _methods, assert_matches, check_case, runs, spawn_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -46,26 +43,9 @@ def _case(name: str) -> dict:
     return {"one": one, "cp": runs(model, kwargs, methods)}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.pop("TRITON_INTERPRET", None)  # the kernels' PyTorch path (the exchange is under test)
-    torch.accelerator.device_count = lambda: 1  # diffusers places rank r on accelerator r % device_count()
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
-    try:
-        torch.save({name: _case(name) for name in GRIDS}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    import torch.multiprocessing as mp
-
-    tmp = tmp_path_factory.mktemp("gloo_families")
-    mp.spawn(_worker, args=(WORLD, str(tmp / "store"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_cases(tmp_path_factory.mktemp("gloo_families"), {name: functools.partial(_case, name) for name in GRIDS})
 
 
 @pytest.mark.parametrize("case", list(GRIDS))
