@@ -111,7 +111,7 @@ CASES: dict[str, Case] = {
     "hunyuan-video-1.5-i2v": Case(
         "HunyuanVideo15Transformer3DModel",
         lambda n: hunyuan_video15.tiny_hunyuan15_transformer(num_layers=n),
-        lambda model, f, h, w, t: hunyuan_video15.hunyuan15_inputs(f, h, w, glyph_lens=(2, 1), timestep=t),
+        lambda model, f, h, w, t: hunyuan_video15.hunyuan15_inputs(f, h, w, timestep=t),
         spatial=1, padded=True, batch=2,
     ),
     "hunyuan-video-1.5-t2v": Case(  # all-zero image embeddings: every image token is padding

@@ -73,7 +73,7 @@ def tiny_hunyuan15_transformer(*, num_layers: int = 2, seed: int = 0):
 
 
 def hunyuan15_inputs(frames: int = 2, height: int = 4, width: int = 4, *, text_lens=(5, 3), text_len: int = 6,
-                     glyph_lens=(2, 4), glyph_len: int = 4, image_tokens: int = 3, image: bool = True,
+                     glyph_lens=(2, 1), glyph_len: int = 4, image_tokens: int = 3, image: bool = True,
                      timestep: float = 500.0, seed: int = 0):
     """kwargs of a HunyuanVideo15Transformer3DModel forward, one sample per entry of ``text_lens``
     (real MLLM tokens of ``text_len``; real glyph tokens of ``glyph_len``); ``image=False``:
