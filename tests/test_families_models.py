@@ -86,7 +86,7 @@ def test_hunyuan_video_15_counts_image_glyph_and_prompt_tokens():
     layout, _, kv_lens = _layout("hunyuan-video-1.5-i2v")  # video 3 x 6 x 5; image 3, glyph (2, 1) of 4, prompt (5, 3) of 6
     assert (layout.text_len, layout.text_position, kv_lens.tolist()) == (13, "after", [90 + 10, 90 + 7])
     t2v, _, kv_lens = _layout("hunyuan-video-1.5-t2v")  # text-to-video: the image tokens are padding
-    assert kv_lens.tolist() == [90 + 5 + 2, 90 + 3 + 4]
+    assert kv_lens.tolist() == [90 + 5 + 2, 90 + 3 + 1]
 
 
 def test_ltx_conditioning_tokens_off_the_grid():
