@@ -54,8 +54,8 @@ def adaspa_attention(
         config: the ``AdaSpaAttention``.
         layer: the attention layer's index (each layer keeps its own LSE and selection).
         kv_lens: [B] integer tensor or None: sample b's keys at index >= kv_lens[b] are padding.
-        token_layout: where text sits in the sequence (its rows and columns are always computed);
-            None: no text.
+        token_layout: where text and other tokens off the video grid sit (their rows and columns are
+            always computed); None: no text.
 
     Returns out [B, H, S, D] in q's dtype. Warm-up steps compute dense attention with our kernel
     (``attention_with_lse``); search and sparse steps as ``AdaSpaAttention`` does in diffusers.

@@ -110,10 +110,10 @@ def _padded_rows_massless(lse: torch.Tensor, kv_lens: torch.Tensor | None) -> to
 
 
 def _dense_text_rows(out: torch.Tensor, q, k, v, geometry: BlockGeometry, ops: Any) -> torch.Tensor:
-    """Text query rows attend every key (the text sink): computed densely, written over ``out``."""
-    if not geometry.text_len:
-        return out
-    rows = slice(geometry.text_start, geometry.text_end)
-    text_out, _ = ops.attention_with_lse(q[:, :, rows], k, v)
-    out[:, :, rows] = text_out
+    """Query rows of text and other tokens off the grid attend every key (the text sink):
+    computed densely, written over ``out``."""
+    for start, stop in geometry.dense_spans:
+        rows = slice(start, stop)
+        dense_out, _ = ops.attention_with_lse(q[:, :, rows], k, v)
+        out[:, :, rows] = dense_out
     return out

@@ -13,7 +13,8 @@ Choices where the paper is silent (each one tested):
 - **Text** (the "text sink"): every key block holding a text token is kept in every row, *on top*
   of the top-k budget (it is not chosen by top-k, and k counts video blocks only); query rows of
   text are computed densely by the caller, so query blocks made only of text rows select nothing.
-  A block mixing text and video rows is an ordinary row of the selection.
+  A block mixing text and video rows is an ordinary row of the selection. Conditioning tokens off
+  the video grid (``TokenLayout.prefix_len`` / ``suffix_len``) are treated exactly as text.
 - **Top-k per query-block row**: k = ceil((1 - s_h) * KBv) video blocks, at least 1, where KBv is
   the number of key blocks without text and s_h the head's sparsity. The diagonal block is not
   forced: it wins on mass where it matters, and forcing it would spend budget where it does not.
@@ -68,30 +69,32 @@ COUNT_EPS = 1e-9
 
 @dataclass(frozen=True)
 class BlockGeometry:
-    """Where text sits on the square block grid of one attention call.
+    """Where the dense tokens (text, and conditioning tokens off the video grid) sit on the square
+    block grid of one attention call: the ``head`` first tokens and the ``tail`` last tokens.
 
     Attributes:
         seq_len: S, tokens of the joint sequence (queries and keys alike).
         block_size: tokens per block.
-        text_start, text_len: the text tokens [text_start, text_start + text_len); 0 = no text.
+        head: tokens [0, head) off the grid (text before the video, a conditioning prefix); 0 = none.
+        tail: tokens [S - tail, S) off the grid (text after the video, a conditioning suffix); 0 = none.
     """
 
     seq_len: int
     block_size: int
-    text_start: int = 0
-    text_len: int = 0
+    head: int = 0
+    tail: int = 0
 
     @classmethod
     def of(cls, seq_len: int, block_size: int, token_layout: TokenLayout | None = None) -> "BlockGeometry":
-        """The geometry of S = ``seq_len`` tokens; text from ``token_layout`` (None: no text)."""
-        if token_layout is None or token_layout.text_len == 0:
+        """The geometry of S = ``seq_len`` tokens; dense tokens from ``token_layout`` (None: none)."""
+        if token_layout is None:
             return cls(int(seq_len), int(block_size))
         if token_layout.seq_len != seq_len:
             raise ValueError(
                 f"the token layout describes {token_layout.seq_len} tokens ({token_layout.describe()}) but q, k, v "
                 f"have {seq_len}: pass the layout of this attention call"
             )
-        return cls(int(seq_len), int(block_size), token_layout.text_start, token_layout.text_len)
+        return cls(int(seq_len), int(block_size), token_layout.video_start, token_layout.seq_len - token_layout.video_end)
 
     @property
     def num_blocks(self) -> int:
@@ -99,33 +102,53 @@ class BlockGeometry:
         return cdiv(self.seq_len, self.block_size)
 
     @property
-    def text_end(self) -> int:
-        return self.text_start + self.text_len
+    def dense_spans(self) -> tuple[tuple[int, int], ...]:
+        """The (start, stop) token ranges computed densely, empty ones left out."""
+        spans = ((0, self.head), (self.seq_len - self.tail, self.seq_len))
+        return tuple((a, b) for a, b in spans if b > a)
 
     @property
-    def text_blocks(self) -> range:
-        """Key blocks holding at least one text token (kept in every row)."""
-        if not self.text_len:
-            return range(0)
-        return range(self.text_start // self.block_size, cdiv(self.text_end, self.block_size))
+    def dense_key_blocks(self) -> tuple[range, ...]:
+        """Key blocks holding at least one dense token (kept in every row), one range per span."""
+        return tuple(range(a // self.block_size, cdiv(b, self.block_size)) for a, b in self.dense_spans)
 
     @property
-    def text_only_blocks(self) -> range:
-        """Query blocks whose rows are all text (computed densely, outside the selection)."""
-        if not self.text_len:
-            return range(0)
-        first = cdiv(self.text_start, self.block_size)
-        last = self.num_blocks if self.text_end == self.seq_len else self.text_end // self.block_size
-        return range(first, max(first, last))
+    def dense_query_blocks(self) -> tuple[range, ...]:
+        """Query blocks whose rows are all dense (computed densely, outside the selection)."""
+        out = []
+        for a, b in self.dense_spans:
+            first = cdiv(a, self.block_size)
+            last = self.num_blocks if b == self.seq_len else b // self.block_size
+            out.append(range(first, max(first, last)))
+        return tuple(out)
+
+    def forced_keys(self, device=None) -> torch.Tensor:
+        """[KB] bool: the dense key blocks."""
+        return _blocks_mask(self.dense_key_blocks, self.num_blocks, device)
+
+    def served_rows(self, device=None) -> torch.Tensor:
+        """[QB] bool: the query blocks a selection serves (all but the dense-only ones)."""
+        return ~_blocks_mask(self.dense_query_blocks, self.num_blocks, device)
+
+    @property
+    def num_dense_key_blocks(self) -> int:
+        return len(set().union(*self.dense_key_blocks))
 
     @property
     def selectable(self) -> int:
-        """KBv: key blocks top-k chooses among (those without text)."""
-        return self.num_blocks - len(self.text_blocks)
+        """KBv: key blocks top-k chooses among (those without dense tokens)."""
+        return self.num_blocks - self.num_dense_key_blocks
 
     def list_width(self, k_max: int) -> int:
-        """Width of a layout's index lists when rows keep at most ``k_max`` top-k blocks plus the text."""
-        return min(self.num_blocks, k_max + len(self.text_blocks))
+        """Width of a layout's index lists when rows keep at most ``k_max`` top-k blocks plus the dense ones."""
+        return min(self.num_blocks, k_max + self.num_dense_key_blocks)
+
+
+def _blocks_mask(ranges: tuple[range, ...], n: int, device) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    for r in ranges:
+        mask[r.start : r.stop] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -193,7 +216,7 @@ def select_blocks(
     Args:
         mass: [B, H, QB, KB] float32 block attention mass (``block_attention_mass``); H = the
             shard's heads when ``head_shard`` is given.
-        geometry: the call's block grid and text.
+        geometry: the call's block grid and its dense tokens (text, tokens off the grid).
         sparsity: base sparsity s in [0, 1).
         recall_threshold: heads with base recall above it count toward n (tiers).
         tiers: head-adaptive three tiers; False keeps every head at s.
@@ -204,21 +227,20 @@ def select_blocks(
     if qb != geometry.num_blocks or kb != geometry.num_blocks:
         raise ValueError(f"mass has {qb} x {kb} blocks, but the geometry needs {geometry.num_blocks} x {geometry.num_blocks}")
     device = mass.device
-    text, text_only = geometry.text_blocks, geometry.text_only_blocks
-    grid = torch.arange(kb, device=device)  # block indices of either axis (QB == KB)
-    forced = (grid >= text.start) & (grid < text.stop)  # [KB] text key blocks
-    rows = ~((grid >= text_only.start) & (grid < text_only.stop))  # [QB] rows the selection serves
+    forced = geometry.forced_keys(device)  # [KB] dense key blocks (text, tokens off the grid)
+    rows = geometry.served_rows(device)  # [QB] rows the selection serves
     rows_f = rows.to(mass.dtype)
     total = (mass.sum(-1) * rows_f).sum(-1).clamp_min(torch.finfo(mass.dtype).tiny)  # [B, H]
     denser, base, sparser = tier_sparsities(sparsity) if tiers else (sparsity, sparsity, sparsity)
     n = geometry.selectable
     k_denser, k_base, k_sparser = (keep_count(s, n) for s in (denser, base, sparser))
-    if n == 0:  # every block holds text: nothing to choose
+    if n == 0:  # every block holds dense tokens: nothing to choose
         blocks = forced.expand(b, h, qb, kb) & rows.view(qb, 1)
         ones = torch.ones(b, h, dtype=torch.float32, device=device)
         return Selection(blocks, ones, ones, torch.full_like(ones, sparsity), geometry.list_width(0))
-    text_mass = mass[..., text.start:text.stop].sum(-1)  # [B, H, QB]
-    score = mass.masked_fill(forced, float("-inf")) if len(text) else mass
+    has_dense = geometry.num_dense_key_blocks > 0
+    text_mass = torch.where(forced, mass, 0.0).sum(-1) if has_dense else mass.new_zeros(mass.shape[:-1])  # [B, H, QB]
+    score = mass.masked_fill(forced, float("-inf")) if has_dense else mass
     top_mass, top_idx = score.topk(k_denser, dim=-1)  # [B, H, QB, k_denser], largest first
     kept_at_base = top_mass[..., :k_base].sum(-1) + text_mass
     base_recall = (kept_at_base * rows_f).sum(-1) / total

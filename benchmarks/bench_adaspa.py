@@ -109,7 +109,7 @@ def memory_rows(sparsity: float, block: int, shapes=MEMORY_SHAPES) -> list[dict]
     rows = []
     for name, layers, heads, tokens, text, text_first in shapes:
         held = cache_bytes(layers=layers, heads=heads, seq_len=tokens, block_size=block)
-        geometry = BlockGeometry(tokens, block, 0 if text_first else tokens - text, text)
+        geometry = BlockGeometry(tokens, block, head=text if text_first else 0, tail=0 if text_first else text)
         qb = geometry.num_blocks
         width = geometry.list_width(keep_count(tier_sparsities(sparsity)[0], geometry.selectable))
         rows.append({

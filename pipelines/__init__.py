@@ -5,8 +5,9 @@
     ...
     handle.remove()
 
-Supported transformers: Wan 2.1 / 2.2, HunyuanVideo, CogVideoX / CogVideoX1.5 (and subclasses),
-one record each in ``pipelines.families``. A method is any object following the protocol in
+Supported transformers: every family in ``pipelines.families.FAMILIES`` (Wan 2.1 / 2.2 and its
+variants, HunyuanVideo and 1.5 and Framepack, CogVideoX and ConsisID, LTX-Video, LTX-2, Mochi,
+Kandinsky 5; README "Supported models"), and subclasses, one record each in ``pipelines.families``. A method is any object following the protocol in
 ``sparse_vdit.protocol`` (subclass ``AttentionMethod``); the protocol and the static methods are
 re-exported here.
 """
@@ -15,6 +16,11 @@ from pipelines.apply import AttachedAttention, SparseAttentionHandle, apply_spar
 from pipelines.families import Family, family_of, model_info, token_layout_of
 from pipelines.families.cogvideox import CogVideoXSparseAttnProcessor
 from pipelines.families.hunyuan_video import HunyuanVideoSparseAttnProcessor
+from pipelines.families.hunyuan_video15 import HunyuanVideo15SparseAttnProcessor
+from pipelines.families.kandinsky5 import Kandinsky5SparseAttnProcessor
+from pipelines.families.ltx import LTXVideoSparseAttnProcessor
+from pipelines.families.ltx2 import LTX2VideoSparseAttnProcessor
+from pipelines.families.mochi import MochiSparseAttnProcessor
 from pipelines.families.wan import WanSparseAttnProcessor
 from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs, StepTracker
@@ -44,4 +50,9 @@ __all__ = [
     "WanSparseAttnProcessor",
     "HunyuanVideoSparseAttnProcessor",
     "CogVideoXSparseAttnProcessor",
+    "HunyuanVideo15SparseAttnProcessor",
+    "LTXVideoSparseAttnProcessor",
+    "LTX2VideoSparseAttnProcessor",
+    "MochiSparseAttnProcessor",
+    "Kandinsky5SparseAttnProcessor",
 ]

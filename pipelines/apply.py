@@ -9,6 +9,9 @@ Or the diffusers way, with the processors in your hands:
 
     attached = attach_sparse_attention(pipe.transformer, method)   # step tracker on, nothing swapped yet
     pipe.transformer.set_attn_processor(attached.processors())     # every key, ours where they belong
+
+A few transformers have no ``set_attn_processor`` (diffusers 0.42: Mochi, HunyuanVideo-Framepack);
+``set_attention_processors(transformer, attached.processors())`` installs the dict on any of them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from pipelines.processors import ProcessorConfig
 from pipelines.step_tracking import StepTracker
 from sparse_vdit.protocol import AttentionMethod, ModelInfo
 
-__all__ = ["AttachedAttention", "SparseAttentionHandle", "attach_sparse_attention", "apply_sparse_attention"]
+__all__ = [
+    "AttachedAttention",
+    "SparseAttentionHandle",
+    "attach_sparse_attention",
+    "apply_sparse_attention",
+    "attention_processors",
+    "set_attention_processors",
+]
 
 _ATTACHED_ATTR = "_sparse_vdit_attached"
 PROCESSOR_SUFFIX = ".processor"
@@ -41,7 +51,7 @@ class AttachedAttention:
         tracker: the ``StepTracker`` hooked on it.
         ours: ``{"<module path>.processor": processor}`` for the layers the method serves.
         originals: every attention processor the transformer had when attached, same keys as
-            ``transformer.attn_processors``.
+            ``transformer.attn_processors`` (``attention_processors``).
     """
 
     transformer: torch.nn.Module
@@ -72,7 +82,7 @@ class AttachedAttention:
             )
         if current is None:
             return
-        self.transformer.set_attn_processor(dict(self.originals))
+        set_attention_processors(self.transformer, dict(self.originals))
         self.tracker.remove()
         delattr(self.transformer, _ATTACHED_ATTR)
 
@@ -88,6 +98,7 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     """
     transformer = getattr(transformer, "_orig_mod", transformer)
     family: Family = family_of(transformer)
+    family.check_config(transformer.config)
     if getattr(transformer, _ATTACHED_ATTR, None) is not None:
         raise RuntimeError(
             "sparse attention is already applied to this transformer: call handle.remove() (or detach()) "
@@ -97,14 +108,14 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     info = model_info(transformer, family)
     method.validate(info)
     ulysses_group(getattr(transformer, "_parallel_config", None), info.num_heads)  # heads that do not split: raise now
-    originals = dict(transformer.attn_processors)
+    originals = attention_processors(transformer)
     tracker = StepTracker(transformer, method, info, family)
     ours = {}
     for index, name in enumerate(info.layer_names):
         key = name + PROCESSOR_SUFFIX
         if key not in originals:
             tracker.remove()
-            raise RuntimeError(f"{name} has no attention processor slot ({key} is not in attn_processors)")
+            raise RuntimeError(f"{name} has no attention processor slot ({key} is not among its attention processors)")
         config = ProcessorConfig(layer_index=index, layer_name=name, num_heads=info.num_heads, head_dim=info.head_dim)
         processor = family.processor_cls(config, method, tracker)
         stock = originals[key]
@@ -115,6 +126,33 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     attached = AttachedAttention(transformer, info, tracker, ours, originals)
     setattr(transformer, _ATTACHED_ATTR, attached)
     return attached
+
+
+def attention_processors(transformer: torch.nn.Module) -> dict:
+    """``{"<module path>.processor": processor}`` of every attention module: diffusers'
+    ``transformer.attn_processors``, or, for a model without it (Mochi, HunyuanVideo-Framepack in
+    diffusers 0.42), every submodule's ``processor``."""
+    if hasattr(transformer, "attn_processors"):
+        return dict(transformer.attn_processors)
+    return {
+        f"{name}{PROCESSOR_SUFFIX}": module.processor
+        for name, module in transformer.named_modules()
+        if getattr(module, "processor", None) is not None
+    }
+
+
+def set_attention_processors(transformer: torch.nn.Module, processors: dict) -> None:
+    """Install ``processors`` (keys as ``attention_processors`` gives them): through diffusers'
+    ``set_attn_processor`` (which needs every key), or module by module on a model without it."""
+    if hasattr(transformer, "set_attn_processor"):
+        transformer.set_attn_processor(processors)
+        return
+    for key, processor in processors.items():
+        module = transformer.get_submodule(key.removesuffix(PROCESSOR_SUFFIX))
+        if hasattr(module, "set_processor"):
+            module.set_processor(processor)
+        else:
+            module.processor = processor
 
 
 def _check_method(method: Any) -> None:
@@ -186,24 +224,25 @@ def _transformers_of(obj) -> tuple[list[torch.nn.Module], Any]:
 def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod) -> SparseAttentionHandle:
     """Install ``method`` on a pipeline's transformer(s) (Wan 2.2: both) or on one transformer.
 
-    Our processors replace the stock ones on the joint self-attention layers only (Wan ``attn1``;
-    HunyuanVideo dual and single blocks; CogVideoX ``attn1``); every other attention module keeps
-    its processor. For a pipeline, its scheduler's ``set_timesteps`` is wrapped so each call of the
+    Our processors replace the stock ones on the video self-attention layers only (the record's
+    ``patterns``: Wan ``attn1``; HunyuanVideo dual and single blocks; CogVideoX ``attn1``; ...);
+    every other attention module (cross-attention, text refiners, audio) keeps its processor. For a pipeline, its scheduler's ``set_timesteps`` is wrapped so each call of the
     pipeline starts a new generation with a known timestep schedule.
 
     Raises:
-        TypeError: unsupported transformer class (the message names the supported ones).
+        TypeError: unsupported transformer class (the message names the supported ones and, for a
+            model that cannot be served, why), or a configuration of it that cannot be served.
         ValueError: ``method.validate`` found the method was made for another model.
     """
     transformers, scheduler = _transformers_of(pipe_or_transformer)
     for t in transformers:  # every check before any change
-        family_of(t)
+        family_of(t).check_config(getattr(t, "_orig_mod", t).config)
     attached: list[AttachedAttention] = []
     try:
         for t in transformers:
             a = attach_sparse_attention(t, method)
             attached.append(a)
-            a.transformer.set_attn_processor(a.processors())
+            set_attention_processors(a.transformer, a.processors())
     except Exception:
         for a in attached:
             a.detach()

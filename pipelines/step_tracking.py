@@ -61,7 +61,11 @@ MAX_SUSPENDED = 4  # unfinished generations kept for resumption (each holds its 
 
 @dataclass
 class ForwardInputs:
-    """What a family adapter reads from a transformer forward's arguments."""
+    """What a family adapter reads from a transformer forward's arguments.
+
+    ``prefix_len`` / ``suffix_len``: conditioning tokens off the latent grid, right before / after
+    it in the joint sequence (``TokenLayout``); 0 for most models.
+    """
 
     latent_frames: int
     latent_height: int
@@ -72,6 +76,8 @@ class ForwardInputs:
     batch_size: int
     device: torch.device
     dtype: torch.dtype
+    prefix_len: int = 0
+    suffix_len: int = 0
 
 
 @dataclass
@@ -158,7 +164,8 @@ class StepTracker:
         name, ctx_step, ctx_num = self._context_hook.current()
         gen = self._advance(t, name, ctx_step, ctx_num)
         layout = self.family.token_layout(
-            module.config, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len
+            module.config, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len,
+            prefix_len=inputs.prefix_len, suffix_len=inputs.suffix_len,
         )
         branch = gen.branch_names.index(name) if name is not None else gen.calls_at_step
         gen.calls_at_step += 1

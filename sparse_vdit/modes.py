@@ -15,7 +15,9 @@ A mode says which keys a video query token attends, in terms of latent frames an
 
 Choices where the paper is open (written down here, tested in tests/test_modes.py):
 - Bands are over whole latent rows (all columns of a row), so a band is contiguous in token order.
-- Text rows and columns are always dense ("text sink") except in Skip, whose output is all zero.
+- Text rows and columns are always dense ("text sink") except in Skip, whose output is all zero;
+  so are the rows and columns of conditioning tokens off the video grid (``TokenLayout.prefix_len``
+  / ``suffix_len``: Framepack's history latents, LTX's extra conditioning and keyframe tokens).
 - Blockification: a mode keeps every (query block, key block) that touches its element pattern,
   and computes those blocks fully (no element mask): the kept set *is* the block set, so the
   density d of a mode is its block density. That is the AdaSpa observation (blockified patterns)
@@ -188,8 +190,8 @@ def _row_relation(mode: Mode, layout: TokenLayout, device) -> torch.Tensor:
 
 def mode_mask_mod(mode: Mode, layout: TokenLayout):
     """The mode's element pattern as a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx)``
-    (text rows / columns dense, Skip all False). Blocks of ``mode_block_map`` are exactly the
-    blocks this pattern touches."""
+    (rows / columns of text and other tokens off the grid dense, Skip all False). Blocks of
+    ``mode_block_map`` are exactly the blocks this pattern touches."""
 
     # The [G, G] row relation is built once; mask_mod is called once per strip of query blocks.
     relation = _row_relation(mode, layout, None)
@@ -203,24 +205,24 @@ def mode_mask_mod(mode: Mode, layout: TokenLayout):
         gq = (fq * layout.rows + rq).clamp_min(0)
         gk = (fk * layout.rows + rk).clamp_min(0)
         video = rel[gq, gk] & (fq >= 0) & (fk >= 0)
-        return video | layout.is_text(q_idx) | layout.is_text(kv_idx)
+        return video | layout.off_grid(q_idx) | layout.off_grid(kv_idx)
 
     return mask_mod
 
 
 def _block_spans(layout: TokenLayout, block: int, device):
-    """Per block of ``block`` tokens: (has_video, first global row, last global row, has_text)."""
+    """Per block of ``block`` tokens: (has_video, first global row, last global row, has_off_grid),
+    has_off_grid when the block holds a token off the grid (text, prefix, suffix: dense)."""
     n = cdiv(layout.seq_len, block)
     start = torch.arange(n, device=device) * block
     end = torch.clamp(start + block, max=layout.seq_len) - 1  # inclusive
-    v0, v1 = layout.video_start, layout.video_start + layout.video_len - 1
+    v0, v1 = layout.video_start, layout.video_end - 1
     has_video = (end >= v0) & (start <= v1)
     g_first = (torch.clamp(start, min=v0) - v0) // layout.cols
     g_last = (torch.clamp(end, max=v1) - v0) // layout.cols
-    t0, t1 = layout.text_start, layout.text_start + layout.text_len - 1
-    has_text = (end >= t0) & (start <= t1) if layout.text_len else torch.zeros_like(has_video)
+    off_grid = (start < v0) | (end > v1)
     g_max = layout.frames * layout.rows - 1  # blocks without video get any valid row; has_video masks them
-    return has_video, g_first.clamp(0, g_max), g_last.clamp(0, g_max), has_text
+    return has_video, g_first.clamp(0, g_max), g_last.clamp(0, g_max), off_grid
 
 
 # The largest layouts a plan is made for: its block maps are [N, N] for N blocks per axis and its

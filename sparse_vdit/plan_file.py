@@ -8,7 +8,8 @@ Format (schema 1), one JSON object:
     model                ModelInfo fields (family, num_layers, num_heads, head_dim, layer_names,
                          text_position, patch_size, config_fingerprint)
     model_config         the transformer config it was searched on (private keys dropped)
-    token_layout         {frames, rows, cols, text_len, text_position} it was searched at
+    token_layout         {frames, rows, cols, text_len, text_position} it was searched at, and
+                         prefix_len / suffix_len when the layout has conditioning tokens off its grid
     num_steps, block_size, lambda, epsilon
     modes                the table of distinct modes, e.g. {"mode": "diagonal", "rows": 4}
     steps                [{"start": 0, "end": 10, "layers": [[mode index per head] per layer]}, ...]
@@ -47,6 +48,7 @@ MAX_PLAN_BYTES = 64 * 2**20  # a 50-step, 40-layer, 40-head plan whose every ste
 LINE_WIDTH = 100  # a container this short is written on one line
 _MODEL_KEYS = ("family", "num_layers", "num_heads", "head_dim", "layer_names", "text_position", "patch_size", "config_fingerprint")
 _LAYOUT_KEYS = ("frames", "rows", "cols", "text_len", "text_position")
+_LAYOUT_OPTIONAL_KEYS = ("prefix_len", "suffix_len")  # written only when nonzero
 _TOP_KEYS = (
     "schema_version", "sparse_vdit_version", "created", "model", "model_config", "token_layout", "num_steps",
     "block_size", "lambda", "epsilon", "modes", "steps", "cost", "expected_density", "predicted_speedup", "calibration",
@@ -74,7 +76,10 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "created": plan.created,
         "model": model,
         "model_config": plan.model_config,
-        "token_layout": {key: getattr(plan.token_layout, key) for key in _LAYOUT_KEYS},
+        "token_layout": {
+            **{key: getattr(plan.token_layout, key) for key in _LAYOUT_KEYS},
+            **{key: n for key in _LAYOUT_OPTIONAL_KEYS if (n := getattr(plan.token_layout, key))},
+        },
         "num_steps": plan.num_steps,
         "block_size": plan.block_size,
         "lambda": plan.lam,
@@ -151,14 +156,14 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _section(value: Any, where: str, keys: tuple[str, ...]) -> dict:
-    """``value`` as a JSON object holding exactly ``keys``."""
+def _section(value: Any, where: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """``value`` as a JSON object holding exactly ``keys``, and any of ``optional``."""
     if not isinstance(value, dict):
         raise PlanError(f"{where} must be a JSON object, got {_short(value)}: {REMAKE}")
     missing = [k for k in keys if k not in value]
     if missing:
         raise PlanError(f"{where} lacks {', '.join(map(repr, missing))}: the file is incomplete; {REMAKE}")
-    unknown = sorted(set(value) - set(keys))
+    unknown = sorted(set(value) - set(keys) - set(optional))
     if unknown:
         raise PlanError(
             f"{where} has unknown field(s) {', '.join(map(repr, unknown))} (it holds {', '.join(keys)}): "
@@ -227,8 +232,8 @@ def _read_model(value: Any) -> ModelInfo:
 
 
 def _read_layout(value: Any) -> TokenLayout:
-    layout = _section(value, "token_layout", _LAYOUT_KEYS)
-    for key in _LAYOUT_KEYS:
+    layout = _section(value, "token_layout", _LAYOUT_KEYS, _LAYOUT_OPTIONAL_KEYS)
+    for key in layout:
         _take(layout, key, "str" if key == "text_position" else "int", "token_layout")
     try:
         return TokenLayout(**layout)

@@ -67,9 +67,7 @@ def element_mask(blocks: torch.Tensor, seq: int, block: int = BLOCK) -> torch.Te
 
 def served_rows(geometry: BlockGeometry) -> torch.Tensor:
     """[S] bool: query rows outside text-only blocks (the rows a selection serves)."""
-    blocks = torch.ones(geometry.num_blocks, dtype=torch.bool)
-    blocks[geometry.text_only_blocks.start:geometry.text_only_blocks.stop] = False
-    return blocks.repeat_interleave(geometry.block_size)[: geometry.seq_len]
+    return geometry.served_rows().repeat_interleave(geometry.block_size)[: geometry.seq_len]
 
 
 def recall64(p: torch.Tensor, blocks: torch.Tensor, geometry: BlockGeometry, kv_lens=None) -> torch.Tensor:
@@ -117,17 +115,14 @@ def test_selection_is_rowwise_topk_and_recall_matches_float64(request, case, spa
     torch.testing.assert_close(state.recall[0].double(), recall64(p, blocks, geometry), rtol=0, atol=2e-6)
 
     # Text key blocks in every served row; text-only rows select nothing (they run dense).
-    text, text_only = geometry.text_blocks, geometry.text_only_blocks
-    rows = torch.ones(geometry.num_blocks, dtype=torch.bool)
-    rows[text_only.start:text_only.stop] = False
-    assert blocks[:, :, rows][..., text.start:text.stop].all()
+    text, rows = geometry.forced_keys(), geometry.served_rows()
+    assert blocks[:, :, rows][..., text].all()
     assert not blocks[:, :, ~rows].any()
 
     # Per served row, the video blocks kept are the largest by float64 mass, as many as the head's tier says.
     mass64 = torch.nn.functional.pad(p, (0, geometry.num_blocks * BLOCK - S, 0, geometry.num_blocks * BLOCK - S))
     mass64 = mass64.unflatten(2, (-1, BLOCK)).unflatten(-1, (-1, BLOCK)).sum((3, 5))
-    video = torch.ones(geometry.num_blocks, dtype=torch.bool)
-    video[text.start:text.stop] = False
+    video = ~text
     kept_video = blocks & video
     for h in range(H):
         want = keep_count(float(state.head_sparsity[0][0, h]), geometry.selectable)
@@ -341,9 +336,9 @@ def test_pack_unpack_and_layout_round_trip(kb):
 
 def test_geometry_of_text_before_and_after():
     after = BlockGeometry.of(S, BLOCK, TEXT_CASES["text-after"])  # text 180..199
-    assert (after.text_blocks, after.text_only_blocks, after.selectable) == (range(11, 13), range(12, 13), 11)
+    assert (after.dense_key_blocks, after.dense_query_blocks, after.selectable) == ((range(11, 13),), (range(12, 13),), 11)
     before = BlockGeometry.of(S, BLOCK, TEXT_CASES["text-before"])  # text 0..19
-    assert (before.text_blocks, before.text_only_blocks, before.selectable) == (range(0, 2), range(0, 1), 11)
+    assert (before.dense_key_blocks, before.dense_query_blocks, before.selectable) == ((range(0, 2),), (range(0, 1),), 11)
     with pytest.raises(ValueError, match="token layout describes"):
         BlockGeometry.of(S + 1, BLOCK, TEXT_CASES["text-after"])
 

@@ -211,7 +211,7 @@ def case_compiled() -> dict:
 CASES = {"wan": case_wan, "hunyuan": case_hunyuan, "uneven": case_uneven, "compiled": case_compiled}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, store: str, out_dir: str, cases: dict) -> None:
     import torch.distributed as dist
 
     os.environ.pop("TRITON_INTERPRET", None)  # the kernels' PyTorch path (see the module docstring)
@@ -220,19 +220,24 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=300))
     try:
-        results = {name: case() for name, case in CASES.items()}
+        results = {name: case() for name, case in cases.items()}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def spawn_cases(tmp: Path, cases: dict) -> list[dict]:
+    """Run ``cases`` ({name: a picklable function returning what it saw}) in ``WORLD`` gloo
+    processes; each rank's {name: result}, in rank order."""
     import torch.multiprocessing as mp
 
-    tmp = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_worker, args=(WORLD, str(tmp / "store"), str(tmp)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, str(tmp / "store"), str(tmp), cases), nprocs=WORLD, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    return spawn_cases(tmp_path_factory.mktemp("gloo"), CASES)
 
 
 # ----------------------------------------------------------------------------- checks

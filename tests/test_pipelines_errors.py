@@ -31,7 +31,8 @@ class PlanFor(AttentionMethod):
 
 
 def test_unsupported_model_names_the_supported_ones():
-    with pytest.raises(TypeError, match="WanTransformer3DModel, HunyuanVideoTransformer3DModel, CogVideoXTransformer3DModel"):
+    with pytest.raises(TypeError, match=r"WanTransformer3DModel \(Wan 2.1 / 2.2\), HunyuanVideoTransformer3DModel "
+                                        r"\(HunyuanVideo\), CogVideoXTransformer3DModel"):
         apply_sparse_attention(torch.nn.Linear(4, 4), FullAttention())
     with pytest.raises(TypeError, match="diffusers pipeline or transformer"):
         apply_sparse_attention(object(), FullAttention())

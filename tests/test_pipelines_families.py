@@ -193,8 +193,8 @@ def test_every_record_serves_its_tiny_model(name):
     assert len(method.seen) == info.num_layers
     assert all(layout_len == q_len for layout_len, q_len, _ in method.seen)
     batch = kwargs["hidden_states"].shape[0]
-    for seq_len, _, kv_lens in method.seen:  # HunyuanVideo's tiny prompts are padded; the others have none
-        assert (kv_lens is not None) == (family.class_name == "HunyuanVideoTransformer3DModel")
+    for seq_len, _, kv_lens in method.seen:  # the tiny prompts of families with text after the video are padded
+        assert (kv_lens is not None) == (family.text_position == "after")
         assert kv_lens is None or (kv_lens.dtype == torch.int32 and kv_lens.shape == (batch,) and bool((kv_lens <= seq_len).all()))
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5 * stock.abs().max().item())
     with apply_sparse_attention(model, FullAttention()):
@@ -202,7 +202,13 @@ def test_every_record_serves_its_tiny_model(name):
 
 
 def test_registry_lists_the_supported_classes():
-    assert SUPPORTED_TRANSFORMERS == ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "CogVideoXTransformer3DModel")
+    assert SUPPORTED_TRANSFORMERS == (
+        "WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "CogVideoXTransformer3DModel",
+        "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel", "WanAnimateTransformer3DModel",
+        "HunyuanVideo15Transformer3DModel", "HunyuanVideoFramepackTransformer3DModel", "LTXVideoTransformer3DModel",
+        "LTX2VideoTransformer3DModel", "MochiTransformer3DModel", "Kandinsky5Transformer3DModel",
+        "ConsisIDTransformer3DModel", "ChronoEditTransformer3DModel",
+    )
     assert all(f.class_name == name for name, f in FAMILIES.items())
 
 

@@ -16,6 +16,16 @@ to ``FAMILIES`` below:
                       come last in the joint sequence)
     tiny_transformer  () -> a tiny random-weight model; tiny_inputs: (model) -> forward kwargs
 
+A record may also say the model's ``name``, its ``pipelines``, its ``standard`` size (README),
+an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason) and a
+``cp_plan`` sparse-vdit provides where diffusers ships none. A model whose read differs (a grid
+passed as arguments, conditioning tokens off the grid) says so through ``read_inputs``'s
+``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special case elsewhere.
+
+Video transformers diffusers ships that no record serves are in ``UNSUPPORTED`` with the reason:
+either they cannot be served (no softmax attention over a video token grid) or no record serves
+them yet. The error for an unsupported class names the supported ones and, for a listed one, why.
+
 Here: the registry, ``family_of``, ``model_info`` and ``token_layout_of``.
 """
 
@@ -25,12 +35,27 @@ from typing import Any
 
 import torch
 
-from pipelines.families import cogvideox, hunyuan_video, wan
+from pipelines.families import (
+    chronoedit,
+    cogvideox,
+    consisid,
+    hunyuan_video,
+    hunyuan_video15,
+    hunyuan_video_framepack,
+    kandinsky5,
+    ltx,
+    ltx2,
+    mochi,
+    skyreels_v2,
+    wan,
+    wan_animate,
+    wan_vace,
+)
 from pipelines.families.record import Family, config_value
 from sparse_vdit.protocol import ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 
-__all__ = ["Family", "FAMILIES", "SUPPORTED_TRANSFORMERS", "family_of", "model_info", "token_layout_of"]
+__all__ = ["Family", "FAMILIES", "SUPPORTED_TRANSFORMERS", "UNSUPPORTED", "family_of", "model_info", "token_layout_of"]
 
 FAMILIES: dict[str, Family] = {
     family.class_name: family
@@ -38,15 +63,66 @@ FAMILIES: dict[str, Family] = {
         wan.FAMILY,
         hunyuan_video.FAMILY,
         cogvideox.FAMILY,
+        wan_vace.FAMILY,
+        skyreels_v2.FAMILY,
+        wan_animate.FAMILY,
+        hunyuan_video15.FAMILY,
+        hunyuan_video_framepack.FAMILY,
+        ltx.FAMILY,
+        ltx2.FAMILY,
+        mochi.FAMILY,
+        kandinsky5.FAMILY,
+        consisid.FAMILY,
+        chronoedit.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
 
+CANNOT = "cannot be served: "
+NOT_YET = "not served yet: "
+# The video transformers of diffusers 0.42 that no record serves, and why (README: "Supported models").
+UNSUPPORTED: dict[str, str] = {
+    "SanaVideoTransformer3DModel": CANNOT + "its self-attention is linear attention (ReLU kernels), which forms no "
+    "softmax attention map to make sparse",
+    "SanaWMTransformer3DModel": CANNOT + "three of four blocks run gated-delta-net linear attention and the "
+    "softmax blocks carry camera-conditioned extra paths; no softmax attention over the whole token grid to make sparse",
+    "LatteTransformer3DModel": CANNOT + "its attention is factorised: spatial blocks attend within one frame and "
+    "temporal blocks within one position, never over the joint frames x rows x cols grid",
+    "AnyFlowFARTransformer3DModel": CANNOT + "frame-autoregressive generation attends a causal block mask over a KV "
+    "cache of earlier frames, not a self-attention of the whole grid",
+    "WanAnimate2Transformer3DModel": CANNOT + "it already attends through its own flex BlockMask over generation and "
+    "cached reference tokens (a KV cache), not a dense self-attention of one grid",
+    "SanaWMLTX2RefinerTransformer3DModel": CANNOT + "the refiner attends a KV cache of earlier chunks, not a "
+    "self-attention of one grid",
+    "Kandinsky6SRTransformer3DModel": CANNOT + "the super-resolution model always runs its own NABLA block-sparse "
+    "attention (flex BlockMask) on tokens it reorders into tiles",
+    "Cosmos3OmniTransformer": CANNOT + "an omni model over packed understanding (causal) and generation tokens, not "
+    "a video self-attention over one grid",
+    "AllegroTransformer3DModel": NOT_YET + "softmax self-attention over the video grid with 3-D RoPE; a record like "
+    "Wan's would serve it",
+    "EasyAnimateTransformer3DModel": NOT_YET + "joint [text | video] softmax attention that calls SDPA directly; a "
+    "record like CogVideoX's would serve it",
+    "CosmosTransformer3DModel": NOT_YET + "softmax self-attention over the video grid (Cosmos Predict 1 / 2.5); a "
+    "record like Wan's would serve it",
+    "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
+    "attention-level cp_plan; a record with a conditioning prefix would serve it",
+    "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "
+    "like HunyuanVideo's would serve it",
+    "AnyFlowTransformer3DModel": NOT_YET + "Wan-like self-attention with its own processor and two-timestep "
+    "embedding; a record like Wan's would serve it",
+    "Kandinsky6Transformer3DModel": NOT_YET + "fused text-video-audio blocks with separate key RoPE; a record like "
+    "Kandinsky 5's would serve its video self-attention",
+    "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
+    "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
+}
+
 
 def _unsupported(name: str) -> TypeError:
+    supported = ", ".join(f"{f.class_name} ({f.name})" if f.name else f.class_name for f in FAMILIES.values())
+    why = f" ({UNSUPPORTED[name]})" if name in UNSUPPORTED else ""
     return TypeError(
-        f"sparse-vdit does not support {name}: supported transformers are {', '.join(SUPPORTED_TRANSFORMERS)} "
-        "(or subclasses of them). Pass a pipeline using one of them or its .transformer"
+        f"sparse-vdit does not support {name}{why}: supported transformers are {supported}, and subclasses of "
+        "them. Pass a pipeline using one of them or its .transformer"
     )
 
 
@@ -72,6 +148,8 @@ def token_layout_of(
     latent_width: int,
     *,
     text_len: int | None = None,
+    prefix_len: int = 0,
+    suffix_len: int = 0,
 ) -> TokenLayout:
     """Layout of a diffusers video transformer's joint attention for a latent of T x H x W.
 
@@ -81,7 +159,10 @@ def token_layout_of(
         latent_frames, latent_height, latent_width: the latent video (after the VAE, before
             patchify), e.g. Wan 480p 81 frames: 21 x 60 x 104.
         text_len: text tokens in the joint sequence: HunyuanVideo's padded prompt length
-            (default 256); CogVideoX defaults to ``max_text_seq_length``; Wan has none.
+            (default 256); CogVideoX defaults to ``max_text_seq_length``; Wan has none (each
+            record's ``default_text_len``).
+        prefix_len, suffix_len: conditioning tokens off the grid, before / after it
+            (HunyuanVideo-Framepack's history latents, LTX's extra conditioning, LTX-2's keyframes).
     """
     if isinstance(transformer_or_config, torch.nn.Module):
         family = family_of(transformer_or_config)
@@ -97,4 +178,5 @@ def token_layout_of(
         if name not in FAMILIES:
             raise _unsupported(name)
         family = FAMILIES[name]
-    return family.token_layout(config, latent_frames, latent_height, latent_width, text_len=text_len)
+    return family.token_layout(config, latent_frames, latent_height, latent_width, text_len=text_len,
+                               prefix_len=prefix_len, suffix_len=suffix_len)

@@ -7,15 +7,17 @@ Joint attention ``transformer_blocks.{i}.attn1`` over [text | video], text of
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from kernels.helpers import cdiv
-from pipelines.families.record import Family, config_value, square_patch_size, video_inputs
+from pipelines.families.record import Family, StandardSize, config_value, square_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
 
-__all__ = ["FAMILY", "CogVideoXSparseAttnProcessor", "tiny_cogvideox_transformer", "cogvideox_inputs"]
+__all__ = ["FAMILY", "CogVideoXSparseAttnProcessor", "cogvideox_family", "tiny_cogvideox_transformer", "cogvideox_inputs"]
 
 
 # ---------------------------------------------------------------------------------- processor
@@ -114,7 +116,7 @@ def cogvideox_inputs(transformer, frames: int = 2, height: int = 8, width: int =
 
     g = tiny_generator(seed)
     cfg = transformer.config
-    p, p_t = cfg.patch_size, cfg.patch_size_t
+    p, p_t = cfg.patch_size, config_value(cfg, "patch_size_t")  # ConsisID's config has no patch_size_t
     grid_h, grid_w = height // p, width // p
     if p_t is None:
         cos, sin = get_3d_rotary_pos_embed(
@@ -145,4 +147,15 @@ FAMILY = Family(
     read_inputs=_read_inputs,
     tiny_transformer=tiny_cogvideox_transformer,
     tiny_inputs=cogvideox_inputs,
+    name="CogVideoX / CogVideoX1.5",
+    pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline",
+               "CogVideoXFunControlPipeline"),
+    standard=StandardSize("CogVideoX1.5: 768 x 1360, 81 frames", {"patch_size": 2, "patch_size_t": 2, "max_text_seq_length": 226},
+                          (22, 96, 170)),
 )
+
+
+def cogvideox_family(class_name: str, **fields) -> Family:
+    """The record of CogVideoX or a model built on its blocks (ConsisID): ``CogVideoXSparseAttnProcessor``
+    on ``transformer_blocks.{i}.attn1``, [text | video], latent [B, T, C, H, W]; ``fields``: the rest."""
+    return dataclasses.replace(FAMILY, class_name=class_name, **fields)

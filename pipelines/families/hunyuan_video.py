@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.families.record import Family, square_patch_size, video_inputs
+from pipelines.families.record import Family, StandardSize, square_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
@@ -49,7 +49,14 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessorBase):
     hidden_states: [B, Sv, C] video tokens, encoder_hidden_states: [B, St, C] text (padded to St),
     attention_mask: [B, 1, 1, Sv + St] bool, False on padded text keys. The joint sequence is
     [video, text]; RoPE touches video only. Returns (video [B, Sv, C], text [B, St, C]) as stock.
+    Also serves HunyuanVideo-Framepack, whose "video" tokens are its history latents and then the
+    video (RoPE on both), and, through ``dense_mask``, HunyuanVideo-1.5.
     """
+
+    def dense_mask(self, attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """The mask the stock processor gives ``dispatch_attention_fn`` for a joint sequence of
+        ``seq_len`` tokens (HunyuanVideo: the model's own)."""
+        return attention_mask
 
     def __call__(
         self,
@@ -75,7 +82,8 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessorBase):
             query, key, value = (torch.cat([video, txt], dim=1) for video, txt in zip((query, key, value), text))
 
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        hidden_states = self.attend(query, key, value, attention_mask, mask_is_key_padding=True, text_tokens=n_text)
+        mask = self.dense_mask(attention_mask, query.shape[1])
+        hidden_states = self.attend(query, key, value, mask, mask_is_key_padding=True, text_tokens=n_text)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:
@@ -181,4 +189,8 @@ FAMILY = Family(
     read_inputs=_read_inputs,
     tiny_transformer=tiny_hunyuan_transformer,
     tiny_inputs=lambda transformer: hunyuan_inputs(),
+    name="HunyuanVideo",
+    pipelines=("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanSkyreelsImageToVideoPipeline"),
+    standard=StandardSize("720p, 129 frames", {"patch_size": 2, "patch_size_t": 1}, (33, 90, 160)),
+    cp_plan=hunyuan_video_cp_plan,
 )

@@ -1,0 +1,246 @@
+"""The families added for the video DiTs of diffusers, each on its tiny model with its conditioning
+inputs (tests/family_cases.py): the token layout read from the forward is the sequence the
+attention really sees (grid, text, conditioning tokens off the grid, key lengths), FullAttention
+gives the stock output (padded prompts included), remove() restores the stock processors exactly;
+the layouts at each family's standard size; what cannot be served is refused with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from family_cases import CASES, SEARCHED
+from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info
+from pipelines.apply import attention_processors, set_attention_processors
+from pipelines.families import FAMILIES, UNSUPPORTED, family_of, kandinsky5, ltx, ltx2, mochi, skyreels_v2, wan
+from pipelines.processors import SparseAttnProcessorBase
+
+diffusers = pytest.importorskip("diffusers")
+
+
+class Recorder(AttentionMethod):
+    """Records each call's token layout, sequence length and key lengths; dense attention."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, call, q, k, v):
+        self.calls.append((call.token_layout, q.shape[2], call.kv_lens))
+        return None
+
+
+def assert_stock(out, stock, what):
+    torch.testing.assert_close(out, stock, rtol=1e-5, atol=1e-5 * float(stock.abs().max()), msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@torch.no_grad()
+def test_full_attention_is_stock_and_the_layout_is_the_sequence(name):
+    case = CASES[name]
+    model = case.build(2)
+    kwargs = case.make_inputs(model)
+    stock = model(**kwargs)[0]
+    method = Recorder()
+    with apply_sparse_attention(model, method):
+        ours = model(**kwargs)[0]
+    info = model_info(model)
+    assert len(method.calls) == info.num_layers == 2, "every served layer asks the method once"
+    layout = method.calls[0][0]
+    for call_layout, seq, kv_lens in method.calls:
+        assert call_layout == layout and seq == layout.seq_len, f"the layout says {layout.describe()}, q has {seq}"
+        assert (kv_lens is not None) == case.padded
+        if kv_lens is not None:
+            assert kv_lens.shape == (case.batch,) and bool((kv_lens > layout.video_end).all())
+            assert bool((kv_lens <= layout.seq_len).all()) and bool((kv_lens < layout.seq_len).any())
+    grid = case.grid(SEARCHED)
+    pt, ph, pw = info.patch_size
+    want = ((grid["frames"] + case.extra_frames) // pt, grid["height"] // ph, grid["width"] // pw)
+    assert (layout.frames, layout.rows, layout.cols) == want
+    assert_stock(ours, stock, "a dense method")
+    with apply_sparse_attention(model, FullAttention()):
+        assert_stock(model(**kwargs)[0], stock, "FullAttention")
+    assert not any(isinstance(p, SparseAttnProcessorBase) for p in attention_processors(model).values())
+    assert torch.equal(model(**kwargs)[0], stock), "remove() must restore the stock processors exactly"
+
+
+# --------------------------------------------------------------------------- what the layouts hold
+def _layout(name, **grid):
+    case = CASES[name]
+    model = case.build(2)
+    method = Recorder()
+    with torch.no_grad(), apply_sparse_attention(model, method):
+        model(**case.make_inputs(model, dict(SEARCHED, **grid)))
+    return method.calls[0]
+
+
+def test_framepack_history_is_a_prefix_and_image_plus_text_comes_after():
+    layout, seq, kv_lens = _layout("framepack")  # 12 x 10 latent, history (2, 2, 4) frames, image 3 + text 6
+    history = 2 * 6 * 5 + 1 * 3 * 3 + 1 * 2 * 2  # 1x clean latents; 2x and 4x after the model's padding
+    assert (layout.prefix_len, layout.video_start, layout.video_len, layout.text_len) == (history, history, 90, 9)
+    assert seq == 73 + 90 + 9 and kv_lens.tolist() == [163 + 3 + 5, 163 + 3 + 3]
+    one, seq, kv_lens = _layout("framepack-one-prompt")  # one sample: the model keeps its 3 + 4 real tokens only
+    assert (one.prefix_len, one.text_len, kv_lens) == (3 * 6 * 5 + 1 * 3 * 3 + 1 * 2 * 2, 7, None) and seq == one.seq_len
+
+
+def test_hunyuan_video_15_counts_image_glyph_and_prompt_tokens():
+    layout, _, kv_lens = _layout("hunyuan-video-1.5-i2v")  # video 3 x 6 x 5; image 3, glyph (2, 1) of 4, prompt (5, 3) of 6
+    assert (layout.text_len, layout.text_position, kv_lens.tolist()) == (13, "after", [90 + 10, 90 + 7])
+    t2v, _, kv_lens = _layout("hunyuan-video-1.5-t2v")  # text-to-video: the image tokens are padding
+    assert kv_lens.tolist() == [90 + 5 + 2, 90 + 3 + 1]
+
+
+def test_ltx_conditioning_tokens_off_the_grid():
+    layout, seq, _ = _layout("ltx-video-condition")  # one extra conditioning frame before a 3 x 6 x 5 grid, coords only
+    assert (layout.prefix_len, layout.frames, layout.rows, layout.cols, seq) == (30, 3, 6, 5, 120)
+    layout, seq, _ = _layout("ltx-2-i2v-keyframes")  # a keyframe of 6 x 5 tokens appended after the grid
+    assert (layout.suffix_len, layout.video_start, seq) == (30, 0, 120)
+
+
+def test_ltx_grid_from_coordinates_and_its_errors():
+    from family_cases import ltx_condition_inputs
+
+    coords = ltx_condition_inputs(3, 6, 5, 500.0, extra_frames=2)["video_coords"]
+    assert ltx.grid_of_coords(coords) == (60, 3, 6, 5)
+    with pytest.raises(ValueError, match="cannot read the latent grid from video_coords.*pass num_frames, height and width"):
+        ltx.grid_of_coords(coords[:, :, :-1])
+    model = ltx2.tiny_ltx2_transformer()
+    kwargs = ltx2.ltx2_inputs()
+    del kwargs["num_frames"]
+    with apply_sparse_attention(model, FullAttention()), pytest.raises(ValueError, match="without num_frames, height and width"):
+        model(**kwargs)
+    kwargs = ltx.ltx_inputs(2, 4, 4)
+    kwargs["num_frames"] = 3
+    model = ltx.tiny_ltx_transformer()
+    with apply_sparse_attention(model, FullAttention()), pytest.raises(ValueError, match="describe 48 tokens.*holds 32"):
+        model(**kwargs)
+
+
+# --------------------------------------------------------------------------- inputs that change the path
+@torch.no_grad()
+def test_skyreels_causal_blocks_run_dense_as_stock():
+    """Diffusion forcing's causal frame blocks put a mask on the self-attention: the method is not
+    asked, the call runs dense through diffusers with that mask, and the output is stock."""
+    model = skyreels_v2.tiny_skyreels_v2_transformer(num_frame_per_block=2)
+    kwargs = wan.wan_inputs(4, 8, 8)
+    stock = model(**kwargs)[0]
+    method = Recorder()
+    with apply_sparse_attention(model, method):
+        assert_stock(model(**kwargs)[0], stock, "causal blocks")
+    assert method.calls == []
+
+
+@torch.no_grad()
+def test_ltx2_spatio_temporal_guidance():
+    """LTX-2 with perturbed attention (STG): the perturbation mask mixes values into the output as
+    stock, and a fully perturbed block skips attention."""
+    model = ltx2.tiny_ltx2_transformer(num_layers=2, perturbed_attn=True)
+    for mask in (torch.tensor([1.0]), torch.tensor([0.0])):
+        kwargs = dict(ltx2.ltx2_inputs(), spatio_temporal_guidance_blocks=[1], perturbation_mask=mask)
+        stock = model(**kwargs)[0]
+        method = Recorder()
+        with apply_sparse_attention(model, method):
+            assert_stock(model(**kwargs)[0], stock, f"perturbation mask {mask.item()}")
+        assert len(method.calls) == (2 if mask.item() else 1), "a fully perturbed block computes no attention"
+
+
+@torch.no_grad()
+def test_the_diffusers_way_on_a_model_without_set_attn_processor():
+    model = mochi.tiny_mochi_transformer()
+    assert not hasattr(model, "set_attn_processor")
+    kwargs = mochi.mochi_inputs()
+    stock = model(**kwargs)[0]
+    attached = attach_sparse_attention(model, FullAttention())
+    set_attention_processors(model, attached.processors())
+    assert sum(isinstance(p, SparseAttnProcessorBase) for p in attention_processors(model).values()) == 2
+    assert_stock(model(**kwargs)[0], stock, "set_attention_processors")
+    attached.detach()
+    assert torch.equal(model(**kwargs)[0], stock)
+
+
+def test_mochi_prompts_must_be_padded_on_the_right():
+    model = mochi.tiny_mochi_transformer()
+    kwargs = mochi.mochi_inputs()
+    kwargs["encoder_attention_mask"] = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with apply_sparse_attention(model, FullAttention()), pytest.raises(ValueError, match="pad on the right"):
+        model(**kwargs)
+
+
+# --------------------------------------------------------------------------- refused, with the reason
+def test_kandinsky_nabla_is_refused_with_the_reason():
+    model = kandinsky5.tiny_kandinsky5_transformer(attention_type="nabla")
+    before = dict(model.attn_processors)
+    with pytest.raises(TypeError, match="attention_type='nabla'.*load the model with attention_type='regular'"):
+        apply_sparse_attention(model, FullAttention())
+    assert {k: type(v) for k, v in model.attn_processors.items()} == {k: type(v) for k, v in before.items()}
+    regular = kandinsky5.tiny_kandinsky5_transformer()
+    kwargs = dict(kandinsky5.kandinsky5_inputs(), sparse_params={"to_fractal": True})
+    with apply_sparse_attention(regular, FullAttention()), pytest.raises(ValueError, match="passes sparse_params"):
+        regular(**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_models_say_why_and_name_the_supported_ones(name):
+    cls = getattr(diffusers, name)
+    fake = type(name, (torch.nn.Module,), {})()  # the class name is what the registry reads
+    assert isinstance(cls, type)
+    with pytest.raises(TypeError) as error:
+        family_of(fake)
+    message = str(error.value)
+    assert f"does not support {name} ({UNSUPPORTED[name]})" in message
+    assert UNSUPPORTED[name].startswith(("cannot be served: ", "not served yet: "))
+    assert all(f"{f.class_name} ({f.name})" in message for f in FAMILIES.values())
+
+
+def test_every_video_transformer_of_diffusers_is_served_or_listed():
+    """Each diffusers class named *Transformer3DModel (the video DiTs) has a record or an entry
+    saying why not; JoyImage's are image-editing models (one image, no frames)."""
+    video = {n for n in dir(diffusers) if n.endswith("Transformer3DModel")} | {"Cosmos3OmniTransformer"}
+    not_video = {"JoyImageEditTransformer3DModel", "JoyImageEditPlusTransformer3DModel"}
+    assert video - not_video <= set(FAMILIES) | set(UNSUPPORTED), sorted(video - set(FAMILIES) - set(UNSUPPORTED))
+    assert not set(FAMILIES) & set(UNSUPPORTED)
+
+
+# --------------------------------------------------------------------------- standard sizes (README)
+STANDARD_TOKENS = {
+    "WanTransformer3DModel": 75_600,  # 720p 81 frames: 21 x 45 x 80
+    "HunyuanVideoTransformer3DModel": 118_800 + 256,
+    "CogVideoXTransformer3DModel": 44_880 + 226,
+    "WanVACETransformer3DModel": 75_600,
+    "SkyReelsV2Transformer3DModel": 25 * 34 * 60,  # 540p 97 frames
+    "WanAnimateTransformer3DModel": 75_600,
+    "HunyuanVideo15Transformer3DModel": 31 * 45 * 80 + 1000 + 256 + 729,  # 720p 121 frames, patch 1 on a 16x VAE
+    "HunyuanVideoFramepackTransformer3DModel": 9 * 45 * 80 + 12_680 + 729 + 256,
+    "LTXVideoTransformer3DModel": 21 * 16 * 22,
+    "LTX2VideoTransformer3DModel": 16 * 16 * 24,
+    "MochiTransformer3DModel": 28 * 30 * 53 + 256,
+    "Kandinsky5Transformer3DModel": 31 * 32 * 48,
+    "ConsisIDTransformer3DModel": 13 * 30 * 45 + 226,
+    "ChronoEditTransformer3DModel": 21 * 30 * 52,
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_standard_size_tokens(name):
+    family = FAMILIES[name]
+    assert family.name and family.pipelines and all(hasattr(diffusers, p) for p in family.pipelines)
+    assert family.standard_layout().seq_len == STANDARD_TOKENS[name]
+
+
+# Ulysses runs through a cp_plan, tested on gloo (tests/test_context_parallel_gloo.py, test_context_parallel_families.py);
+# LTX-2's diffusers plan fails with the stock processors too.
+CONTEXT_PARALLEL = {"WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
+                    "ChronoEditTransformer3DModel"}
+
+
+def test_readme_table_lists_every_family_with_its_tokens():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "Transformer3DModel" in line]
+    for name, family in FAMILIES.items():
+        row = next((r for r in rows if f"`{name}`" in r), None)
+        assert row is not None, f"README's supported-models table has no row for {name}"
+        assert f"{family.standard_layout().seq_len:,}" in row, f"{name}: tokens per forward"
+        assert row.split("|")[-2].strip().startswith("yes") == (name in CONTEXT_PARALLEL), f"{name}: context parallelism"
+    for name in UNSUPPORTED:
+        assert any(f"`{name}`" in r for r in readme.splitlines()), f"README does not say why {name} is not served"
