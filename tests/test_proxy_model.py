@@ -243,3 +243,38 @@ def test_the_trained_checkpoint_ships_and_loads():
     assert record["steps"] > 1000 and record["weights"] == "ema"
     assert record["validation_loss"] < record["initial_validation_loss"] / 5  # it learned
     assert weights_note(pipe) is None
+
+
+def test_default_prompts_are_known_to_the_shipped_checkpoint():
+    """The demo's and eval's prompts are training captions whose every word the shipped checkpoint's
+    tokenizer knows (no <unk>), and a plan is never searched on an evaluated prompt."""
+    from pipelines.loading import PROXY_CPU_DEFAULTS, PROXY_DEFAULTS
+    from pipelines.proxy import PROXY_CAPTIONS
+
+    vocab = set(read_proxy_metadata()["vocab"])
+    for defaults in (PROXY_CPU_DEFAULTS, PROXY_DEFAULTS):
+        for prompt in defaults.prompts + defaults.search_prompts:
+            assert prompt in PROXY_CAPTIONS and set(prompt.split()) <= vocab, prompt
+        assert not set(defaults.prompts) & set(defaults.search_prompts)
+
+
+@pytest.mark.distributed
+def test_data_parallel_stretch_under_torchrun(tmp_path):
+    """torchrun with two CPU processes (gloo): both ranks train on their own videos, stop at the same
+    step, and rank 0 alone writes one checkpoint whose record counts both GPUs' videos."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "pipelines.proxy.train", "--smoke", "--max-steps", "4", "--log-every", "2", "--no-samples", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "training.json").read_text())
+    (stretch,) = record["stretches"]
+    assert stretch["gpus"] == 2 and stretch["steps"] == 4 and record["gpus"] == 2
+    assert stretch["videos"] == 2 * 4 * 4  # two ranks x four steps x batch 4 (both smoke sizes batch 4)
+    assert read_proxy_metadata(out / "proxy.safetensors")["training"]["steps"] == 4
+    assert done.stdout.count("trained 4 steps") == 1  # rank 0 reports

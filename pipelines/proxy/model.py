@@ -65,7 +65,7 @@ CHECKPOINT_FORMAT = "sparse-vdit-proxy/1"
 PATCH_ELEMENTS = 4  # the transformer's patch (1, 2, 2)
 MAX_CHECKPOINT_BYTES = 25 * 1000**2
 PART_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB
-TRAIN_COMMAND = "python -m pipelines.proxy.train --minutes 9 --resume pipelines/proxy/proxy.safetensors"
+TRAIN_COMMAND = "python -m pipelines.proxy.train --minutes 9"
 
 
 @dataclass(frozen=True)
