@@ -11,37 +11,32 @@ one record each in ``pipelines.families``. A method is any object following the 
 re-exported here.
 """
 
-from pipelines.apply import AttachedAttention, SparseAttentionHandle, apply_sparse_attention, attach_sparse_attention
-from pipelines.families import Family, family_of, model_info, token_layout_of
-from pipelines.families.cogvideox import CogVideoXSparseAttnProcessor
-from pipelines.families.hunyuan_video import HunyuanVideoSparseAttnProcessor
-from pipelines.families.wan import WanSparseAttnProcessor
-from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
-from pipelines.step_tracking import ForwardInputs, StepTracker
-from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo, check_model_matches
-from sparse_vdit.static_methods import FullAttention, StaticMaskAttention
+from kernels.helpers import lazy_exports
 
-__all__ = [
-    "apply_sparse_attention",
-    "attach_sparse_attention",
-    "SparseAttentionHandle",
-    "AttachedAttention",
-    "AttentionMethod",
-    "AttentionCall",
-    "ForwardContext",
-    "ModelInfo",
-    "FullAttention",
-    "StaticMaskAttention",
-    "check_model_matches",
-    "StepTracker",
-    "ForwardInputs",
-    "Family",
-    "family_of",
-    "model_info",
-    "token_layout_of",
-    "ProcessorConfig",
-    "SparseAttnProcessorBase",
-    "WanSparseAttnProcessor",
-    "HunyuanVideoSparseAttnProcessor",
-    "CogVideoXSparseAttnProcessor",
-]
+# Loaded on first use: ``import pipelines`` imports neither torch nor diffusers.
+_EXPORTS = {
+    "apply_sparse_attention": "pipelines.apply",
+    "attach_sparse_attention": "pipelines.apply",
+    "SparseAttentionHandle": "pipelines.apply",
+    "AttachedAttention": "pipelines.apply",
+    "AttentionMethod": "sparse_vdit.protocol",
+    "AttentionCall": "sparse_vdit.protocol",
+    "ForwardContext": "sparse_vdit.protocol",
+    "ModelInfo": "sparse_vdit.protocol",
+    "check_model_matches": "sparse_vdit.protocol",
+    "FullAttention": "sparse_vdit.static_methods",
+    "StaticMaskAttention": "sparse_vdit.static_methods",
+    "StepTracker": "pipelines.step_tracking",
+    "ForwardInputs": "pipelines.step_tracking",
+    "Family": "pipelines.families",
+    "family_of": "pipelines.families",
+    "model_info": "pipelines.families",
+    "token_layout_of": "pipelines.families",
+    "ProcessorConfig": "pipelines.processors",
+    "SparseAttnProcessorBase": "pipelines.processors",
+    "WanSparseAttnProcessor": "pipelines.families.wan",
+    "HunyuanVideoSparseAttnProcessor": "pipelines.families.hunyuan_video",
+    "CogVideoXSparseAttnProcessor": "pipelines.families.cogvideox",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -57,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
     from adaspa import AdaSpaAttention
-    from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
+    from pipelines.loading import generation_kwargs, open_model
+    from sparse_vdit.cli_args import CPU_WARMUP_STEPS
     from search.candidates import SMALL_CANDIDATES
     from pipelines.evaluation.metrics import psnr_quality
     from pipelines.evaluation.report import legend

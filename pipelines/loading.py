@@ -18,8 +18,10 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where it is used: the commands' --help reads this module
+    import torch
 
 from sparse_vdit.cli_args import resolve_block_size, resolve_device, resolve_dtype
 
@@ -102,7 +104,7 @@ def weights_note(pipe) -> str | None:
 def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
     """(pipeline on ``device`` in ``dtype``, its GenerationDefaults for that device)."""
     if model == PROXY:
-        on_gpu = torch.device(device).type == "cuda"
+        on_gpu = str(device).split(":")[0] == "cuda"
         return load_proxy(device, dtype), PROXY_DEFAULTS if on_gpu else PROXY_CPU_DEFAULTS
     check_model_name(model)
     from diffusers import DiffusionPipeline
@@ -145,7 +147,6 @@ CPU_FALLBACK_NOTE = (
     "no CUDA device: attention runs on the PyTorch fallback path (float32, every score computed then masked), "
     "so times here are of that path, not of the GPU kernels"
 )
-CPU_WARMUP_STEPS = 2  # on the CPU there is nothing to compile: a short warm-up fills the caches
 
 
 @dataclass

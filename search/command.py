@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from search.candidates import DEFAULT_CANDIDATES
-from search.cost_model import SOURCES
-from search.greedy import DEFAULT_EPSILON, DEFAULT_LAMBDA
+from search.defaults import COST_SOURCES, DEFAULT_EPSILON, DEFAULT_LAMBDA
 from sparse_vdit.cli_args import DefaultsFormatter, add_model_options, add_video_options, seed
 
 
 def add_cost_option(p: argparse.ArgumentParser) -> None:
     """--cost, shared by the commands that search plans (search, eval)."""
-    p.add_argument("--cost", choices=SOURCES, default="auto",
+    p.add_argument("--cost", choices=COST_SOURCES, default="auto",
                    help="mode costs of the plan search: measured kernel time (GPU), FLOP density, or auto (measured "
                         "when on a GPU). At toy sizes a GPU is launch-bound and every measured cost exceeds dense's, "
                         "so the search keeps heads Full: use flops there to judge quality per density")
@@ -56,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from sparse_vdit.plan_file import looks_like_plan, save_plan
     from sparse_vdit.plan_show import format_plan
 
+    from search.candidates import DEFAULT_CANDIDATES
     from search.greedy import check_lambda_epsilon
 
     check_lambda_epsilon(args.lam, args.epsilon)  # bad values and the output path: before the model loads

@@ -17,11 +17,11 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.1.0"
 
-from sparse_vdit.token_layout import TokenLayout  # noqa: E402
-
 # The public face: everything a user of diffusers needs, importable from here. Imported on first
-# use, so ``import sparse_vdit`` stays light and the core never imports diffusers by itself.
+# use, so ``import sparse_vdit`` stays light (no torch, no diffusers: ``sparse-vdit --help`` is
+# fast) and the core never imports diffusers by itself.
 _LAZY = {
+    "TokenLayout": "sparse_vdit.token_layout",
     # apply a method to a pipeline (diffusers adapters)
     "apply_sparse_attention": "pipelines.apply",
     "attach_sparse_attention": "pipelines.apply",
@@ -48,7 +48,7 @@ _LAZY = {
     "build_methods": "pipelines.evaluation",
 }
 
-__all__ = ["TokenLayout", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 _METHODS = "pipelines.evaluation.methods"  # the evaluated methods' registry: their files export names too

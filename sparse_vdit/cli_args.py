@@ -60,6 +60,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 MAX_VIDEO_SIDE = 4096
 MAX_FRAMES = 1025
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 64 bits
+CPU_WARMUP_STEPS = 2  # untimed warm-up steps on the CPU: nothing to compile, a short one fills the caches
 DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run
 
 
@@ -225,8 +226,8 @@ def resolve_dtype(value: str | None, device: str):
 
 
 def resolve_block_size(value: int | None, device: str) -> int:
-    """``value``, else the device's default (``search.run.default_block_size``: 128 on a GPU, 16 on the CPU)."""
-    from search.run import default_block_size  # imports diffusers: only commands that load a model get here
+    """``value``, else the device's default (``kernels.limits.default_block_size``: 128 on a GPU, 16 on the CPU)."""
+    from kernels.limits import default_block_size
 
     return value or default_block_size(device)
 

@@ -290,3 +290,13 @@ def test_default_output_folders_are_ignored_by_git():
     for folder in folders:
         done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/report.json"], cwd=root)
         assert done.returncode == 0, f"{folder}/ would show up as untracked files"
+
+
+def test_help_imports_neither_torch_nor_diffusers():
+    """--help is fast: building every parser imports no torch or diffusers (5 s of imports before)."""
+    code = ("import sys, argparse; from sparse_vdit.cli import _build_parser; p = _build_parser(); "
+            "[a.choices[c].format_help() for a in p._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

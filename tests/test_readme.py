@@ -141,7 +141,8 @@ def parser_defaults() -> dict[tuple[str, str], str]:
     out = {}
     for command, parser in subcommands(_build_parser()):
         for action in parser._actions:
-            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or action.dest == "help":
+            unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+            if not action.option_strings or unset or action.dest == "help":
                 continue
             default = action.default
             out[(command, action.option_strings[0])] = ",".join(map(str, default)) if isinstance(default, list) else str(default)

@@ -13,15 +13,19 @@ JSON, findings), ``videos`` (side-by-side mp4s), ``plots`` and ``maps`` (matplot
 ``command`` (``sparse-vdit eval``).
 """
 
-from pipelines.evaluation.metering import MeteredMethod, MeterReading, StepClock, computed_fraction
-from pipelines.evaluation.methods import METHOD_NAMES, build_methods, parse_methods
-from pipelines.evaluation.metrics import frame_psnr, psnr_quality, video_psnr, video_ssim
-from pipelines.evaluation.report import EvalReport, EvalRow, EvalSummary
-from pipelines.evaluation.run import evaluate, method_settings
+from kernels.helpers import lazy_exports
 
-__all__ = [
-    "evaluate", "method_settings", "build_methods", "parse_methods", "METHOD_NAMES",
-    "EvalReport", "EvalRow", "EvalSummary",
-    "MeteredMethod", "MeterReading", "StepClock", "computed_fraction",
-    "frame_psnr", "video_psnr", "video_ssim", "psnr_quality",
-]
+# Loaded on first use: the eval command's parser imports the registry without torch.
+_EXPORTS = {
+    "evaluate": "pipelines.evaluation.run", "method_settings": "pipelines.evaluation.run",
+    "build_methods": "pipelines.evaluation.methods", "parse_methods": "pipelines.evaluation.methods",
+    "METHOD_NAMES": "pipelines.evaluation.methods",
+    "EvalReport": "pipelines.evaluation.report", "EvalRow": "pipelines.evaluation.report",
+    "EvalSummary": "pipelines.evaluation.report",
+    "MeteredMethod": "pipelines.evaluation.metering", "MeterReading": "pipelines.evaluation.metering",
+    "StepClock": "pipelines.evaluation.metering", "computed_fraction": "pipelines.evaluation.metering",
+    "frame_psnr": "pipelines.evaluation.metrics", "video_psnr": "pipelines.evaluation.metrics",
+    "video_ssim": "pipelines.evaluation.metrics", "psnr_quality": "pipelines.evaluation.metrics",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from pipelines.evaluation.methods import method_names, parse_methods, registry
-from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
 from search.command import add_cost_option
 from sparse_vdit.cli_args import (
+    CPU_WARMUP_STEPS,
     DefaultsFormatter,
     add_model_options,
     add_video_options,
@@ -78,6 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
     from pipelines.evaluation.methods import build_methods
+    from pipelines.loading import generation_kwargs, open_model
     from pipelines.evaluation.plots import write_plots
     from pipelines.evaluation.report import legend
     from pipelines.evaluation.run import evaluate
