@@ -15,6 +15,7 @@ MAX_BLOCK_SIZE = max(KV_BLOCK_SIZES)
 HEAD_DIMS = tuple(2**p for p in range(MIN_HEAD_DIM.bit_length() - 1, MAX_HEAD_DIM.bit_length()))
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
 # proxy models the CPU runs.
+DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run
 DEFAULT_GPU_BLOCK_SIZE = 128
 DEFAULT_CPU_BLOCK_SIZE = 16
 

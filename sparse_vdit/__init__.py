@@ -38,20 +38,20 @@ _LAZY = {
     "Diagonal": "sparse_vdit.modes",
     "MultiDiagonal": "sparse_vdit.modes",
     "VerticalStripe": "sparse_vdit.modes",
-    "Plan": "sparse_vdit.plan",
-    "PlanError": "sparse_vdit.plan",
+    "Plan": "sparse_vdit.plan_core",
+    "PlanError": "sparse_vdit.plan_core",
     "load_plan": "sparse_vdit.plan_file",
     "save_plan": "sparse_vdit.plan_file",
     "search_plan": "search.run",
     # evaluation
-    "evaluate": "pipelines.evaluation",
-    "build_methods": "pipelines.evaluation",
+    "evaluate": "sparse_vdit.cli.evaluation",
+    "build_methods": "sparse_vdit.cli.evaluation",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 
-_METHODS = "pipelines.evaluation.methods"  # the evaluated methods' registry: their files export names too
+_METHODS = "sparse_vdit.cli.evaluation.methods"  # the evaluated methods' registry: their files export names too
 
 
 def __getattr__(name: str):

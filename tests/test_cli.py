@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sparse_vdit.cli import _build_parser, main
-from sparse_vdit.cli_args import frame_count, resolve_block_size, video_side
+from sparse_vdit.cli.args import frame_count, resolve_block_size, video_side
 
 COMMANDS = [("check",), ("demo",), ("eval",), ("search",), ("plan", "show")]
 
@@ -186,7 +186,7 @@ def test_output_folders_are_checked_before_the_model_loads(command, option, tmp_
 
 
 def test_an_existing_plan_may_be_replaced(tmp_path):
-    from sparse_vdit.cli_args import check_output_file
+    from sparse_vdit.cli.args import check_output_file
     from sparse_vdit.plan_file import looks_like_plan, save_plan
     from test_plan import A, make_plan
 
@@ -200,7 +200,7 @@ def test_an_existing_plan_may_be_replaced(tmp_path):
 
 
 def test_running_out_of_memory_is_one_line(capsys):
-    from sparse_vdit.cli_args import run_command
+    from sparse_vdit.cli.args import run_command
 
     def allocate(args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "

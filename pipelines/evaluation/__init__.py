@@ -1,31 +1,7 @@
-"""Evaluation of sparse attention methods against dense: fidelity, attention computed, latency.
+"""Moved to ``sparse_vdit.cli.evaluation`` (the top floor, with the commands that run it; the
+side-by-side video helpers to ``pipelines.videos``); this old path and its submodules stay
+importable as aliases (``sparse_vdit._moved``)."""
 
-    from pipelines.evaluation import evaluate, build_methods
-    methods = build_methods(pipe, ["plan", "adaspa", "svg", "window"], block_size=128, num_inference_steps=50,
-                            search_prompts=["a dog runs on the beach"], height=480, width=832, num_frames=81)
-    report = evaluate(pipe, methods, ["A cat walks on the grass"], seeds=[0, 1], num_inference_steps=50,
-                      out_dir="eval", height=480, width=832, num_frames=81)
-    print(report.table()); report.to_csv("eval.csv")
+from sparse_vdit._moved import alias
 
-Modules: ``run`` (``evaluate``), ``methods`` (the compared methods by name), ``metrics`` (PSNR,
-SSIM), ``metering`` (attention density per call, step clock), ``report`` (rows, summary, CSV,
-JSON, findings), ``videos`` (side-by-side mp4s), ``plots`` and ``maps`` (matplotlib, optional),
-``command`` (``sparse-vdit eval``).
-"""
-
-from kernels.helpers import lazy_exports
-
-# Loaded on first use: the eval command's parser imports the registry without torch.
-_EXPORTS = {
-    "evaluate": "pipelines.evaluation.run", "method_settings": "pipelines.evaluation.run",
-    "build_methods": "pipelines.evaluation.methods", "parse_methods": "pipelines.evaluation.methods",
-    "METHOD_NAMES": "pipelines.evaluation.methods",
-    "EvalReport": "pipelines.evaluation.report", "EvalRow": "pipelines.evaluation.report",
-    "EvalSummary": "pipelines.evaluation.report",
-    "MeteredMethod": "pipelines.evaluation.metering", "MeterReading": "pipelines.evaluation.metering",
-    "StepClock": "pipelines.evaluation.metering", "computed_fraction": "pipelines.evaluation.metering",
-    "frame_psnr": "pipelines.evaluation.metrics", "video_psnr": "pipelines.evaluation.metrics",
-    "video_ssim": "pipelines.evaluation.metrics", "psnr_quality": "pipelines.evaluation.metrics",
-}
-__all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+alias(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.evaluation.methods import EvaluatedMethod, EvaluationContext
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod, EvaluationContext
 
 
 def _check(epsilon: float) -> None:
