@@ -13,8 +13,10 @@ and its settings), ``schedule`` (which step does what),
 selections), ``runtime`` (one call), ``functional`` (plain tensors). No diffusers import.
 """
 
-from adaspa.config import AdaSpaAttention, AdaSpaConfig
-from adaspa.functional import adaspa_attention
-from adaspa.state import AdaSpaState
+from kernels.helpers import lazy_exports
 
-__all__ = ["AdaSpaAttention", "AdaSpaConfig", "AdaSpaState", "adaspa_attention"]
+# Loaded on first use: ``import adaspa`` imports no torch.
+_EXPORTS = {"AdaSpaAttention": "adaspa.config", "AdaSpaConfig": "adaspa.config", "AdaSpaState": "adaspa.state",
+            "adaspa_attention": "adaspa.functional"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

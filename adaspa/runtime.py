@@ -23,19 +23,26 @@ the head tiers still rank the layer's every head (``adaspa.search``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from adaspa.schedule import CACHED_SEARCH, DENSE, FIRST_SEARCH, SPARSE
 from adaspa.search import BlockGeometry, select_blocks
 from adaspa.state import AdaSpaState
+from sparse_vdit.protocol import HeadShard
 
-if TYPE_CHECKING:
-    from adaspa.config import AdaSpaAttention
-    from sparse_vdit.protocol import HeadShard
+__all__ = ["StepPlan", "SearchSettings", "attend"]
 
-__all__ = ["StepPlan", "attend"]
+
+class SearchSettings(Protocol):
+    """What a call reads of AdaSpa's settings (``adaspa.config.AdaSpaAttention`` has them; this
+    module does not import it: the config imports this module)."""
+
+    sparsity: float
+    block_size: int
+    recall_threshold: float
+    tiers: bool
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,9 @@ class StepPlan:
     geometry: BlockGeometry
 
 
-def attend(config: "AdaSpaAttention", plan: StepPlan, state: AdaSpaState, layer: int,
+def attend(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: int,
            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any,
-           head_shard: "HeadShard | None" = None) -> torch.Tensor | None:
+           head_shard: HeadShard | None = None) -> torch.Tensor | None:
     """This step's attention for layer ``layer``: q, k, v [B, H, S, D] -> out [B, H, S, D], or None
     in the dense (warm-up) phase, where the caller computes dense attention its own way.
     ``head_shard``: the layer's heads q, k, v hold when heads are split across processes.
@@ -88,8 +95,8 @@ def attend(config: "AdaSpaAttention", plan: StepPlan, state: AdaSpaState, layer:
     return _dense_text_rows(out, q, k, v, geometry, ops)
 
 
-def _search(config: "AdaSpaAttention", plan: StepPlan, state: AdaSpaState, layer: int,
-            mass: torch.Tensor, lse: torch.Tensor, head_shard: "HeadShard | None") -> None:
+def _search(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: int,
+            mass: torch.Tensor, lse: torch.Tensor, head_shard: HeadShard | None) -> None:
     selection = select_blocks(
         mass, plan.geometry, sparsity=config.sparsity, recall_threshold=config.recall_threshold, tiers=config.tiers,
         head_shard=head_shard,

@@ -299,7 +299,10 @@ def block_sparse_attention(
     """
     _check_qkv(q, k, v)
     if (layout is None) == (block_mask is None):
-        raise TypeError("block_sparse_attention takes one layout: pass it as `layout` (block_mask is its old name)")
+        raise TypeError(
+            "block_sparse_attention takes one layout, a kernels.block_layout.BlockLayout: pass it as `layout` "
+            "(block_mask is its old name); build one with BlockLayout.from_block_maps or BlockLayout.from_mask_mod"
+        )
     layout = layout if layout is not None else block_mask
     if not isinstance(layout, BlockLayout):
         raise TypeError(

@@ -1,5 +1,5 @@
-"""Two helpers every floor uses, written once here, the lowest floor that needs them: a ceiling
-division and a warning given once per key.
+"""Helpers every floor uses, written once here, the lowest floor that needs them: a ceiling
+division, a warning given once per key, and a package's public names loaded on first use.
 
 (``kernels`` is a namespace portion beside Hugging Face's ``kernels``; this module's name is not
 one of theirs.)
@@ -7,10 +7,11 @@ one of theirs.)
 
 from __future__ import annotations
 
+import importlib
 import warnings
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable, Mapping
 
-__all__ = ["cdiv", "warn_once"]
+__all__ = ["cdiv", "warn_once", "lazy_exports"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -35,3 +36,19 @@ def warn_once(seen: set, key: Hashable, message: str, category: type[Warning] = 
     else:
         warnings.warn(message, category, stacklevel=stacklevel + 1)
     return True
+
+
+def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict) -> tuple[Callable, Callable]:
+    """``(__getattr__, __dir__)`` for a package whose public names ``{name: module}`` are imported
+    from their modules on first use: ``import package`` (and ``--help``) stays light, without torch
+    or diffusers until a name is used. ``namespace`` is the package's ``globals()``."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__

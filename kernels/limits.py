@@ -1,18 +1,23 @@
-"""What the attention kernels serve, written once and read by the kernels, layouts, processors
-and methods alike (so a method's ``validate`` and the kernel never disagree)."""
+"""What the attention kernels serve, written once and read by the kernels, layouts, processors,
+methods and commands alike (so a method's ``validate`` and the kernel never disagree). Imports no
+torch (the commands' ``--help`` reads it): ``SUPPORTED_DTYPES`` is made on first use."""
 
 from __future__ import annotations
 
-import torch
-
 # Input dtypes of q, k, v. fp32 is computed exactly but slowly: cast to bf16 for speed.
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SUPPORTED_DTYPE_NAMES = ("bfloat16", "float16", "float32")
 # Square-ish block sizes: Q_BLOCK is a program's query rows, KV_BLOCK the key granule of a layout.
 Q_BLOCK_SIZES = (16, 32, 64, 128)  # 64 and 128 are tuned; 16 / 32 serve tiny test models
 KV_BLOCK_SIZES = (16, 32, 64, 128, 256)
 MASS_BLOCK_SIZES = (16, 32, 64, 128)  # block_attention_mass (square blocks)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # powers of two in between; 64 and 128 are tuned
 MAX_BLOCK_SIZE = max(KV_BLOCK_SIZES)
+HEAD_DIMS = tuple(2**p for p in range(MIN_HEAD_DIM.bit_length() - 1, MAX_HEAD_DIM.bit_length()))
+# Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
+# proxy models the CPU runs.
+DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run
+DEFAULT_GPU_BLOCK_SIZE = 128
+DEFAULT_CPU_BLOCK_SIZE = 16
 
 
 def head_dim_supported(head_dim: int) -> bool:
@@ -26,9 +31,24 @@ def head_dim_error(head_dim: int, what: str = "head_dim") -> str:
     )
 
 
-def dtype_supported(dtype: torch.dtype) -> bool:
-    return dtype in SUPPORTED_DTYPES
+def dtype_supported(dtype) -> bool:
+    """Whether the kernels serve the torch dtype ``dtype``."""
+    return type(dtype).__module__ == "torch" and str(dtype).replace("torch.", "") in SUPPORTED_DTYPE_NAMES
 
 
 def dtype_names() -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+    return ", ".join(SUPPORTED_DTYPE_NAMES)
+
+
+def default_block_size(device) -> int:
+    """The layout block size for ``device`` (a torch.device or "cuda", "cuda:1", "cpu", ...):
+    ``DEFAULT_GPU_BLOCK_SIZE`` on CUDA, else ``DEFAULT_CPU_BLOCK_SIZE``."""
+    return DEFAULT_GPU_BLOCK_SIZE if str(device).split(":")[0] == "cuda" else DEFAULT_CPU_BLOCK_SIZE
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_DTYPES":  # (torch.bfloat16, torch.float16, torch.float32), torch imported here
+        import torch
+
+        return tuple(getattr(torch, n) for n in SUPPORTED_DTYPE_NAMES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

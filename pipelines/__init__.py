@@ -7,52 +7,42 @@
 
 Supported transformers: every family in ``pipelines.families.FAMILIES`` (Wan 2.1 / 2.2 and its
 variants, HunyuanVideo and 1.5 and Framepack, CogVideoX and ConsisID, LTX-Video, LTX-2, Mochi,
-Kandinsky 5; README "Supported models"), and subclasses, one record each in ``pipelines.families``. A method is any object following the protocol in
-``sparse_vdit.protocol`` (subclass ``AttentionMethod``); the protocol and the static methods are
-re-exported here.
+Kandinsky 5; README "Supported models"), and subclasses, one record each in ``pipelines.families``.
+A method is any object following the protocol in ``sparse_vdit.protocol`` (subclass
+``AttentionMethod``); the protocol and the static methods are re-exported here.
 """
 
-from pipelines.apply import AttachedAttention, SparseAttentionHandle, apply_sparse_attention, attach_sparse_attention
-from pipelines.families import Family, family_of, model_info, token_layout_of
-from pipelines.families.cogvideox import CogVideoXSparseAttnProcessor
-from pipelines.families.hunyuan_video import HunyuanVideoSparseAttnProcessor
-from pipelines.families.hunyuan_video15 import HunyuanVideo15SparseAttnProcessor
-from pipelines.families.kandinsky5 import Kandinsky5SparseAttnProcessor
-from pipelines.families.ltx import LTXVideoSparseAttnProcessor
-from pipelines.families.ltx2 import LTX2VideoSparseAttnProcessor
-from pipelines.families.mochi import MochiSparseAttnProcessor
-from pipelines.families.wan import WanSparseAttnProcessor
-from pipelines.processors import ProcessorConfig, SparseAttnProcessorBase
-from pipelines.step_tracking import ForwardInputs, StepTracker
-from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo, check_model_matches
-from sparse_vdit.static_methods import FullAttention, StaticMaskAttention
+from kernels.helpers import lazy_exports
 
-__all__ = [
-    "apply_sparse_attention",
-    "attach_sparse_attention",
-    "SparseAttentionHandle",
-    "AttachedAttention",
-    "AttentionMethod",
-    "AttentionCall",
-    "ForwardContext",
-    "ModelInfo",
-    "FullAttention",
-    "StaticMaskAttention",
-    "check_model_matches",
-    "StepTracker",
-    "ForwardInputs",
-    "Family",
-    "family_of",
-    "model_info",
-    "token_layout_of",
-    "ProcessorConfig",
-    "SparseAttnProcessorBase",
-    "WanSparseAttnProcessor",
-    "HunyuanVideoSparseAttnProcessor",
-    "CogVideoXSparseAttnProcessor",
-    "HunyuanVideo15SparseAttnProcessor",
-    "LTXVideoSparseAttnProcessor",
-    "LTX2VideoSparseAttnProcessor",
-    "MochiSparseAttnProcessor",
-    "Kandinsky5SparseAttnProcessor",
-]
+# Loaded on first use: ``import pipelines`` imports neither torch nor diffusers.
+_EXPORTS = {
+    "apply_sparse_attention": "pipelines.apply",
+    "attach_sparse_attention": "pipelines.apply",
+    "SparseAttentionHandle": "pipelines.apply",
+    "AttachedAttention": "pipelines.apply",
+    "AttentionMethod": "sparse_vdit.protocol",
+    "AttentionCall": "sparse_vdit.protocol",
+    "ForwardContext": "sparse_vdit.protocol",
+    "ModelInfo": "sparse_vdit.protocol",
+    "check_model_matches": "sparse_vdit.protocol",
+    "FullAttention": "sparse_vdit.static_methods",
+    "StaticMaskAttention": "sparse_vdit.static_methods",
+    "StepTracker": "pipelines.step_tracking",
+    "ForwardInputs": "pipelines.step_tracking",
+    "Family": "pipelines.families",
+    "family_of": "pipelines.families",
+    "model_info": "pipelines.families",
+    "token_layout_of": "pipelines.families",
+    "ProcessorConfig": "pipelines.processors",
+    "SparseAttnProcessorBase": "pipelines.processors",
+    "WanSparseAttnProcessor": "pipelines.families.wan",
+    "HunyuanVideoSparseAttnProcessor": "pipelines.families.hunyuan_video",
+    "CogVideoXSparseAttnProcessor": "pipelines.families.cogvideox",
+    "HunyuanVideo15SparseAttnProcessor": "pipelines.families.hunyuan_video15",
+    "LTXVideoSparseAttnProcessor": "pipelines.families.ltx",
+    "LTX2VideoSparseAttnProcessor": "pipelines.families.ltx2",
+    "MochiSparseAttnProcessor": "pipelines.families.mochi",
+    "Kandinsky5SparseAttnProcessor": "pipelines.families.kandinsky5",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -18,10 +18,12 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where it is used: the commands' --help reads this module
+    import torch
 
-from sparse_vdit.cli_args import resolve_block_size, resolve_device, resolve_dtype
+from kernels.limits import DEVICE_KINDS, default_block_size
 
 PROXY = "proxy"
 UNTRAINED_NOTE = "proxy checkpoint not trained yet: random weights, quality numbers mean nothing"
@@ -113,7 +115,7 @@ def weights_note(pipe) -> str | None:
 def load_pipeline(model: str, device: str | torch.device, dtype: torch.dtype):
     """(pipeline on ``device`` in ``dtype``, its GenerationDefaults for that device)."""
     if model == PROXY:
-        on_gpu = torch.device(device).type == "cuda"
+        on_gpu = str(device).split(":")[0] == "cuda"
         return load_proxy(device, dtype), PROXY_DEFAULTS if on_gpu else PROXY_CPU_DEFAULTS
     check_model_name(model)
     from diffusers import DiffusionPipeline
@@ -156,7 +158,6 @@ CPU_FALLBACK_NOTE = (
     "no CUDA device: attention runs on the PyTorch fallback path (float32, every score computed then masked), "
     "so times here are of that path, not of the GPU kernels"
 )
-CPU_WARMUP_STEPS = 2  # on the CPU there is nothing to compile: a short warm-up fills the caches
 
 
 @dataclass
@@ -193,6 +194,43 @@ def open_model(model: str, device: str | None, dtype: str | None, block_size: in
     for note in notes:
         print(f"NOTE: {note}", flush=True)
     return Session(pipe, defaults, device, resolve_block_size(block_size, device), notes, untrained)
+
+
+# ------------------------------------------------------------------ the commands' --device, --dtype, --block-size
+def resolve_device(value: str | None) -> str:
+    """The device to run on (None: cuda if available, else cpu); ValueError naming --device for an
+    empty value, a device the kernels do not serve, or a CUDA device torch does not see."""
+    import torch
+
+    if value is not None and not value.strip():
+        raise ValueError("--device is empty: use cuda, cuda:N or cpu (or leave --device out: cuda if available)")
+    device = value or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device: use cuda, cuda:N or cpu") from None
+    if parsed.type not in DEVICE_KINDS:
+        raise ValueError(f"--device {device} is not supported: use cuda, cuda:N or cpu (the kernels run on CUDA; "
+                         "the CPU runs their PyTorch path)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}, but torch sees no CUDA device here: use --device cpu "
+                         "(or install a CUDA build of torch on a GPU machine)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {device}, but torch sees {count} CUDA device(s): use cuda:0 .. cuda:{count - 1}")
+    return device
+
+
+def resolve_dtype(value: str | None, device: str):
+    """The torch dtype: ``value``, else bfloat16 on a GPU and float32 on the CPU."""
+    import torch
+
+    return getattr(torch, value or ("bfloat16" if device.startswith("cuda") else "float32"))
+
+
+def resolve_block_size(value: int | None, device: str) -> int:
+    """``value``, else the device's default (``kernels.limits.default_block_size``: 128 on a GPU, 16 on the CPU)."""
+    return value or default_block_size(device)
 
 
 def generation_kwargs(defaults, height: int | None, width: int | None, frames: int | None) -> dict:

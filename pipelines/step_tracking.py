@@ -40,7 +40,7 @@ import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -48,9 +48,6 @@ from kernels.helpers import warn_once
 from pipelines.context_parallel import UlyssesGroup, ulysses_group
 from sparse_vdit.protocol import AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
-
-if TYPE_CHECKING:
-    from pipelines.families.record import Family
 
 __all__ = ["ForwardContext", "ForwardInputs", "StepTracker"]
 
@@ -95,6 +92,16 @@ class _Generation:
     states: dict = field(default_factory=dict)
 
 
+class InputReader(Protocol):
+    """What the tracker uses of a family record (``pipelines.families.record.Family`` has both; this
+    module does not import it: the record imports this module's ``ForwardInputs``)."""
+
+    def read_inputs(self, transformer: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInputs: ...
+
+    def token_layout(self, config: Any, latent_frames: int, latent_height: int, latent_width: int, *,
+                     text_len: int | None = None) -> TokenLayout: ...
+
+
 class StepTracker:
     """Step / branch / generation tracking of one transformer (installed by ``apply_sparse_attention``).
 
@@ -105,7 +112,8 @@ class StepTracker:
         family: the transformer's family record (reads a forward's inputs, builds its token layout).
     """
 
-    def __init__(self, transformer: torch.nn.Module, method: AttentionMethod, model: ModelInfo, family: "Family") -> None:
+    def __init__(self, transformer: torch.nn.Module, method: AttentionMethod, model: ModelInfo,
+                 family: InputReader) -> None:
         self.transformer = transformer
         self.method = method
         self.model = model

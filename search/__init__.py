@@ -1,10 +1,12 @@
 """Offline plan search of Sparse-vDiT: the greedy search along the trajectory with measured costs.
 
     from search import search_plan, PlanSearch, DEFAULT_CANDIDATES
+
+The names load from their modules on first use (``import search`` imports no torch).
 """
 
-from search.candidates import DEFAULT_CANDIDATES
-from search.greedy import PlanSearch
-from search.run import search_plan
+from kernels.helpers import lazy_exports
 
-__all__ = ["DEFAULT_CANDIDATES", "PlanSearch", "search_plan"]
+_EXPORTS = {"DEFAULT_CANDIDATES": "search.candidates", "PlanSearch": "search.greedy", "search_plan": "search.run"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -19,10 +19,11 @@ from typing import Sequence
 
 import torch
 
+from search.defaults import COST_SOURCES
 from sparse_vdit.modes import Full, Mode, ModeBank, mode_density
 from sparse_vdit.token_layout import TokenLayout
 
-SOURCES = ("auto", "measured", "flops")
+SOURCES = COST_SOURCES
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,11 @@ import torch
 from kernels.limits import Q_BLOCK_SIZES, head_dim_error, head_dim_supported
 from search.candidates import DEFAULT_CANDIDATES, check_candidates
 from search.cost_model import CostShape, candidate_costs
+from search.defaults import DEFAULT_EPSILON, DEFAULT_LAMBDA  # re-exported: their old home
 from sparse_vdit.modes import Full, Mode, ModeBank
 from sparse_vdit.guards import check_kernel_dtype
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 
-DEFAULT_LAMBDA = 0.5
-DEFAULT_EPSILON = 0.05
 
 
 def check_lambda_epsilon(lam: float, epsilon: float) -> None:

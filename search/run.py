@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from kernels.limits import default_block_size  # re-exported: its old home
 from pipelines.apply import apply_sparse_attention
 from pipelines.families import family_of, model_info
 from search.calibration import combine_runs
@@ -47,11 +48,6 @@ def dense_plan_note(plan) -> str | None:
         f"e.g. {min(4 * plan.epsilon, 1.0):g}) or lower lambda ({plan.lam:g}); an untrained or tiny model has few "
         "sparse heads"
     )
-
-
-def default_block_size(device: torch.device | str) -> int:
-    """128 on a GPU (the tuned kernel tile); 16 elsewhere (tiny proxy models on the CPU)."""
-    return 128 if torch.device(device).type == "cuda" else 16
 
 
 def search_plan(

@@ -17,11 +17,11 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.1.0"
 
-from sparse_vdit.token_layout import TokenLayout  # noqa: E402
-
 # The public face: everything a user of diffusers needs, importable from here. Imported on first
-# use, so ``import sparse_vdit`` stays light and the core never imports diffusers by itself.
+# use, so ``import sparse_vdit`` stays light (no torch, no diffusers: ``sparse-vdit --help`` is
+# fast) and the core never imports diffusers by itself.
 _LAZY = {
+    "TokenLayout": "sparse_vdit.token_layout",
     # apply a method to a pipeline (diffusers adapters)
     "apply_sparse_attention": "pipelines.apply",
     "attach_sparse_attention": "pipelines.apply",
@@ -38,20 +38,20 @@ _LAZY = {
     "Diagonal": "sparse_vdit.modes",
     "MultiDiagonal": "sparse_vdit.modes",
     "VerticalStripe": "sparse_vdit.modes",
-    "Plan": "sparse_vdit.plan",
-    "PlanError": "sparse_vdit.plan",
+    "Plan": "sparse_vdit.plan_core",
+    "PlanError": "sparse_vdit.plan_core",
     "load_plan": "sparse_vdit.plan_file",
     "save_plan": "sparse_vdit.plan_file",
     "search_plan": "search.run",
     # evaluation
-    "evaluate": "pipelines.evaluation",
-    "build_methods": "pipelines.evaluation",
+    "evaluate": "sparse_vdit.cli.evaluation",
+    "build_methods": "sparse_vdit.cli.evaluation",
 }
 
-__all__ = ["TokenLayout", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
-_METHODS = "pipelines.evaluation.methods"  # the evaluated methods' registry: their files export names too
+_METHODS = "sparse_vdit.cli.evaluation.methods"  # the evaluated methods' registry: their files export names too
 
 
 def __getattr__(name: str):

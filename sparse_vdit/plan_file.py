@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparse_vdit.modes import MODE_BY_NAME, Mode, mode_from_dict, mode_to_dict
-from sparse_vdit.plan import REMAKE, SCHEMA_VERSION, CostTable, Plan, PlanError, StepRange
+from sparse_vdit.plan_core import REMAKE, SCHEMA_VERSION, CostTable, Plan, PlanError, StepRange
 from sparse_vdit.protocol import ModelInfo
 from sparse_vdit.token_layout import TokenLayout
 

@@ -1,56 +1,5 @@
-"""``sparse-vdit check``: the smallest end-to-end path: a video token layout, a spatial-window
-layout built from it, the block-sparse kernel (or its fallback), and the float64 reference."""
+"""Moved to ``sparse_vdit.cli.check``; this old path stays importable as an alias (``sparse_vdit._moved``)."""
 
-from __future__ import annotations
+from sparse_vdit._moved import alias
 
-import time
-
-import torch
-
-from kernels.attention import attention_with_lse, block_attention_mass, block_sparse_attention
-from kernels.block_layout import BlockLayout
-from kernels.reference import attention_ref, block_attention_mass_ref
-from sparse_vdit.token_layout import TokenLayout
-
-
-def run_selfcheck(frames: int, rows: int, cols: int, heads: int, head_dim: int) -> int:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    layout = TokenLayout(frames, rows, cols, text_len=7, text_position="before")
-    s = layout.seq_len
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, s, heads, head_dim, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
-
-    def window(b, h, qi, ki):
-        # Same frame, within 1 latent row; text rows and columns stay dense.
-        fq, rq, _ = layout.position(qi)
-        fk, rk, _ = layout.position(ki)
-        return layout.is_text(qi) | layout.is_text(ki) | ((fq == fk) & ((rq - rk).abs() <= 1))
-
-    blocks = BlockLayout.from_mask_mod(window, None, None, s, s, block_size=64, device=device)
-    print(f"token layout: {layout.describe()}; device {device}, {dtype}, {heads} heads x {head_dim}")
-    print(f"window layout: {blocks.shape[2]}x{blocks.shape[3]} blocks of 64, density {blocks.density():.2f}")
-    rows_out = []
-    t0 = time.perf_counter()
-    out = block_sparse_attention(q, k, v, blocks)
-    ref, _ = attention_ref(q, k, v, blocks.to_element_mask())
-    rows_out.append(("block_sparse_attention", out, ref, time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    out, lse = attention_with_lse(q, k, v)
-    ref, ref_lse = attention_ref(q, k, v)
-    rows_out.append(("attention_with_lse", out, ref, time.perf_counter() - t0))
-    rows_out.append(("  (its lse)", lse, ref_lse, 0.0))
-    t0 = time.perf_counter()
-    mass = block_attention_mass(q, k, lse, 64)
-    ref_mass, _ = block_attention_mass_ref(q, k, ref_lse, 64)
-    rows_out.append(("block_attention_mass", mass, ref_mass, time.perf_counter() - t0))
-    print(f"{'op':<24} {'max abs err':>12} {'rel err':>10} {'seconds':>8}")
-    worst = 0.0
-    for name, got, want, secs in rows_out:
-        err = (got.double() - want.double()).abs().max().item()
-        rel = ((got.double() - want.double()).norm() / want.double().norm()).item()
-        worst = max(worst, rel)
-        print(f"{name:<24} {err:>12.2e} {rel:>10.2e} {secs:>8.3f}")
-    ok = worst < 2e-2
-    print("OK" if ok else "FAILED: error above 2e-2 relative")
-    return 0 if ok else 1
+alias(__name__)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sparse_vdit.cli import _build_parser, main
-from sparse_vdit.cli_args import frame_count, resolve_block_size, video_side
+from sparse_vdit.cli.args import frame_count, resolve_block_size, video_side
 
 COMMANDS = [("check",), ("demo",), ("eval",), ("search",), ("plan", "show")]
 
@@ -186,7 +186,7 @@ def test_output_folders_are_checked_before_the_model_loads(command, option, tmp_
 
 
 def test_an_existing_plan_may_be_replaced(tmp_path):
-    from sparse_vdit.cli_args import check_output_file
+    from sparse_vdit.cli.args import check_output_file
     from sparse_vdit.plan_file import looks_like_plan, save_plan
     from test_plan import A, make_plan
 
@@ -200,7 +200,7 @@ def test_an_existing_plan_may_be_replaced(tmp_path):
 
 
 def test_running_out_of_memory_is_one_line(capsys):
-    from sparse_vdit.cli_args import run_command
+    from sparse_vdit.cli.args import run_command
 
     def allocate(args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
@@ -290,3 +290,13 @@ def test_default_output_folders_are_ignored_by_git():
     for folder in folders:
         done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/report.json"], cwd=root)
         assert done.returncode == 0, f"{folder}/ would show up as untracked files"
+
+
+def test_help_imports_neither_torch_nor_diffusers():
+    """--help is fast: building every parser imports no torch or diffusers (5 s of imports before)."""
+    code = ("import sys, argparse; from sparse_vdit.cli import _build_parser; p = _build_parser(); "
+            "[a.choices[c].format_help() for a in p._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

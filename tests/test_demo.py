@@ -39,7 +39,7 @@ def test_demo_as_a_new_user_sees_it(tmp_path):
         assert text in out, text
     assert out.index("NOTE: no CUDA device") < out.index("1/2 searching")  # said before any bar starts
     assert "evaluate:" in err and "plan search:" in err  # the progress bars
-    from pipelines.evaluation.videos import slug
+    from pipelines.videos import slug
     from pipelines.loading import PROXY_CPU_DEFAULTS
 
     videos = tmp_path / "out" / "videos" / slug(PROXY_CPU_DEFAULTS.prompts[0]) / "seed0"

@@ -1,4 +1,4 @@
-"""pipelines.evaluation: the attention density a method computes, PSNR / SSIM, the report (summary,
+"""sparse_vdit.cli.evaluation: the attention density a method computes, PSNR / SSIM, the report (summary,
 CSV, JSON, findings), and evaluate() end to end on a small proxy (videos, plots, timing)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernels.block_layout import BlockLayout
-from pipelines.evaluation import (
+from sparse_vdit.cli.evaluation import (
     EvalReport,
     EvalRow,
     MeteredMethod,
@@ -23,7 +23,7 @@ from pipelines.evaluation import (
     video_psnr,
     video_ssim,
 )
-from pipelines.evaluation.report import legend
+from sparse_vdit.cli.evaluation.report import legend
 from sparse_vdit.modes import Diagonal, Full, ModeBank, MultiDiagonal, Skip, mode_density
 from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext, ModelInfo
 from sparse_vdit.token_layout import TokenLayout
@@ -207,7 +207,7 @@ def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback
     import imageio.v2 as imageio
 
     from adaspa import AdaSpaConfig
-    from pipelines.evaluation.plots import write_plots
+    from sparse_vdit.cli.evaluation.plots import write_plots
     from sparse_vdit.baselines import StaticWindowAttention
 
     methods = {"adaspa": {"s=0.5": AdaSpaConfig(0.5, block_size=16, tiers=False)},
@@ -239,7 +239,7 @@ def test_evaluate_end_to_end_writes_report_videos_and_plots(smoke_pipe, fallback
 
 @pytest.mark.slow
 def test_attention_maps_plot_for_a_plan(smoke_pipe, fallback, tmp_path):
-    from pipelines.evaluation.plots import write_plots
+    from sparse_vdit.cli.evaluation.plots import write_plots
     from search.run import search_plan
 
     plan = search_plan(smoke_pipe, ["a green square moves up"], [0], num_inference_steps=2, epsilon=0.5, block_size=16,
@@ -253,7 +253,7 @@ def test_attention_maps_plot_for_a_plan(smoke_pipe, fallback, tmp_path):
 def test_without_matplotlib_plots_are_one_note(monkeypatch, tmp_path):
     import builtins
 
-    from pipelines.evaluation import plots
+    from sparse_vdit.cli.evaluation import plots
 
     real_import = builtins.__import__
 
@@ -280,7 +280,7 @@ def test_mp4_without_imageio_ffmpeg_is_a_clear_error(monkeypatch, tmp_path):
     (seen on the GPU machine): write_video says what is missing instead."""
     import importlib.util
 
-    from pipelines.evaluation.videos import write_video
+    from pipelines.videos import write_video
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
@@ -290,7 +290,7 @@ def test_mp4_without_imageio_ffmpeg_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch):
-    from pipelines.evaluation import methods as methods_module
+    from sparse_vdit.cli.evaluation import methods as methods_module
     from search import run as search_run
 
     seen = []
@@ -301,7 +301,7 @@ def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch)
 
 
 def test_cpu_times_are_not_shown_as_speedups(tmp_path, monkeypatch):
-    from pipelines.evaluation import plots
+    from sparse_vdit.cli.evaluation import plots
 
     rows = [_row("dense", "", math.inf, 1.0, 2.0), _row("plan", "eps=0.1", 20.0, 0.5, 1.0),
             _row("plan", "eps=0.2", 18.0, 0.4, 0.9)]
@@ -318,7 +318,7 @@ def test_cpu_times_are_not_shown_as_speedups(tmp_path, monkeypatch):
 
 
 def test_side_by_side_panels_are_scaled_up_and_named():
-    from pipelines.evaluation.videos import LABEL_HEIGHT, side_by_side
+    from pipelines.videos import LABEL_HEIGHT, side_by_side
 
     gen = torch.Generator().manual_seed(0)
     dense, method = torch.rand(2, 3, 3, 32, 48, generator=gen).unbind(0)  # [F, C, H, W]
@@ -333,7 +333,7 @@ def test_side_by_side_panels_are_scaled_up_and_named():
 
 
 NEW_METHOD = '''
-from pipelines.evaluation.methods import EvaluatedMethod
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod
 from sparse_vdit.static_methods import FullAttention
 
 
@@ -354,7 +354,7 @@ def test_a_new_method_is_one_file(tmp_path, monkeypatch):
     """One file in the methods folder: the registry, build_methods, the eval options, the report's
     baselines and the public face all see it."""
     import sparse_vdit
-    from pipelines.evaluation import methods as registry_module
+    from sparse_vdit.cli.evaluation import methods as registry_module
     from sparse_vdit.cli import _build_parser
 
     (tmp_path / "halfdense.py").write_text(NEW_METHOD)

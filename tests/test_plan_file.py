@@ -172,7 +172,8 @@ MALFORMED = {
     "empty fingerprint": (_set("model.config_fingerprint", ""), r"model_config does not match the model's config_fingerprint"),
     "bad fingerprint": (_set("model.config_fingerprint", "abc"), r"config_fingerprint must be a sha256"),
     "schema as a string": (_set("schema_version", "1"), r'schema_version must be the integer 1, not the string "1"'),
-    "every head skipped": (_edit(lambda d: [r.update(layers=[[6, 6]] * 3) for r in d["steps"]]),
+    "every head skipped": (_edit(lambda d: [r.update(layers=[[d["modes"].index({"mode": "skip"})] * 2] * 3)
+                                            for r in d["steps"]]),
                            r"every head of this plan costs 0"),
 }
 

@@ -1,7 +1,7 @@
 """The proxy model: a small Wan video DiT trained here on procedural videos with known structure.
 
 Real checkpoints cannot be downloaded on our machines and random weights have no attention
-structure; the proxy gives quality numbers that mean something (see /work/shared/docs/proxy.md).
+structure; the proxy gives quality numbers that mean something (README, "Proxy model").
 
     from pipelines.proxy import load_proxy_pipeline, PROXY_GENERATION
     pipe = load_proxy_pipeline("cpu")                      # WanPipeline, no download

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipelines.evaluation.videos import slug, write_video
+from pipelines.videos import slug, write_video
 from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, procedural_videos, to_device
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,

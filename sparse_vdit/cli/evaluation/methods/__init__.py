@@ -26,8 +26,6 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from search.candidates import SMALL_CANDIDATES
-
 __all__ = ["EvaluatedMethod", "EvaluationContext", "registry", "method_names", "baseline_names", "parse_methods",
            "build_methods", "METHOD_NAMES", "SMALL_CANDIDATES", "DEFAULT_EPSILONS", "DEFAULT_SPARSITIES",
            "DEFAULT_WINDOWS"]
@@ -48,7 +46,8 @@ class EvaluationContext:
         plan: a ``Plan``, or a path / Hub id for ``load_plan``, given instead of searching; or None.
         search_prompts, search_seeds: what a searched plan is searched on (kept apart from the
             evaluated prompts).
-        candidates, cost: of a plan search (``search.greedy.PlanSearch``).
+        candidates, cost: of a plan search (``search.greedy.PlanSearch``; no candidates: one per
+            mode kind, ``search.candidates.SMALL_CANDIDATES``).
         progress: progress bars of the searches.
         call_kwargs: the generation's size and guidance, for the searches.
     """
@@ -59,7 +58,7 @@ class EvaluationContext:
     plan: Any = None
     search_prompts: Sequence[str] = ()
     search_seeds: Sequence[int] = (0,)
-    candidates: Sequence = SMALL_CANDIDATES
+    candidates: Sequence = ()
     cost: str = "auto"
     progress: bool = True
     call_kwargs: dict = field(default_factory=dict)
@@ -161,7 +160,7 @@ def build_methods(
     plan: Any = None,
     search_prompts: Sequence[str] = (),
     search_seeds: Sequence[int] = (0,),
-    candidates: Sequence = SMALL_CANDIDATES,
+    candidates: Sequence | None = None,
     cost: str = "auto",
     progress: bool = True,
     **kwargs: Any,
@@ -175,13 +174,14 @@ def build_methods(
     for entry in entries.values():  # what is left are the pipeline's call arguments
         kwargs.pop(entry.settings, None)
     context = EvaluationContext(pipe, block_size, num_inference_steps, plan, tuple(search_prompts), tuple(search_seeds),
-                                tuple(candidates), cost, progress, kwargs)
+                                tuple(candidates or ()), cost, progress, kwargs)
     return {name: entries[name].methods(settings[name], context) for name in parse_methods(names or method_names())}
 
 
 def __getattr__(name: str):
     # The old module-level names, derived from the registry (no second list of methods or defaults).
     derived = {"METHOD_NAMES": lambda: method_names(),
+               "SMALL_CANDIDATES": lambda: importlib.import_module("search.candidates").SMALL_CANDIDATES,
                "DEFAULT_EPSILONS": lambda: registry()["plan"].defaults,
                "DEFAULT_SPARSITIES": lambda: registry()["adaspa"].defaults,
                "DEFAULT_WINDOWS": lambda: registry()["window"].defaults}

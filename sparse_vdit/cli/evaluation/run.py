@@ -1,6 +1,6 @@
 """``evaluate``: dense against sparse methods on the same prompts and seeds.
 
-    from pipelines.evaluation import evaluate
+    from sparse_vdit.cli.evaluation import evaluate
     from adaspa import AdaSpaAttention
     from sparse_vdit.baselines import StaticWindowAttention
     report = evaluate(pipe, {"adaspa": {"s=0.8": AdaSpaAttention(0.8)}, "window": StaticWindowAttention(2)},
@@ -27,10 +27,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pipelines.evaluation.metering import MeteredMethod, StepClock
-from pipelines.evaluation.metrics import video_psnr, video_ssim
-from pipelines.evaluation.report import DENSE, EvalReport, EvalRow
-from pipelines.evaluation.videos import side_by_side, slug, write_video
+from sparse_vdit.cli.evaluation.metering import MeteredMethod, StepClock
+from sparse_vdit.cli.evaluation.metrics import video_psnr, video_ssim
+from sparse_vdit.cli.evaluation.report import DENSE, EvalReport, EvalRow
+from pipelines.videos import side_by_side, slug, write_video
 
 __all__ = ["evaluate", "MethodSetting", "method_settings"]
 

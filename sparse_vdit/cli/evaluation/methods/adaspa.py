@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.evaluation.methods import EvaluatedMethod, EvaluationContext
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod, EvaluationContext
 
 
 def _build(sparsity: float, context: EvaluationContext):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.evaluation.methods import method_names, parse_methods, registry
-from pipelines.loading import CPU_WARMUP_STEPS, generation_kwargs, open_model
-from search.command import add_cost_option
-from sparse_vdit.cli_args import (
+from sparse_vdit.cli.evaluation.methods import method_names, parse_methods, registry
+from sparse_vdit.cli.search_command import add_cost_option
+from sparse_vdit.cli.args import (
+    CPU_WARMUP_STEPS,
     DefaultsFormatter,
     add_model_options,
     add_video_options,
@@ -76,16 +76,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Bad values and the library's errors raise; ``sparse_vdit.cli_args.run_command`` prints them in one line."""
-    from pipelines.evaluation.methods import build_methods
-    from pipelines.evaluation.plots import write_plots
-    from pipelines.evaluation.report import legend
-    from pipelines.evaluation.run import evaluate
+    """Bad values and the library's errors raise; ``sparse_vdit.cli.args.run_command`` prints them in one line."""
+    from sparse_vdit.cli.evaluation.methods import build_methods
+    from pipelines.loading import generation_kwargs, open_model
+    from sparse_vdit.cli.evaluation.plots import write_plots
+    from sparse_vdit.cli.evaluation.report import legend
+    from sparse_vdit.cli.evaluation.run import evaluate
     import warnings
 
     from search.candidates import DEFAULT_CANDIDATES
     from search.run import DensePlanWarning, dense_plan_note
-    from sparse_vdit.cli_args import check_output_dir
+    from sparse_vdit.cli.args import check_output_dir
 
     from search.candidates import SMALL_CANDIDATES
 

@@ -3,8 +3,8 @@ window half-width."""
 
 from __future__ import annotations
 
-from pipelines.evaluation.methods import EvaluatedMethod, EvaluationContext
-from pipelines.evaluation.methods.window import METHOD as WINDOW
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod, EvaluationContext
+from sparse_vdit.cli.evaluation.methods.window import METHOD as WINDOW
 
 
 def _build(rows: int, context: EvaluationContext):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.evaluation.report import DENSE, EvalReport
+from sparse_vdit.cli.evaluation.report import DENSE, EvalReport
 
 __all__ = ["PLOT_NOTE", "plots_available", "plot_psnr_speedup", "plot_attention_maps", "write_plots"]
 
@@ -120,7 +120,7 @@ def write_plots(report: EvalReport, methods: dict, pipe, out_dir: str | Path, *,
     lines = [f"plot: {plot_psnr_speedup(report, out / 'psnr_speedup.png')}"]
     plans = list(methods.get("plan", {}).values())
     if plans:
-        from pipelines.evaluation.maps import record_attention_maps
+        from sparse_vdit.cli.evaluation.maps import record_attention_maps
 
         plan = plans[-1]  # the sparsest setting shows the most modes
         layers = sorted({0, plan.model.num_layers // 2, plan.model.num_layers - 1})

@@ -3,7 +3,7 @@ half-width."""
 
 from __future__ import annotations
 
-from pipelines.evaluation.methods import EvaluatedMethod, EvaluationContext
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod, EvaluationContext
 
 
 def _build(rows: int, context: EvaluationContext):

@@ -1,4 +1,9 @@
-"""The ``sparse-vdit`` command. Subcommands are added by the features that need them.
+"""The top floor: the ``sparse-vdit`` command, its subcommands and the evaluation they run.
+
+Nothing in the floors below imports from here (``tests/test_floors.py``). Modules: ``args`` (what
+every command shares: options, validation, one-line errors), ``demo``, ``eval_command``,
+``search_command``, ``check`` (the commands), ``evaluation`` (``evaluate``, the methods' registry,
+metrics, reports, plots).
 
     sparse-vdit demo                      the main job: the proxy model, dense vs Sparse-vDiT vs AdaSpa
     sparse-vdit eval [--model ...]        dense vs a plan, AdaSpa and two baselines: PSNR, SSIM, time, density
@@ -7,15 +12,14 @@
     sparse-vdit check                     the kernels against the float64 reference
 
 Every option's help shows its default; bad values and the library's errors print one ``error:``
-line and exit with status 2 (``sparse_vdit.cli_args``).
+line and exit with status 2 (``sparse_vdit.cli.args``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from sparse_vdit.cli_args import CliError, DefaultsFormatter, OneLineErrorParser, bounded_int, run_command
+from sparse_vdit.cli.args import CliError, DefaultsFormatter, OneLineErrorParser, bounded_int, run_command
 
 # The check's float64 reference holds [heads, S, S] scores: keep S = frames x rows x cols small.
 CHECK_MAX_TOKENS = 4096
@@ -46,9 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--head-dim", type=int, choices=HEAD_DIMS, default=64, help="head dimension")
     check.set_defaults(func=_check)
 
-    from pipelines.demo import add_parser as add_demo_parser
-    from pipelines.evaluation.command import add_parser as add_eval_parser
-    from search.command import add_parser as add_search_parser
+    from sparse_vdit.cli.demo import add_parser as add_demo_parser
+    from sparse_vdit.cli.eval_command import add_parser as add_eval_parser
+    from sparse_vdit.cli.search_command import add_parser as add_search_parser
 
     add_demo_parser(sub)
     add_eval_parser(sub)
@@ -79,7 +83,7 @@ def _plan_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from sparse_vdit.selfcheck import run_selfcheck
+    from sparse_vdit.cli.check import run_selfcheck
 
     tokens = args.frames * args.rows * args.cols
     if tokens > CHECK_MAX_TOKENS:
@@ -96,7 +100,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     return run_command(args.func, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.evaluation.methods import EvaluatedMethod, EvaluationContext
+from sparse_vdit.cli.evaluation.methods import EvaluatedMethod, EvaluationContext
 
 
 def _check(epsilon: float) -> None:
@@ -20,8 +20,11 @@ def _search(epsilon: float, context: EvaluationContext):
     if not context.search_prompts:
         raise ValueError("no plan given and no prompt to search one with: pass plan=... or search_prompts=[...]")
     kwargs = {k: v for k, v in context.call_kwargs.items() if k != "output_type"}
+    from search.candidates import SMALL_CANDIDATES
+
     return run.search_plan(context.pipe, list(context.search_prompts), list(context.search_seeds),
-                           num_inference_steps=context.num_inference_steps, candidates=context.candidates,
+                           num_inference_steps=context.num_inference_steps,
+                           candidates=context.candidates or SMALL_CANDIDATES,
                            epsilon=epsilon, block_size=context.block_size, cost=context.cost,
                            progress=context.progress, **kwargs)
 

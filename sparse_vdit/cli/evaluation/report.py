@@ -110,7 +110,7 @@ class EvalReport:
     def findings(self) -> list[str]:
         """Where a method falls below a simple baseline: a baseline setting with higher PSNR at no
         more attention computed (density). One line each, with the likely reason."""
-        from pipelines.evaluation.methods import baseline_names
+        from sparse_vdit.cli.evaluation.methods import baseline_names
 
         simple = baseline_names()
         summary = [s for s in self.summary() if s.method != DENSE]
@@ -129,7 +129,7 @@ class EvalReport:
         return lines
 
     def _why(self, s: EvalSummary) -> str:
-        from pipelines.evaluation.methods import registry
+        from sparse_vdit.cli.evaluation.methods import registry
 
         if self.meta.get("random_weights"):
             return ("the model has random weights, so its attention has no structure for any method to exploit; "
