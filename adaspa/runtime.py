@@ -32,7 +32,7 @@ from adaspa.search import BlockGeometry, select_blocks
 from adaspa.state import AdaSpaState
 from sparse_vdit.protocol import HeadShard
 
-__all__ = ["StepPlan", "SearchSettings", "attend"]
+__all__ = ["StepPlan", "SearchSettings", "attend", "search", "dense_rows"]
 
 
 class SearchSettings(Protocol):
@@ -72,6 +72,21 @@ def attend(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: in
     """
     if plan.phase == DENSE:
         return None
+    dense_out = search(config, plan, state, layer, q, k, v, ops, head_shard)
+    if dense_out is not None:
+        return dense_out
+    out = ops.block_sparse_attention(q, k, v, state.layout(layer))
+    return dense_rows(out, q, k, v, plan.geometry, ops)
+
+
+def search(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: int,
+           q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ops: Any,
+           head_shard: HeadShard | None = None) -> torch.Tensor | None:
+    """The search of this step for layer ``layer``, if it has one (not in the dense phase), leaving
+    the layer's current selection in ``state``. Returns the dense output [B, H, S, D] when it ran a
+    first search (dense attention with the row LSE, then the block mass: that output is the step's),
+    else None: a later search (one mass pass on the cached LSE) or none, and the caller computes
+    the step's output on ``state``'s selection. A missed first search runs now (see ``attend``)."""
     geometry = plan.geometry
     if q.shape[2] != geometry.seq_len or k.shape[2] != geometry.seq_len:
         raise ValueError(
@@ -91,8 +106,7 @@ def attend(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: in
     if phase == CACHED_SEARCH:
         lse = state.cached_lse(layer)
         _search(config, plan, state, layer, ops.block_attention_mass(q, k, lse, config.block_size), lse, head_shard)
-    out = ops.block_sparse_attention(q, k, v, state.layout(layer))
-    return _dense_text_rows(out, q, k, v, geometry, ops)
+    return None
 
 
 def _search(config: SearchSettings, plan: StepPlan, state: AdaSpaState, layer: int,
@@ -116,11 +130,16 @@ def _padded_rows_massless(lse: torch.Tensor, kv_lens: torch.Tensor | None) -> to
     return lse.masked_fill(rows >= kv_lens.to(lse.device).view(-1, 1, 1), float("inf"))
 
 
-def _dense_text_rows(out: torch.Tensor, q, k, v, geometry: BlockGeometry, ops: Any) -> torch.Tensor:
+def dense_rows(out: torch.Tensor, q, k, v, geometry: BlockGeometry, ops: Any, heads: torch.Tensor | None = None) -> torch.Tensor:
     """Query rows of text and other tokens off the grid attend every key (the text sink):
-    computed densely, written over ``out``."""
+    computed densely, written over ``out`` [B, H, S, D], for every head or the ``heads`` given
+    (a LongTensor of head indices)."""
     for start, stop in geometry.dense_spans:
         rows = slice(start, stop)
-        dense_out, _ = ops.attention_with_lse(q[:, :, rows], k, v)
-        out[:, :, rows] = dense_out
+        if heads is None:
+            dense_out, _ = ops.attention_with_lse(q[:, :, rows], k, v)
+            out[:, :, rows] = dense_out
+        else:
+            dense_out, _ = ops.attention_with_lse(q[:, heads, rows], k[:, heads], v[:, heads])
+            out[:, heads, rows] = dense_out
     return out

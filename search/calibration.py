@@ -8,6 +8,8 @@ costliest of the tied modes, i.e. the one that computes most: the safe side), an
     kind_agreement  the same, comparing only the mode kind (diagonal vs multi-diagonal ...), not
                     its parameters
     unanimous       share of (step, layer, head) where every run chose the same mode
+    cell_agreement  per (step, layer, head), the share of runs that chose the plan's mode
+                    ([steps][layers][heads], what ``adaspa.hybrid`` reads)
 
 and, given each run's (prompt, seed), the mean share of (step, layer, head) on which two runs chose
 the same mode, over pairs of runs of the same prompt (other seeds: ``agreement_same_prompt``) and
@@ -38,29 +40,34 @@ def combine_runs(runs: Sequence[StepModes], costs: dict[Mode, float],
             raise ValueError("search runs of different step, layer or head counts cannot be combined")
     n = len(runs)
     plan, agree, kind_agree, unanimous, cells = [], 0.0, 0.0, 0, 0
+    cell_agreement = []
     for s in range(shape[0]):
-        layers = []
+        layers, layer_agreement = [], []
         for layer in range(shape[1]):
-            heads = []
+            heads, head_agreement = [], []
             for h in range(shape[2]):
                 votes = Counter(r[s][layer][h] for r in runs)
                 top = max(votes.values())
                 tied = [m for m, c in votes.items() if c == top]
                 choice = max(tied, key=lambda m: (costs.get(m, 1.0 if isinstance(m, Full) else 0.0), repr(m)))
                 heads.append(choice)
+                head_agreement.append(round(top / n, 4))
                 kinds = Counter(type(r[s][layer][h]) for r in runs)
                 agree += top / n
                 kind_agree += kinds[type(choice)] / n
                 unanimous += top == n
                 cells += 1
             layers.append(tuple(heads))
+            layer_agreement.append(head_agreement)
         plan.append(layers)
+        cell_agreement.append(layer_agreement)
     report = {
         "runs": n,
         "consistency": agree / cells,
         "kind_agreement": kind_agree / cells,
         "unanimous": unanimous / cells,
         "method": "majority per (step, layer, head); ties to the costliest mode",
+        "cell_agreement": cell_agreement,
     }
     if keys is not None:
         if len(keys) != n:

@@ -431,15 +431,19 @@ class Plan(AttentionMethod):
     def begin_forward(self, forward: ForwardContext) -> tuple[BlockLayout | None, ...]:
         """Per layer: None (all heads Full: dense) or the layer's BlockLayout, at this forward's step,
         for the heads this process computes (``forward.heads``: all of them on one GPU)."""
-        num_steps = steps_or_assumed(forward, self.num_steps, "the plan", "the number it was searched at", self._warned)
-        step = self.searched_step(min(forward.step_index, num_steps - 1), num_steps)
-        index = self._range_index(step)
+        index = self._range_index(self.searched_step_of(forward))
         heads = forward.heads
         key = (index, forward.token_layout, str(forward.device), heads)
         prepared = self._prepared.get(key)
         if prepared is None:
             prepared = self._prepared[key] = self._layer_layouts(self.steps[index], forward.token_layout, forward.device, heads)
         return prepared
+
+    def searched_step_of(self, forward: ForwardContext) -> int:
+        """The searched step serving ``forward`` (``searched_step`` of its step index and step count;
+        the count assumed, with one warning, when the forward does not know it)."""
+        num_steps = steps_or_assumed(forward, self.num_steps, "the plan", "the number it was searched at", self._warned)
+        return self.searched_step(min(forward.step_index, num_steps - 1), num_steps)
 
     def __call__(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> BlockLayout | None:
         return call.prepared[call.layer_index]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparse_vdit.cli.evaluation.methods import method_names, parse_methods, registry
+from sparse_vdit.cli.evaluation.methods import default_method_names, method_names, parse_methods, registry
 from sparse_vdit.cli.search_command import add_cost_option
 from sparse_vdit.cli.args import (
     CPU_WARMUP_STEPS,
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_model_options(p)
     add_video_options(p, steps=None, what="the model's: the proxy 8 steps of 17 x 64 x 96 on the CPU, 20 of "
                                           "81 x 128 x 192 on a GPU; other models 50 of 81 x 480 x 832")
-    p.add_argument("--methods", type=_method_names, default=",".join(method_names()),
+    p.add_argument("--methods", type=_method_names, default=",".join(default_method_names()),
                    help=f"comma-separated, from {', '.join(method_names())}")
     p.add_argument("--plan", default=None,
                    help="a plan file, folder or Hub repo id (default: search one per --epsilons first, as the demo does)")

@@ -3,6 +3,8 @@
 
     plan     Sparse-vDiT: a plan file, or one plan searched per epsilon (``search_plan``)
     adaspa   AdaSpa, one method per sparsity
+    hybrid   the plan's stable cells and AdaSpa for the rest (``adaspa.hybrid``), one per plan;
+             not in the default list (asked for by name)
     svg      the Sparse-VideoGen-style baseline, one per window half-width (latent rows)
     window   the static window baseline, one per window half-width
 
@@ -26,7 +28,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["EvaluatedMethod", "EvaluationContext", "registry", "method_names", "baseline_names", "parse_methods",
+__all__ = ["EvaluatedMethod", "EvaluationContext", "registry", "method_names", "default_method_names", "baseline_names", "parse_methods",
            "build_methods", "METHOD_NAMES", "SMALL_CANDIDATES", "DEFAULT_EPSILONS", "DEFAULT_SPARSITIES",
            "DEFAULT_WINDOWS"]
 
@@ -50,6 +52,7 @@ class EvaluationContext:
             mode kind, ``search.candidates.SMALL_CANDIDATES``).
         progress: progress bars of the searches.
         call_kwargs: the generation's size and guidance, for the searches.
+        searched: plans searched so far, by epsilon (methods built on the same plans share them).
     """
 
     pipe: Any
@@ -62,6 +65,7 @@ class EvaluationContext:
     cost: str = "auto"
     progress: bool = True
     call_kwargs: dict = field(default_factory=dict)
+    searched: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class EvaluatedMethod:
             are not built one by one (the plan: one given file instead of a search per epsilon).
         exports: {public name: module}: names ``from sparse_vdit import ...`` finds (the method's
             class, when the file defines a new one).
+        in_default: evaluated when no method list is given (an experimental method is not).
     """
 
     name: str
@@ -100,6 +105,7 @@ class EvaluatedMethod:
     why_below_baseline: str = "see the per-prompt rows"
     build_all: Callable[[Sequence, EvaluationContext], dict] | None = None
     exports: dict = field(default_factory=dict)
+    in_default: bool = True
 
     def methods(self, settings: Sequence, context: EvaluationContext) -> dict[str, Any]:
         """{label: method} over ``settings``."""
@@ -126,6 +132,11 @@ def registry() -> dict[str, EvaluatedMethod]:
 
 def method_names() -> tuple[str, ...]:
     return tuple(registry())
+
+
+def default_method_names() -> tuple[str, ...]:
+    """The methods evaluated when no list is given."""
+    return tuple(name for name, entry in registry().items() if entry.in_default)
 
 
 def baseline_names() -> tuple[str, ...]:
@@ -165,7 +176,7 @@ def build_methods(
     progress: bool = True,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """``{name: {setting: method}}`` for ``evaluate``: the methods ``names`` (default: all), each
+    """``{name: {setting: method}}`` for ``evaluate``: the methods ``names`` (default: the default ones), each
     over its settings (keyword ``<settings>``, e.g. ``epsilons=[0.05, 0.2]``, ``sparsities=[0.8]``,
     ``windows=[1, 2]``; default: the method's defaults). Every other keyword is a pipeline call
     argument (size, guidance) for the searches. See ``EvaluationContext`` for the rest."""
@@ -175,12 +186,12 @@ def build_methods(
         kwargs.pop(entry.settings, None)
     context = EvaluationContext(pipe, block_size, num_inference_steps, plan, tuple(search_prompts), tuple(search_seeds),
                                 tuple(candidates or ()), cost, progress, kwargs)
-    return {name: entries[name].methods(settings[name], context) for name in parse_methods(names or method_names())}
+    return {name: entries[name].methods(settings[name], context) for name in parse_methods(names or default_method_names())}
 
 
 def __getattr__(name: str):
     # The old module-level names, derived from the registry (no second list of methods or defaults).
-    derived = {"METHOD_NAMES": lambda: method_names(),
+    derived = {"METHOD_NAMES": lambda: default_method_names(),
                "SMALL_CANDIDATES": lambda: importlib.import_module("search.candidates").SMALL_CANDIDATES,
                "DEFAULT_EPSILONS": lambda: registry()["plan"].defaults,
                "DEFAULT_SPARSITIES": lambda: registry()["adaspa"].defaults,

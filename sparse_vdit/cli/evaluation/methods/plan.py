@@ -15,6 +15,13 @@ def _check(epsilon: float) -> None:
 
 
 def _search(epsilon: float, context: EvaluationContext):
+    """The plan searched at ``epsilon`` on the context's search prompts (once per context)."""
+    if epsilon not in context.searched:
+        context.searched[epsilon] = _run_search(epsilon, context)
+    return context.searched[epsilon]
+
+
+def _run_search(epsilon: float, context: EvaluationContext):
     from search import run
 
     if not context.search_prompts:
@@ -29,7 +36,7 @@ def _search(epsilon: float, context: EvaluationContext):
                            progress=context.progress, **kwargs)
 
 
-def _plans(epsilons: Sequence[float], context: EvaluationContext) -> dict[str, Any]:
+def plans(epsilons: Sequence[float], context: EvaluationContext) -> dict[str, Any]:
     """The given plan (at the evaluation's block size), else one searched plan per epsilon."""
     from sparse_vdit.plan import Plan
     from sparse_vdit.plan_file import load_plan
@@ -54,7 +61,7 @@ METHOD = EvaluatedMethod(
     label=lambda eps: f"eps={eps:g}",
     build=_search,
     check=_check,
-    build_all=_plans,
+    build_all=plans,
     why_below_baseline=(
         "a plan is fixed offline on its search prompts, seeds and steps; the online baselines adapt to each prompt, "
         "and a plan searched on few runs may not generalise (search with more prompts and seeds)"

@@ -15,7 +15,7 @@ def _build(rows: int, context: EvaluationContext):
 
 METHOD = EvaluatedMethod(
     name="svg",
-    rank=2,
+    rank=3,
     settings=WINDOW.settings,  # one --windows curve serves both window baselines
     defaults=WINDOW.defaults,
     kind=int,

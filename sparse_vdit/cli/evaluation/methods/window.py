@@ -19,7 +19,7 @@ def _check(rows: int) -> None:
 
 METHOD = EvaluatedMethod(
     name="window",
-    rank=3,
+    rank=4,
     settings="windows",
     defaults=(1, 2),
     kind=int,
