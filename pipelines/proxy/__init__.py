@@ -3,15 +3,17 @@
 Real checkpoints cannot be downloaded on our machines and random weights have no attention
 structure; the proxy gives quality numbers that mean something (README, "Proxy model").
 
-    from pipelines.proxy import load_proxy_pipeline, PROXY_GENERATION
+    from pipelines.proxy import load_proxy_pipeline, PROXY_SMALL
     pipe = load_proxy_pipeline("cpu")                      # WanPipeline, no download
-    video = pipe("a red circle moves right", **PROXY_GENERATION).frames
+    video = pipe("a red circle moves right", num_inference_steps=8, **PROXY_SMALL).frames   # GPU: PROXY_GENERATION
 
-    python -m pipelines.proxy.train [--minutes 9] [--smoke]     # make the checkpoint
+    python -m pipelines.proxy.train --minutes 9 [--resume CKPT] [--smoke]   # a training stretch
     python -m pipelines.proxy.attention_stats                    # does it have structure?
 
-Modules: ``latent`` (the exact latent map standing in for the VAE), ``data`` (procedural captioned
-videos, caption checks), ``model`` (architecture, checkpoint, loader), ``train``, ``attention_stats``.
+Modules: ``latent`` (the exact latent map standing in for the VAE), ``textures`` (the photographs and
+fractal noise videos are cut from), ``data`` (procedural captioned videos, caption checks), ``model``
+(architecture, checkpoint, loader, checkpoint parts), ``train`` (stretches, sizes, torchrun),
+``attention_stats``.
 """
 
 from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, VideoBatch, caption_checks, procedural_videos

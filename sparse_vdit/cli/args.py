@@ -62,7 +62,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 MAX_VIDEO_SIDE = 4096
 MAX_FRAMES = 1025
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 64 bits
-CPU_WARMUP_STEPS = 2  # untimed warm-up steps on the CPU: nothing to compile, a short one fills the caches
+CPU_WARMUP_STEPS = 1  # untimed warm-up steps on the CPU: nothing to compile, one step fills the caches
 
 
 class CliError(Exception):

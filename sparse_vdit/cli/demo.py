@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=DEMO_EPSILON,
                    help="plan search threshold on the normalised error + cost (larger: sparser)")
     p.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help="AdaSpa's sparsity (0.8 keeps 20%% of blocks)")
-    p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
+    p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps on a GPU, half of them on the CPU: a plan "
+                        "serves any step count)")
     p.add_argument("--output-dir", default=DEMO_OUTPUT_DIR, help="where the videos, report.csv and report.json go")
     p.set_defaults(func=run_demo)
     return p
@@ -84,12 +85,13 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{kwargs['width']}, {steps} steps, CFG {kwargs['guidance_scale']}; {session.device}, "
           f"{str(pipe.dtype).replace('torch.', '')}, block size {session.block_size}", flush=True)
     adaspa = AdaSpaAttention(sparsity=args.sparsity, block_size=session.block_size)
-    print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {args.search_steps or steps} steps, "
+    search_steps = args.search_steps or (steps if session.on_gpu else max(2, steps // 2))
+    print(f"1/2 searching a plan: prompt {defaults.search_prompts[0]!r}, {search_steps} steps, "
           f"candidates {', '.join(map(str, SMALL_CANDIDATES))}, epsilon {args.epsilon}", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DensePlanWarning)  # said below, as a note
         plan = search_plan(pipe, list(defaults.search_prompts[:1]), [args.seed],
-                           num_inference_steps=args.search_steps or steps, candidates=SMALL_CANDIDATES,
+                           num_inference_steps=search_steps, candidates=SMALL_CANDIDATES,
                            epsilon=args.epsilon, block_size=session.block_size, **kwargs)
     note = dense_plan_note(plan)
     print(f"    plan: attention density {plan.expected_density:.3f}" + (f"\nNOTE: {note} (--epsilon)" if note else ""),
