@@ -135,6 +135,8 @@ def test_resumed_stretch_continues_the_run(smoke_run, tmp_path):
     first_stretch, second_stretch = record["stretches"]
     assert second_stretch["initial_validation_loss"] == pytest.approx(first_stretch["validation_loss"], rel=0.03)
     assert all(second_stretch["initial_validation_loss"][k] < 0.9 * v for k, v in first_stretch["initial_validation_loss"].items())
+    first_start = first_stretch["initial_validation_loss"]  # the record's start is the run's, not the stretch's
+    assert record["initial_validation_loss"] == pytest.approx(sum(first_start.values()) / len(first_start))
     joined = join_checkpoint(tmp_path / "parts", tmp_path / "joined.safetensors")
     assert joined.read_bytes() == result.checkpoint.read_bytes()
     other = replace(SMOKE_CONFIG, num_layers=1)
@@ -241,6 +243,8 @@ def test_the_trained_checkpoint_ships_and_loads():
     pipe = load_proxy_pipeline("cpu")
     record = pipe.proxy_training
     assert record["steps"] > 1000 and record["weights"] == "ema"
+    first = record["stretches"][0]["initial_validation_loss"]  # per size, at the run's start
+    assert record["initial_validation_loss"] == pytest.approx(sum(first.values()) / len(first), rel=1e-4)
     assert record["validation_loss"] < record["initial_validation_loss"] / 5  # it learned
     assert weights_note(pipe) is None
 

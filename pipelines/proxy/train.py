@@ -524,8 +524,9 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             "final_loss": final_loss, "train_seconds": round(elapsed, 1),
             "parameters": n_params, "device": stretch["device"], "gpus": dist.world,
             "torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
-            "validation_loss": None if val is None else sum(val.values()) / len(val),
-            "initial_validation_loss": sum(initial_val.values()) / max(1, len(initial_val)),
+            "validation_loss": None if val is None else _mean(val),
+            # the run's start (its first stretch), so a resumed checkpoint still says how far it came
+            "initial_validation_loss": _mean((stretches[0]["initial_validation_loss"] if stretches else initial_val)),
             "weights": "ema" if ema is not None else "last", "options": _json_options(opts), "config": config.to_dict(),
             "sizes": [asdict(s) for s in sizes], "stretches": stretches + [stretch],
         }
@@ -630,7 +631,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     record["curve"] = curve
     size = record["checkpoint_bytes"]
     _log(f"trained {step} steps ({steps_before + step} in all) in {elapsed:.0f} s, final loss {last_loss:.4f}, "
-         f"validation loss {record['initial_validation_loss']:.4f} -> {record['validation_loss']:.4f} {final_val} "
+         f"validation loss {_mean(initial_val):.4f} -> {record['validation_loss']:.4f} {final_val} "
          f"({record['weights']} weights); checkpoint {checkpoint} ({size / 1e6:.2f} MB)")
     _log("seconds per step by size: " + json.dumps(record["stretches"][-1]["seconds_per_step"]))
     (out / "training.json").write_text(json.dumps(record, indent=1))  # kept if the samples fail
@@ -718,6 +719,11 @@ def parse_args(argv=None) -> TrainOptions:
     given["samples"] = not args.no_samples
     given["compile"], given["install"] = args.compile, args.install
     return replace(base, **given)
+
+
+def _mean(per_size: dict) -> float:
+    """The mean of a per-size loss dict ({"17x64x96": loss, ...})."""
+    return sum(per_size.values()) / max(1, len(per_size))
 
 
 def main(argv=None, *, started_at: float | None = None) -> int:
