@@ -155,6 +155,28 @@ def test_the_readme_states_every_fixed_default_as_the_parsers_have_it():
                               if stated.get(key) != actual.get(key)}
 
 
+def test_the_readme_states_the_model_dependent_epsilons_as_the_commands_resolve_them():
+    """search --epsilon and eval --epsilons default to the model's (GenerationDefaults), not the parser's."""
+    import argparse
+
+    from pipelines.loading import PROXY_CPU_DEFAULTS, PROXY_DEFAULTS
+    from search.defaults import DEFAULT_EPSILON
+    from sparse_vdit.cli.eval_command import method_settings
+    from sparse_vdit.cli.evaluation.methods import registry
+
+    plan = registry()["plan"]
+    unset = argparse.Namespace(epsilons=None)
+    general = method_settings(unset, plan, PROXY_DEFAULTS)
+    proxy_cpu = method_settings(unset, plan, PROXY_CPU_DEFAULTS)
+    assert general == list(plan.defaults) and proxy_cpu != general
+    assert method_settings(argparse.Namespace(epsilons=[0.4]), plan, PROXY_CPU_DEFAULTS) == [0.4]
+    joined = lambda values: ",".join(f"{v:g}" for v in values)
+    stated = (f"`search --epsilon` {DEFAULT_EPSILON:g} and `eval --epsilons` {joined(general)},\n"
+              f"except for the proxy on the CPU, where they are {PROXY_CPU_DEFAULTS.search_epsilon:g} and {joined(proxy_cpu)} ")
+    assert stated in README.read_text()
+    assert PROXY_DEFAULTS.search_epsilon is None  # the GPU proxy and other models: the search's own default
+
+
 def test_the_repository_stands_alone():
     """No file of the repository cites documents kept outside it."""
     root = README.parent

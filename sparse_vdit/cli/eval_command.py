@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.loading import PROXY_CPU_EPSILONS
 from sparse_vdit.cli.evaluation.methods import default_method_names, method_names, parse_methods, registry
 from sparse_vdit.cli.search_command import add_cost_option
 from sparse_vdit.cli.args import (
@@ -57,8 +58,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
     for settings, entry in {e.settings: e for e in registry().values()}.items():  # each method's curve
+        proxy_cpu = {"epsilons": PROXY_CPU_EPSILONS}.get(settings)  # the proxy's CPU curve (GenerationDefaults.method_settings)
         p.add_argument(f"--{settings}", type=comma_floats if entry.kind is float else comma_ints,
-                       default=list(entry.defaults), help=entry.help)
+                       default=list(entry.defaults) if proxy_cpu is None else None,
+                       help=entry.help if proxy_cpu is None else
+                       f"{entry.help} (default: {','.join(map(str, entry.defaults))}; the proxy on the CPU "
+                       f"{','.join(map(str, proxy_cpu))}, where smaller values keep nearly every head Full)")
     p.add_argument("--search-prompt", action="append", default=None,
                    help="a prompt the plan is searched on (repeatable; default: the model's, not among the evaluated)")
     p.add_argument("--search-steps", type=positive_int, default=None, help="steps of the plan search (default: --steps)")
@@ -73,6 +78,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="do not write the plots")
     p.set_defaults(func=run)
     return p
+
+
+def method_settings(args: argparse.Namespace, entry, defaults) -> list:
+    """A method's curve: the command line's values, else the model's (GenerationDefaults.method_settings),
+    else the method's own defaults."""
+    given = getattr(args, entry.settings)
+    if given is not None:
+        return list(given)
+    return list(defaults.method_settings.get(entry.settings, entry.defaults))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,18 +106,18 @@ def run(args: argparse.Namespace) -> int:
 
     for name in args.methods:  # bad settings and the output folder: before the model loads
         entry = registry()[name]
-        for value in getattr(args, entry.settings):
+        for value in getattr(args, entry.settings) or ():
             entry.check(value)
     check_output_dir(args.out, "--out")
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
+    settings = {entry.settings: method_settings(args, entry, defaults) for entry in registry().values()}
     kwargs = generation_kwargs(defaults, args.height, args.width, args.frames)
     steps = args.steps or defaults.num_inference_steps
     prompts, seeds = args.prompt or list(defaults.prompts), args.seed or [0]
     small = args.candidates == "small" or (args.candidates is None and not session.on_gpu)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DensePlanWarning)  # said below, per plan
-        settings = {entry.settings: getattr(args, entry.settings) for entry in registry().values()}
         methods = build_methods(
             pipe, args.methods, block_size=session.block_size, plan=args.plan,
             search_prompts=args.search_prompt or defaults.search_prompts, num_inference_steps=args.search_steps or steps,

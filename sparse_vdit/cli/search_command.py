@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.loading import PROXY_CPU_SEARCH_EPSILON
 from search.defaults import COST_SOURCES, DEFAULT_EPSILON, DEFAULT_LAMBDA
 from sparse_vdit.cli.args import DefaultsFormatter, add_model_options, add_video_options, seed
 
@@ -37,8 +38,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     add_video_options(p, steps=None)
     p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="weight of the cost in the loss")
-    p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
-                   help="a head takes its best mode only if its loss (normalised MSE + lam * cost) is below this")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="a head takes its best mode only if its loss (normalised MSE + lam * cost) is below this; "
+                        f"larger, sparser (default: {DEFAULT_EPSILON:g}; the proxy on the CPU {PROXY_CPU_SEARCH_EPSILON:g}, "
+                        "where smaller ones keep nearly every head Full)")
     add_cost_option(p)
     p.set_defaults(func=run)
     return p
@@ -57,16 +60,19 @@ def run(args: argparse.Namespace) -> int:
     from search.candidates import DEFAULT_CANDIDATES
     from search.greedy import check_lambda_epsilon
 
-    check_lambda_epsilon(args.lam, args.epsilon)  # bad values and the output path: before the model loads
+    # bad values and the output path: before the model loads
+    check_lambda_epsilon(args.lam, DEFAULT_EPSILON if args.epsilon is None else args.epsilon)
     out = check_output_file(args.out, "--out", is_ours=looks_like_plan, force=args.force)
     session = open_model(args.model, args.device, args.dtype, args.block_size)  # says its notes before the bars
+    epsilon = args.epsilon if args.epsilon is not None else (session.defaults.search_epsilon or DEFAULT_EPSILON)
+    print(f"searching with epsilon {epsilon:g}, lam {args.lam:g}", flush=True)
     kwargs = generation_kwargs(session.defaults, args.height, args.width, args.frames)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DensePlanWarning)  # said below, after the table
         plan = search_plan(
             session.pipe, args.prompt or list(session.defaults.prompts), args.seed or [0],
             num_inference_steps=args.steps or session.defaults.num_inference_steps, candidates=DEFAULT_CANDIDATES,
-            lam=args.lam, epsilon=args.epsilon, block_size=session.block_size, cost=args.cost, **kwargs,
+            lam=args.lam, epsilon=epsilon, block_size=session.block_size, cost=args.cost, **kwargs,
         )
     path = save_plan(plan, out)
     print(format_plan(plan, str(path)))
