@@ -44,4 +44,8 @@ def test_demo_as_a_new_user_sees_it(tmp_path):
 
     videos = tmp_path / "out" / "videos" / slug(PROXY_CPU_DEFAULTS.prompts[0]) / "seed0"
     assert {p.name for p in videos.iterdir()} == {"dense.mp4", "plan_eps=0.3.mp4", "adaspa_s=0.8.mp4"}
-    assert (tmp_path / "out" / "report.json").exists()
+    import json
+
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())["summary"]
+    adaspa = next(row for row in summary if row["method"] == "adaspa")
+    assert ("why AdaSpa computes this much" in out) == (adaspa["density"] >= 0.5), adaspa  # said when it looks dense

@@ -33,15 +33,24 @@ TINY_IMAGE_DIM = 16
 class HunyuanVideo15SparseAttnProcessor(HunyuanVideoSparseAttnProcessor):
     """HunyuanVideo-1.5 joint attention: HunyuanVideo's dual-stream processor; the dense path gets
     the stock [B, 1, S, S] mask built from the model's [B, St] text mask (padded rows and columns
-    masked), every method the key lengths."""
+    masked), every method the key lengths.
+
+    The square mask is built only when a call runs dense: at 720p (113,585 tokens) it is 13 GB, and
+    the stock processor's copy of it alone runs an 80 GB H100 out of memory (benchmarks/RESULTS.md).
+    """
 
     def dense_mask(self, attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """The key-padding mask [B, 1, 1, S] (True: a real key); ``_dense`` squares it."""
         if attention_mask is None:
             return None
         batch = attention_mask.shape[0]
         mask = torch.nn.functional.pad(attention_mask, (seq_len - attention_mask.shape[1], 0), value=True).bool()
-        rows = mask.view(batch, 1, 1, seq_len).expand(batch, 1, seq_len, seq_len)
-        return rows & rows.transpose(2, 3)
+        return mask.view(batch, 1, 1, seq_len)
+
+    def _dense(self, query, key, value, attn_mask, *, parallel: bool = True) -> torch.Tensor:
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[2] == 1:  # as stock: rows & keys
+            attn_mask = attn_mask & attn_mask.transpose(2, 3)
+        return super()._dense(query, key, value, attn_mask, parallel=parallel)
 
 
 def _read_inputs(transformer, args: dict) -> ForwardInputs:
