@@ -276,14 +276,11 @@ def models(smoke: bool) -> dict[str, Model]:
 
 
 def forward_layout(model, kwargs: dict):
-    """The ``TokenLayout`` of a forward with ``kwargs``, as the step tracker reads it: the family's
-    ``read_inputs`` (grid, padded text, tokens off the grid) and ``token_layout``."""
+    """The ``TokenLayout`` of a forward with ``kwargs``, as the step tracker reads it."""
     from pipelines import family_of
 
     family = family_of(model)
-    read = family.read_inputs(model, kwargs)
-    return family.token_layout(model.config, read.latent_frames, read.latent_height, read.latent_width,
-                               text_len=read.text_len, prefix_len=read.prefix_len, suffix_len=read.suffix_len)
+    return family.forward_layout(model.config, family.read_inputs(model, kwargs))
 
 
 def mode_pool():

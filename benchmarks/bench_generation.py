@@ -142,25 +142,12 @@ class Kind:
 
 # --------------------------------------------------------------------------- precision
 def fp8_precision() -> tuple[str | None, tuple[str, ...]]:
-    """(the kernels' fp8 precision value, the ops that take ``precision=``), or (None, ()) when
-    ``kernels.attention`` has no such option. The value: the first entry of the module's
-    ``PRECISIONS`` (if any) that names fp8, else the parameter's ``Literal`` choice that does, else
-    "fp8"."""
-    import typing
-
+    """("fp8", the ops of ``kernels.attention`` that take ``precision=``), or (None, ()) in a build
+    whose kernels have no such option."""
     from kernels import attention as ops
 
     names = tuple(n for n in PRECISION_OPS if "precision" in inspect.signature(getattr(ops, n)).parameters)
-    if not names:
-        return None, ()
-    choices = list(getattr(ops, "PRECISIONS", ()) or ())
-    annotation = inspect.signature(getattr(ops, names[0])).parameters["precision"].annotation
-    if isinstance(annotation, str):  # from __future__ import annotations: find the quoted choices
-        choices += [part.strip(" '\"") for part in annotation.replace("Literal[", ",").replace("]", ",").split(",")]
-    else:
-        choices += [a for a in typing.get_args(annotation) if isinstance(a, str)]
-    fp8 = next((c for c in choices if isinstance(c, str) and "fp8" in c.lower()), "fp8")
-    return fp8, names
+    return ("fp8", names) if names else (None, ())
 
 
 @contextlib.contextmanager
@@ -270,6 +257,16 @@ def time_kinds(model, kwargs: dict, kinds: list[Kind], args, device: torch.devic
                 kind.density = statistics.mean(float(s.selected_blocks(layer).float().mean()) for layer in s.selections)
     for kind in kinds:
         kind.ms = statistics.median(times[kind.label])
+
+
+def reuse_dense_times(method: str, kinds: list, timed: list, bf16_ms: dict) -> None:
+    """Kinds without our kernels run diffusers' dense attention, the same at either precision:
+    time them once (bf16) and reuse that time for the other precision's row."""
+    for k in kinds:
+        if k not in timed:
+            k.ms, k.note = bf16_ms[(method, k.label)], "bf16 time reused (diffusers' dense attention)"
+        elif not k.kernels:
+            bf16_ms[(method, k.label)] = k.ms
 
 
 def partial_path(name: str) -> Path:
@@ -464,15 +461,6 @@ def parse(argv):
         p.error("--dense-share: shares of the steps, each in [0, 1]")
     return args
 
-
-def reuse_dense_times(method: str, kinds: list, timed: list, bf16_ms: dict) -> None:
-    """Kinds without our kernels run diffusers' dense attention, the same at either precision:
-    time them once (bf16) and reuse that time for the other precision's row."""
-    for k in kinds:
-        if k not in timed:
-            k.ms, k.note = bf16_ms[(method, k.label)], "bf16 time reused (diffusers' dense attention)"
-        elif not k.kernels:
-            bf16_ms[(method, k.label)] = k.ms
 
 
 def main(argv=None) -> int:

@@ -171,10 +171,7 @@ class StepTracker:
         t = _timestep_value(inputs.timestep)
         name, ctx_step, ctx_num = self._context_hook.current()
         gen = self._advance(t, name, ctx_step, ctx_num)
-        layout = self.family.token_layout(
-            module.config, inputs.latent_frames, inputs.latent_height, inputs.latent_width, text_len=inputs.text_len,
-            prefix_len=inputs.prefix_len, suffix_len=inputs.suffix_len,
-        )
+        layout = self.family.forward_layout(module.config, inputs)
         branch = gen.branch_names.index(name) if name is not None else gen.calls_at_step
         gen.calls_at_step += 1
         gen.names_at_step.append(name)

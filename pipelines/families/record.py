@@ -122,6 +122,11 @@ class Family:
             suffix_len=suffix_len,
         )
 
+    def forward_layout(self, config: Any, inputs: ForwardInputs) -> TokenLayout:
+        """The layout of one forward, from what ``read_inputs`` read of its arguments."""
+        return self.token_layout(config, inputs.latent_frames, inputs.latent_height, inputs.latent_width,
+                                 text_len=inputs.text_len, prefix_len=inputs.prefix_len, suffix_len=inputs.suffix_len)
+
     def standard_layout(self) -> TokenLayout | None:
         """The token layout at the family's standard size (None when it has none)."""
         if self.standard is None:

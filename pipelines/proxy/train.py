@@ -526,7 +526,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             "torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
             "validation_loss": None if val is None else _mean(val),
             # the run's start (its first stretch), so a resumed checkpoint still says how far it came
-            "initial_validation_loss": _mean((stretches[0]["initial_validation_loss"] if stretches else initial_val)),
+            "initial_validation_loss": _mean(stretches[0]["initial_validation_loss"] if stretches else initial_val),
             "weights": "ema" if ema is not None else "last", "options": _json_options(opts), "config": config.to_dict(),
             "sizes": [asdict(s) for s in sizes], "stretches": stretches + [stretch],
         }

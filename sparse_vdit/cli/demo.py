@@ -21,14 +21,14 @@ import argparse
 import math
 import sys
 
+from pipelines.loading import PROXY_CPU_SEARCH_EPSILON
 from sparse_vdit.cli.args import DefaultsFormatter, add_model_options, add_video_options, positive_int, seed
 
 __all__ = ["DEMO_EPSILON", "DEMO_SPARSITY", "DEMO_OUTPUT_DIR", "add_parser", "run_demo"]
 
-# The search's threshold: larger, sparser (search.greedy's default is 0.05). On the trained proxy at
-# the CPU demo size 0.05 keeps nearly every head Full and 0.3 gives density 0.35 (measured; the
-# proxy's CPU defaults in pipelines/loading.py use it too).
-DEMO_EPSILON = 0.3
+# The search's threshold: larger, sparser (search.greedy's default is 0.05). The demo runs the proxy,
+# whose CPU-size plans stay nearly all Full below it (pipelines/loading.py says what was measured).
+DEMO_EPSILON = PROXY_CPU_SEARCH_EPSILON
 DEMO_SPARSITY = 0.8  # AdaSpa's default: each query block keeps 20% of the key blocks
 DEMO_OUTPUT_DIR = "sparse-vdit-demo"
 

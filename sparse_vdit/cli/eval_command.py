@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.loading import PROXY_CPU_EPSILONS
+from pipelines.loading import PROXY_CPU_METHOD_SETTINGS
 from sparse_vdit.cli.evaluation.methods import default_method_names, method_names, parse_methods, registry
 from sparse_vdit.cli.search_command import add_cost_option
 from sparse_vdit.cli.args import (
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", action="append", type=seed, default=None, help="a seed (repeatable; default: 0)")
     p.add_argument("--out", default="sparse-vdit-eval", help="folder for report.csv, report.json, videos/ and plots")
     for settings, entry in {e.settings: e for e in registry().values()}.items():  # each method's curve
-        proxy_cpu = {"epsilons": PROXY_CPU_EPSILONS}.get(settings)  # the proxy's CPU curve (GenerationDefaults.method_settings)
+        proxy_cpu = PROXY_CPU_METHOD_SETTINGS.get(settings)  # the proxy's own curve on the CPU
         p.add_argument(f"--{settings}", type=comma_floats if entry.kind is float else comma_ints,
                        default=list(entry.defaults) if proxy_cpu is None else None,
                        help=entry.help if proxy_cpu is None else
