@@ -159,6 +159,44 @@ def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, cls: 
     return model
 
 
+QUANT_CONFIGS = ("float8", "float8-weight")
+
+
+def quantize_linears(model, quant: str | None):
+    """Quantise ``model``'s linear layers with torchao as diffusers' ``TorchAoConfig`` does (every
+    ``nn.Linear`` outside the model's ``_keep_in_fp32_modules``), in place; ``quant``:
+
+    - ``"float8"``: float8 e4m3 weights and dynamically quantised activations with per-row scales
+      (``Float8DynamicActivationFloat8WeightConfig(PerRow())``, float8 GEMMs; needs CUDA SM 8.9+);
+    - ``"float8-weight"``: float8 weights only (``Float8WeightOnlyConfig``; runs on the CPU too);
+    - ``None``: nothing.
+
+    Returns the number of linear layers quantised. Raises with the install command when torchao is
+    missing."""
+    if quant is None:
+        return 0
+    if quant not in QUANT_CONFIGS:
+        raise ValueError(f"--quant {quant!r}: use one of {', '.join(QUANT_CONFIGS)}")
+    try:
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
+                                          PerRow, quantize_)
+    except ImportError as exc:
+        raise SystemExit(f"--quant {quant} needs torchao: pip install 'torchao>=0.18,<0.19' ({exc})") from None
+    config = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) if quant == "float8"
+              else Float8WeightOnlyConfig())
+    keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    chosen = []
+
+    def wanted(module, name: str) -> bool:
+        take = isinstance(module, torch.nn.Linear) and not keep_fp32.intersection(name.split("."))
+        if take:
+            chosen.append(name)
+        return take
+
+    quantize_(model, config, filter_fn=wanted)
+    return len(chosen)
+
+
 def model_inputs(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
                  generator: torch.Generator | None = None) -> dict:
     """Random latent and text of ``spec``'s shapes; ``generator`` (default: seed 0 on ``device``)

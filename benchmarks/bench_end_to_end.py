@@ -68,6 +68,7 @@ Run skyreels720 alone and hv15,mochi,ltx2 in a second call (~5 min each).
     python benchmarks/bench_end_to_end.py --models 14b --densities 0.2 --kinds plan --compile
     python benchmarks/bench_end_to_end.py --models hv15,mochi,ltx2 --densities 0.2   # H100: ~5 min
     python benchmarks/bench_end_to_end.py --models skyreels720 --densities 0.2       # H100: ~5 min
+    python benchmarks/bench_end_to_end.py --models 14b --densities 0.2 --kinds full,plan --compile --quant float8
     python benchmarks/bench_end_to_end.py --smoke                      # tiny models; CPU interpreter without CUDA
     python benchmarks/bench_end_to_end.py --smoke --models families    # the four families' tiny models
 """
@@ -350,17 +351,26 @@ def sequence_probe():
 
 
 @torch.no_grad()
+def build(spec: Model, device: torch.device, dtype: torch.dtype, quant: str | None = None):
+    """``spec``'s random-weight transformer (linear layers quantised by ``quant``, see
+    ``bench_adaspa.quantize_linears``), its inputs and its token layout; prints what was built."""
+    t0 = time.perf_counter()
+    model = bench_adaspa.build_model(spec, device, dtype, cls=spec.cls)
+    quantized = bench_adaspa.quantize_linears(model, quant)  # before any compile: every kind, stock included
+    kwargs = spec.inputs(spec, device, dtype, torch.Generator(device=device).manual_seed(0))
+    layout = forward_layout(model, kwargs)
+    print(f"[{spec.key}] built in {time.perf_counter() - t0:.0f} s"
+          f"{f'; {quantized} linear layers {quant} (torchao)' if quant else ''}; "
+          f"tokens per forward: {layout.describe()}", flush=True)
+    return model, kwargs, layout
+
+
 def step_rows(spec: Model, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """One row per kind of forward (stock dense, ``args.kinds`` at ``args.densities``) of ``spec``."""
     from adaspa import AdaSpaAttention
     from pipelines import apply_sparse_attention
 
-    t0 = time.perf_counter()
-    model = bench_adaspa.build_model(spec, device, dtype, cls=spec.cls)
-    kwargs = spec.inputs(spec, device, dtype, torch.Generator(device=device).manual_seed(0))
-    layout = forward_layout(model, kwargs)
-    print(f"[{spec.key}] built in {time.perf_counter() - t0:.0f} s; tokens per forward: {layout.describe()}",
-          flush=True)
+    model, kwargs, layout = build(spec, device, dtype, args.quant)
     timer = Timer(device, args.warmup, args.reps)
 
     def at_step(step: int, steps: int):
@@ -500,6 +510,10 @@ def parse(argv):
     p.add_argument("--kinds", default="full,plan,adaspa", help="forwards besides stock dense (default full,plan,adaspa)")
     p.add_argument("--compile", action="store_true",
                    help="diffusers' compile_repeated_blocks() on the transformer, for every kind (stock included)")
+    p.add_argument("--quant", choices=bench_adaspa.QUANT_CONFIGS, default=None,
+                   help="torchao quantisation of the linear layers, for every kind (stock included), as "
+                        "diffusers' TorchAoConfig: float8 (float8 weights and activations, per row; CUDA SM 8.9+) "
+                        "or float8-weight (weights only; also on the CPU)")
     p.add_argument("--name", default="bench_end_to_end", help="JSON file name stem")
     args = p.parse_args(argv)
     args.densities = tuple(float(x) for x in args.densities.split(","))
@@ -524,7 +538,7 @@ def main(argv=None) -> int:
     info = common.env_header(device, smoke=args.smoke, extra={
         "models": keys, "densities": args.densities, "plan block": args.plan_block,
         "AdaSpa block": args.adaspa_block, "reps": args.reps, "warmup": args.warmup, "kinds": args.kinds,
-        "compile": args.compile})
+        "compile": args.compile, "quant": args.quant})
     common.print_header(info, "One denoising step, sparse vs dense, at densities " + ", ".join(map(str, args.densities)))
     steps, search = [], []
     if args.search:

@@ -303,12 +303,7 @@ def model_rows(spec, args, device: torch.device, dtype: torch.dtype, fp8: str | 
     from adaspa import AdaSpaAttention
     from pipelines import apply_sparse_attention
 
-    t0 = time.perf_counter()
-    model = bench_adaspa.build_model(spec, device, dtype, cls=spec.cls)
-    kwargs = spec.inputs(spec, device, dtype, torch.Generator(device=device).manual_seed(0))
-    layout = e2e.forward_layout(model, kwargs)
-    print(f"[{spec.key}] built in {time.perf_counter() - t0:.0f} s; tokens per forward: {layout.describe()}",
-          flush=True)
+    model, kwargs, layout = e2e.build(spec, device, dtype, args.quant)
     if args.compile:
         model.compile_repeated_blocks()
         print(f"[{spec.key}] compile_repeated_blocks set (compiles at the first forwards)", flush=True)
@@ -447,6 +442,9 @@ def parse(argv):
     p.add_argument("--adaspa-block", type=int, default=None, help="AdaSpa block size (default 64; on the CPU 32)")
     p.add_argument("--reps", type=int, default=1, help="timed passes over the kinds (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first (compiles; default 1)")
+    p.add_argument("--quant", choices=bench_adaspa.QUANT_CONFIGS, default=None,
+                   help="torchao quantisation of the linear layers for every row, stock included (see "
+                        "bench_end_to_end --quant)")
     p.add_argument("--name", default="bench_generation", help="JSON file name stem")
     args = p.parse_args(argv)
     args.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -478,7 +476,7 @@ def main(argv=None) -> int:
     info = common.env_header(device, smoke=args.smoke, extra={
         "models": [s.name for s in specs], "kinds": ("stock",) + args.kinds, "precision": args.precision,
         "fp8": f"precision={fp8!r} on {', '.join(fp8_ops)}" if fp8 else FP8_UNAVAILABLE,
-        "compile": args.compile, "steps": STEPS, "CFG forwards per step": CFG_FORWARDS,
+        "compile": args.compile, "quant": args.quant, "steps": STEPS, "CFG forwards per step": CFG_FORWARDS,
         "plan density": args.density, "dense shares": args.dense_share,
         "dense steps": tuple(dense_steps(x) for x in args.dense_share),
         "AdaSpa sparsity": args.sparsity, "plan block": args.plan_block, "AdaSpa block": args.adaspa_block,
