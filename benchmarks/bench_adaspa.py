@@ -149,14 +149,26 @@ def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, cls: 
     does)."""
     import diffusers
 
+    model_cls = getattr(diffusers, cls)
+    build_on = device
+    if device.type == "cuda":
+        # The float32 build must fit beside what the GPU holds already; else build on the CPU and
+        # move the cast model (LTX-2: 75.5 GB in float32 during the build, 37.8 GB in bf16).
+        with torch.device("meta"):
+            params = sum(p.numel() for p in model_cls(**spec.config).parameters())
+        free, _ = torch.cuda.mem_get_info(device)
+        if params * 4 > 0.9 * free:
+            build_on = torch.device("cpu")
+            print(f"[build] {cls}: {params / 1e9:.1f} B params, {params * 4 / 1e9:.1f} GB in float32 > 90% of the "
+                  f"GPU's free {free / 1e9:.1f} GB: built on the CPU, cast, then moved", flush=True)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = getattr(diffusers, cls)(**spec.config).eval().requires_grad_(False)
+    with torch.device(build_on):
+        model = model_cls(**spec.config).eval().requires_grad_(False)
     keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name, param in model.named_parameters():
         if not keep_fp32.intersection(name.split(".")):
             param.data = param.data.to(dtype)
-    return model
+    return model.to(device)
 
 
 QUANT_CONFIGS = ("float8", "float8-weight")

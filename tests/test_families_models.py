@@ -63,6 +63,41 @@ def test_full_attention_is_stock_and_the_layout_is_the_sequence(name):
     assert torch.equal(model(**kwargs)[0], stock), "remove() must restore the stock processors exactly"
 
 
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.padded])
+@torch.no_grad()
+def test_full_attention_gives_every_stream_the_stock_output(name):
+    """Every attention module's whole output under FullAttention, the text stream and its padded
+    rows included, is the stock module's: the dense path attends each sample's real keys unmasked,
+    so a padded row must still get what stock gives it (the real keys' attention under a key-padding
+    mask; 0 under HunyuanVideo-1.5's square mask)."""
+    case = CASES[name]
+    model = case.build(2)
+    kwargs = case.make_inputs(model)
+    modules = [m for m in model.modules() if hasattr(m, "processor")]
+
+    def outputs() -> list:
+        seen = []
+        hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out if isinstance(out, tuple) else (out,)))
+                 for m in modules]
+        try:
+            model(**kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
+
+    stock = outputs()
+    with apply_sparse_attention(model, FullAttention()):
+        ours = outputs()
+    assert len(ours) == len(stock) > 0
+    for i, (got, want) in enumerate(zip(ours, stock)):
+        assert len(got) == len(want)
+        for x, y in zip(got, want):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert_stock(x, y, f"attention call {i}")
+
+
 # --------------------------------------------------------------------------- what the layouts hold
 def _layout(name, **grid):
     case = CASES[name]

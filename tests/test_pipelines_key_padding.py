@@ -99,3 +99,33 @@ def test_garbage_in_padded_text_does_not_reach_the_video(model):
         out = model(**kwargs)[0]
         kwargs["encoder_hidden_states"][1, 3:] = 1e3 * torch.randn(TEXT_LEN - 3, kwargs["encoder_hidden_states"].shape[-1])
         torch.testing.assert_close(model(**kwargs)[0], out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("text_lens, keys", [((10, 3), [[138], [131]]), ((5, 5), [[133, 133]]), ((3,), [[131]])],
+                         ids=["two-lengths", "same-length", "one-padded"])
+@torch.no_grad()
+def test_a_dense_call_attends_the_real_keys_unmasked(model, monkeypatch, text_lens, keys):
+    """FullAttention's dense calls of a key-padded forward pass no mask to the backend: each sample's
+    rows attend its real keys only (one call per distinct length), so diffusers' backend runs its
+    unmasked kernel (flash / cuDNN); the output is the stock one (test above)."""
+    from pipelines.processors import SparseAttnProcessorBase
+
+    seen = []
+    dense = SparseAttnProcessorBase._dense
+
+    def recording(self, query, key, value, attn_mask, **kwargs):
+        seen.append((attn_mask is None, query.shape[0], key.shape[1]))
+        return dense(self, query, key, value, attn_mask, **kwargs)
+
+    monkeypatch.setattr(SparseAttnProcessorBase, "_dense", recording)
+    kwargs = _inputs(text_lens)
+    stock = model(**kwargs)[0]
+    with apply_sparse_attention(model, FullAttention()) as handle:
+        ours = model(**kwargs)[0]
+        layers = handle.trackers[0].current.model.num_layers
+    video_len = 2 * 8 * 8
+    assert all(n > video_len for group in keys for n in group)
+    # one forward: per layer, one call per distinct key length, each with the samples of that length
+    want = [(True, len(group) if len(set(group)) == 1 else 1, group[0]) for group in keys]
+    assert seen == want * layers, seen
+    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5 * float(stock.abs().max()))

@@ -31,13 +31,17 @@ TINY_IMAGE_DIM = 16
 
 
 class HunyuanVideo15SparseAttnProcessor(HunyuanVideoSparseAttnProcessor):
-    """HunyuanVideo-1.5 joint attention: HunyuanVideo's dual-stream processor; the dense path gets
-    the stock [B, 1, S, S] mask built from the model's [B, St] text mask (padded rows and columns
-    masked), every method the key lengths.
+    """HunyuanVideo-1.5 joint attention: HunyuanVideo's dual-stream processor. Stock masks padded
+    rows and columns with a [B, 1, S, S] mask built from the model's [B, St] text mask (real tokens
+    lead); here a dense call attends each sample's real keys unmasked and zeroes the padded rows
+    (SDPA's output for a fully masked row), and every method gets the key lengths.
 
-    The square mask is built only when a call runs dense: at 720p (113,585 tokens) it is 13 GB, and
-    the stock processor's copy of it alone runs an 80 GB H100 out of memory (benchmarks/RESULTS.md).
+    The square mask is built only where a dense call must take a mask (context parallelism's dense
+    fallback): at 720p (113,585 tokens) it is 13 GB, and the stock processor's copy of it alone
+    runs an 80 GB H100 out of memory (benchmarks/RESULTS.md).
     """
+
+    dense_zeroes_padded_rows = True  # the stock mask is square: a padded row attends nothing (SDPA: 0)
 
     def dense_mask(self, attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
         """The key-padding mask [B, 1, 1, S] (True: a real key); ``_dense`` squares it."""
