@@ -14,8 +14,16 @@ from kernels.reference import attention_ref
 
 @pytest.fixture
 def force_tma(monkeypatch):
+    """The TMA path forced on, with a host scratch allocator for the interpreter's descriptors; the
+    allocator before it is restored afterwards (left installed, it would hand host memory to every
+    later TMA launch on a GPU: the launcher keeps an allocator that is already set)."""
+    from triton.runtime import _allocation
+
     monkeypatch.setattr(attention, "_tma_ok", lambda *tensors: True)
+    before = _allocation._allocator.get()
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8))
+    yield
+    _allocation._allocator.set(before)
 
 
 @pytest.mark.parametrize("seq,head_dim,dtype", [(113, 64, torch.float16), (300, 128, torch.bfloat16)])
@@ -33,3 +41,17 @@ def test_tma_path_matches_reference(force_tma, seq, head_dim, dtype):
         low, _ = attention_ref(q, k, v, mask, upcast=False)
         err, torch_err = (got.double() - ref).abs().max().item(), (low.double() - ref).abs().max().item()
         assert err <= 2 * torch_err, (err, torch_err)
+
+
+def test_forcing_tma_leaves_the_allocator_as_it_was(request):
+    """Run the fixture by hand: after it, Triton's allocator is the one before it."""
+    from triton.runtime import _allocation
+
+    before = _allocation._allocator.get()
+    fixture = force_tma.__wrapped__(pytest.MonkeyPatch()) if hasattr(force_tma, "__wrapped__") else None
+    if fixture is None:
+        pytest.skip("pytest no longer exposes the fixture function")
+    next(fixture)
+    assert _allocation._allocator.get() is not before
+    next(fixture, None)
+    assert _allocation._allocator.get() is before
