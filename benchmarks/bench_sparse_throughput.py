@@ -1,0 +1,159 @@
+"""Where a sparse layout's time goes: the block-sparse kernel's TFLOP/s on computed blocks across
+layouts that each isolate one cost (issue 19 item 1: computed blocks of sparse layouts at >= 90%
+of the all-blocks kernel's TFLOP/s, >= 1.3x FlexAttention).
+
+Per shape and block size, one run times (``triton.testing.do_bench`` median, bf16, B = 1):
+
+    all-blocks, dense loop        the index-free loop (what a complete layout runs): the ceiling
+    all-blocks, indexed loop      the same blocks through the block-list loop (``is_dense=False``):
+                                  what reading block indices costs alone
+    random d, equal rows          d of each row's key blocks at random (bench_attention's layouts):
+                                  + gathered key tiles
+    band d, equal rows            d of each row's key blocks contiguous around the diagonal:
+                                  + nothing but shorter rows (gathered vs contiguous: the row above)
+    skewed d, long rows first /   row lengths spread 0..2x the mean (mode mixes: diagonal rows are
+    long rows last                short, stripe rows long), the same lengths in both, the longest
+                                  rows in the first / last programs launched: load imbalance and
+                                  the tail
+    FlexAttention                 compiled, on the random and the skewed layouts (the peer)
+    cuDNN SDPA                    dense (the all-blocks bar)
+
+TFLOP/s count computed blocks only (``common.layout_flops``); "of all-blocks" is each row's
+TFLOP/s over the dense loop's. A gap between "band" and "random" is the gather; between the two
+skewed rows, the launch order; between "all-blocks, indexed" and "dense loop", the index loads.
+
+    python benchmarks/bench_sparse_throughput.py                        # wan720 and hunyuan720 at 128, wan480 at 64
+    python benchmarks/bench_sparse_throughput.py --cases wan720:128:0.2
+    python benchmarks/bench_sparse_throughput.py --smoke                # tiny shapes, CPU interpreter without CUDA
+
+Time on one H100, ESTIMATED, not measured: each case ~1 min (FlexAttention compiles twice, ~20 s
+each; our kernel compiles once per block size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import torch  # noqa: E402
+
+# shape:block:density; the issue's large shapes (Wan 720p 20%, HunyuanVideo 720p 10%, Wan 480p 10%)
+DEFAULT_CASES = ("wan720:128:0.2", "hunyuan720:128:0.1", "wan480:64:0.1")
+SMOKE_CASES = ("wan720:64:0.4", "hunyuan720:64:0.3")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=None, help=f"comma list of shape:block:density (default {','.join(DEFAULT_CASES)})")
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take most of the time)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes; CPU interpreter without CUDA")
+    p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
+    p.add_argument("--rep", type=float, default=150, help="do_bench rep, ms")
+    return p.parse_args(argv)
+
+
+def row_lengths(nb: int, keep: int, skew: str) -> torch.Tensor:
+    """[nb] key blocks per query-block row, summing to nb * keep (within rounding): equal rows, or
+    spread linearly from ~0 to ~2 x keep ("long-first": decreasing with the row, "long-last":
+    increasing); every row keeps at least its diagonal block."""
+    if skew == "equal":
+        return torch.full((nb,), keep, dtype=torch.long)
+    ramp = torch.linspace(0.0, 2.0 * keep, nb).round().long().clamp(1, nb)
+    return ramp.flip(0) if skew == "long-first" else ramp
+
+
+def layout_of(shape: common.Shape, block: int, density: float, kind: str, device: torch.device):
+    """``kind``: "random", "band" (equal rows) or "long-first" / "long-last" (skewed, random blocks)."""
+    from kernels.block_layout import BlockLayout
+
+    nb = common.cdiv(shape.s, block)
+    keep = max(1, min(nb, round(density * nb)))
+    lengths = row_lengths(nb, keep, "equal" if kind in ("random", "band") else kind).to(device)
+    rows = torch.arange(nb, device=device)
+    if kind == "band":  # a window of `keep` blocks around the diagonal, shifted inside [0, nb)
+        start = (rows - keep // 2).clamp(0, nb - keep)
+        cols = torch.arange(nb, device=device)
+        full = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + keep)[:, None])
+    else:  # random blocks per row (diagonal first), one pattern per head
+        gen = torch.Generator(device=device).manual_seed(0)
+        scores = torch.rand(shape.h, nb, nb, generator=gen, device=device)
+        scores[:, rows, rows] = 2.0
+        order = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # rank of each block in its row
+        full = order < lengths[None, :, None]
+    full = full.expand(1, shape.h, nb, nb) if full.dim() == 2 else full.unsqueeze(0)
+    return BlockLayout.from_block_maps(full, block_size=block, seq_lengths=shape.s)
+
+
+def run_case(spec: str, args, device: torch.device) -> list[dict]:
+    from kernels import attention as ops
+    from kernels.block_layout import BlockLayout
+
+    name, block, density = spec.split(":")
+    block, density = int(block), float(density)
+    shape = common.shapes_for(args.smoke)[name]
+    q, k, v = common.random_qkv(shape, device)
+    dense_flops = common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d)
+    bench = dict(warmup=args.warmup, rep=args.rep)
+    rows: list[dict] = []
+
+    def timed(what: str, make, flops: float, layout=None, note: str = "") -> None:
+        """``make()`` builds the timed callable (a peer that cannot run here raises Skipped there)."""
+        t0 = time.time()
+        m = common.measure(make, device, **bench)
+        rows.append({"case": spec, "layout": what, "density": None if layout is None else layout.density(),
+                     "ms": m.ms, "TFLOP/s": common.tflops(flops, m.ms), "note": m.status() or note})
+        print(f"  {what}: {common.fmt(m.ms, 3)} ms, {common.fmt(common.tflops(flops, m.ms), 0)} TFLOP/s "
+              f"{m.status()} ({time.time() - t0:.1f} s)", flush=True)
+
+    print(f"\n== {spec}: {shape.describe()}, {block}-token blocks, density {density}", flush=True)
+    every = BlockLayout.dense(shape.s, block, device=device)
+    timed("all-blocks, dense loop", lambda: lambda: ops.block_sparse_attention(q, k, v, every), dense_flops, every)
+    indexed = dataclasses.replace(every, is_dense=False)
+    timed("all-blocks, indexed loop", lambda: lambda: ops.block_sparse_attention(q, k, v, indexed), dense_flops, indexed)
+    layouts = {kind: layout_of(shape, block, density, kind, device) for kind in ("random", "band", "long-first", "long-last")}
+    labels = {"random": f"random {density}, equal rows", "band": f"band {density}, equal rows",
+              "long-first": f"skewed {density}, long rows first", "long-last": f"skewed {density}, long rows last"}
+    for kind, layout in layouts.items():
+        flops = common.layout_flops(layout, shape.b, shape.h, shape.d)
+        timed(labels[kind], lambda layout=layout: lambda: ops.block_sparse_attention(q, k, v, layout), flops, layout)
+    if not args.no_flex:
+        for kind in ("random", "long-first"):
+            layout = layouts[kind]
+            flops = common.layout_flops(layout, shape.b, shape.h, shape.d)
+            timed(f"FlexAttention, {labels[kind]}", lambda layout=layout: common.flex_fn(q, k, v, layout, allow_cpu=False),
+                  flops, layout)
+    timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), dense_flops)
+    ceiling = next((r["TFLOP/s"] for r in rows if r["layout"] == "all-blocks, dense loop"), None)
+    ours = {r["layout"]: r["ms"] for r in rows}
+    for r in rows:
+        r["of all-blocks"] = r["TFLOP/s"] / ceiling if r["TFLOP/s"] and ceiling else None
+        peer = ours.get(f"FlexAttention, {r['layout']}")
+        r["vs FlexAttention"] = peer / r["ms"] if peer and r["ms"] else None
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    device = common.setup()
+    cases = args.cases.split(",") if args.cases else list(SMOKE_CASES if args.smoke else DEFAULT_CASES)
+    info = common.env_header(device, smoke=args.smoke, extra={"cases": cases, "flex": not args.no_flex,
+                                                              "warmup": args.warmup, "rep": args.rep})
+    common.print_header(info, "Block-sparse kernel throughput by layout (where the time goes)")
+    rows: list[dict] = []
+    for spec in cases:
+        rows += run_case(spec.strip(), args, device)
+    common.write_json("bench_sparse_throughput", {"env": info, "rows": rows})
+    common.print_table(rows, [("case", "case"), ("layout", "layout"), ("density", "density"), ("ms", "ms"),
+                              ("TFLOP/s", "TFLOP/s (computed blocks)"), ("of all-blocks", "of all-blocks (dense loop)"),
+                              ("vs FlexAttention", "Flex ms / ours"), ("note", "note")],
+                       title="Computed-block throughput (goal: >= 0.90 of all-blocks, >= 1.3x FlexAttention)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
