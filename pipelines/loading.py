@@ -73,7 +73,7 @@ PROXY_SEARCH_PROMPTS = ("a green triangle moves down", "a yellow square rotates"
 # Plan-search epsilons for the proxy on the CPU. At its CPU size (1,920 tokens, 16-token blocks) a
 # head's error under any sparse mode is larger than at the evaluation size, and the search's own
 # defaults (0.05; eval 0.02, 0.05, 0.1) keep nearly every head Full (density 0.99 at 0.05 on the first
-# checkpoint); on the shipped one 0.1, 0.2 and 0.3 give 0.92, 0.64 and 0.47 (the notebook at its
+# checkpoint); on the shipped one 0.1, 0.2 and 0.3 give 0.97, 0.62 and 0.47 (the notebook at its
 # defaults, measured). The demo takes 0.3 too: DEMO_EPSILON in sparse_vdit/cli/demo.py.
 PROXY_CPU_SEARCH_EPSILON = 0.3
 PROXY_CPU_METHOD_SETTINGS = {"epsilons": (0.1, 0.2, 0.3)}  # eval's curves (method_settings)
