@@ -220,6 +220,31 @@ def test_training_objective_matches_the_pipeline():
     torch.testing.assert_close(frames, (video / 2 + 0.5).permute(0, 2, 1, 3, 4), atol=1e-4, rtol=0)
 
 
+def test_the_pipeline_pads_prompts_to_the_trained_length_by_default():
+    """``pipe(prompt)`` as a diffusers user calls it encodes the prompt at the proxy's trained text
+    length (16), not WanPipeline's 512 (zero tokens the proxy never saw); another length warns."""
+    from pipelines.proxy import build_proxy_pipeline
+
+    c = SMOKE_CONFIG
+    pipe = build_proxy_pipeline(c)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe, __import__("diffusers").WanPipeline)
+    lengths = []
+
+    def record(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs):
+        lengths.append(encoder_hidden_states.shape[1])
+        return (torch.zeros_like(hidden_states),)
+
+    pipe.transformer.forward = record
+    kwargs = dict(height=c.height, width=c.width, num_frames=c.frames, num_inference_steps=1, guidance_scale=1.0,
+                  output_type="latent")
+    pipe("a red circle moves right", **kwargs)
+    assert lengths == [c.max_sequence_length]
+    with pytest.warns(UserWarning, match="trained with prompts padded to max_sequence_length=16"):
+        pipe("a red circle moves right", max_sequence_length=64, **kwargs)
+    assert lengths[-1] == 64
+
+
 def test_training_sigmas_have_the_schedules_density():
     """shifted_sigma of an even grid is the scheduler's sigma schedule: uniform u in training."""
     from pipelines.proxy import build_proxy_pipeline

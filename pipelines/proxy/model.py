@@ -25,12 +25,15 @@ The checkpoint is one safetensors file: the transformer in bfloat16, the text en
 (random init, frozen in training; shipped so that loading never depends on an RNG or a torch
 version), and as metadata the proxy config, the latent statistics, the vocabulary and what the
 training run recorded (seed, steps, final loss). Text padding matters: the model is trained with
-prompts padded to ``max_sequence_length`` 16, so call the pipeline with ``PROXY_GENERATION``'s value.
+prompts padded to ``max_sequence_length`` 16, which the pipeline (``ProxyWanPipeline``, a
+``WanPipeline``) takes by default; another value gets a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -218,6 +221,32 @@ def proxy_parameter_count(config: ProxyConfig = PROXY_CONFIG) -> int:
         return sum(p.numel() for p in proxy_transformer(config).parameters())
 
 
+@functools.cache
+def proxy_pipeline_class():
+    """``ProxyWanPipeline``: diffusers' ``WanPipeline`` whose ``max_sequence_length`` defaults to the
+    text length the proxy was trained with (16) instead of Wan's 512. Wan zero-pads the prompt
+    embeddings to that length and its cross-attention has no text mask, so 496 zero tokens the
+    proxy never saw would take attention from the prompt (measured: the object and the named
+    texture fade out of the video). Another length still runs, with a warning."""
+    from diffusers import WanPipeline
+
+    class ProxyWanPipeline(WanPipeline):
+        __doc__ = proxy_pipeline_class.__doc__
+
+        def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
+            trained = self.proxy_config.max_sequence_length
+            if max_sequence_length is None:
+                max_sequence_length = trained
+            elif max_sequence_length != trained:
+                warnings.warn(
+                    f"the proxy was trained with prompts padded to max_sequence_length={trained}; "
+                    f"{max_sequence_length} pads them with zero tokens its cross-attention never saw, which degrades "
+                    f"the video: leave max_sequence_length out (or pass {trained})", UserWarning, stacklevel=2)
+            return super().__call__(*args, max_sequence_length=max_sequence_length, **kwargs)
+
+    return ProxyWanPipeline
+
+
 def build_proxy_pipeline(
     config: ProxyConfig = PROXY_CONFIG,
     *,
@@ -226,11 +255,11 @@ def build_proxy_pipeline(
     latents_std=None,
     vocab=PROXY_VOCAB,
 ):
-    """The proxy ``WanPipeline`` with random weights (seeded; for tests and as the start of training).
+    """The proxy ``ProxyWanPipeline`` (a ``WanPipeline``) with random weights (seeded; for tests and as the start of training).
 
     ``latents_mean`` / ``latents_std``: per latent channel (default 0 / 1).
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     tokenizer = proxy_tokenizer(vocab)
     with torch.random.fork_rng(devices=[]):
@@ -242,7 +271,8 @@ def build_proxy_pipeline(
         latents_mean=latents_mean, latents_std=latents_std,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe = proxy_pipeline_class()(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                                  scheduler=scheduler)
     pipe.proxy_config = config
     return pipe
 
