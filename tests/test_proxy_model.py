@@ -245,6 +245,46 @@ def test_the_pipeline_pads_prompts_to_the_trained_length_by_default():
     assert lengths[-1] == 64
 
 
+def test_the_pipeline_shifts_its_schedule_by_the_video_size():
+    """The flow shift is config.shift up to the CPU size's tokens and grows as the square root of
+    the token count beyond; the sigmas the transformer sees follow it; ``flow_shift`` overrides."""
+    from pipelines.proxy import build_proxy_pipeline
+    from pipelines.proxy.model import proxy_flow_shift
+
+    assert proxy_flow_shift(PROXY_CONFIG, 17, 64, 96) == PROXY_CONFIG.shift
+    assert proxy_flow_shift(PROXY_CONFIG, 81, 128, 192) == pytest.approx(PROXY_CONFIG.shift * (32256 / 1920) ** 0.5)
+    c = SMOKE_CONFIG
+    pipe = build_proxy_pipeline(c)
+    pipe.set_progress_bar_config(disable=True)
+    timesteps = []
+
+    def record(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs):
+        timesteps.append(float(timestep.flatten()[0]))
+        return (torch.zeros_like(hidden_states),)
+
+    pipe.transformer.forward = record
+
+    def second_sigma(**size):
+        timesteps.clear()
+        pipe("a red circle moves right", num_inference_steps=4, guidance_scale=1.0, output_type="latent", **size)
+        return timesteps[1] / 1000.0
+
+    def expected(shift):  # the second of 4 steps of a fresh scheduler built with that shift
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        fresh = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+        fresh.set_timesteps(4)
+        return float(fresh.timesteps[1]) / 1000.0
+
+    small = dict(height=64, width=96, num_frames=17)
+    large = dict(height=128, width=192, num_frames=33)
+    assert second_sigma(**small) == pytest.approx(expected(proxy_flow_shift(c, **small)), abs=1e-3)
+    assert pipe.scheduler.shift == proxy_flow_shift(c, **small)
+    assert second_sigma(**large) == pytest.approx(expected(proxy_flow_shift(c, **large)), abs=1e-3)
+    assert proxy_flow_shift(c, **large) > proxy_flow_shift(c, **small)
+    assert second_sigma(flow_shift=2.0, **large) == pytest.approx(expected(2.0), abs=1e-3)
+
+
 def test_training_sigmas_have_the_schedules_density():
     """shifted_sigma of an even grid is the scheduler's sigma schedule: uniform u in training."""
     from pipelines.proxy import build_proxy_pipeline

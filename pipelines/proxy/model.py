@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -221,19 +222,41 @@ def proxy_parameter_count(config: ProxyConfig = PROXY_CONFIG) -> int:
         return sum(p.numel() for p in proxy_transformer(config).parameters())
 
 
+WAN_CALL_SIZE = {"num_frames": 81, "height": 480, "width": 832}  # WanPipeline.__call__'s defaults
+PROXY_SHIFT_BASE_TOKENS = 1920  # the CPU size (PROXY_SMALL): config.shift as trained
+
+
+def proxy_flow_shift(config: ProxyConfig, num_frames: int, height: int, width: int) -> float:
+    """The sampler's flow shift for a video size: ``config.shift`` (3) up to the CPU size's 1,920
+    tokens, growing with the square root of the token count beyond (SD3's rule; Wan's own
+    checkpoints take 3 at 480p and 5 at 720p): 8.0 at 33 x 128 x 192 (13,824 tokens), 12.3 at the
+    evaluation size (32,256). Measured on the CPU at 33 x 128 x 192, 12 steps: shift 3 scattered
+    the object into specks, shift 9 kept one coherent object in every frame."""
+    tokens = math.prod(config.tokens_at(num_frames, height, width))
+    return config.shift * math.sqrt(max(1.0, tokens / PROXY_SHIFT_BASE_TOKENS))
+
+
 @functools.cache
 def proxy_pipeline_class():
     """``ProxyWanPipeline``: diffusers' ``WanPipeline`` whose ``max_sequence_length`` defaults to the
     text length the proxy was trained with (16) instead of Wan's 512. Wan zero-pads the prompt
     embeddings to that length and its cross-attention has no text mask, so 496 zero tokens the
     proxy never saw would take attention from the prompt (measured: the object and the named
-    texture fade out of the video). Another length still runs, with a warning."""
+    texture fade out of the video). Another length still runs, with a warning.
+
+    Its scheduler's flow shift is set per call for the video's size (``proxy_flow_shift``), unless
+    the call passes ``flow_shift``."""
     from diffusers import WanPipeline
 
     class ProxyWanPipeline(WanPipeline):
         __doc__ = proxy_pipeline_class.__doc__
 
-        def __call__(self, *args, max_sequence_length: int | None = None, **kwargs):
+        def __call__(self, *args, max_sequence_length: int | None = None, flow_shift: float | None = None, **kwargs):
+            size = {name: kwargs.get(name, default) for name, default in WAN_CALL_SIZE.items()}
+            if len(args) > 2:
+                raise TypeError("pass height, width and num_frames to the proxy pipeline by keyword")
+            shift = flow_shift if flow_shift is not None else proxy_flow_shift(self.proxy_config, **size)
+            self.scheduler.set_shift(shift)
             trained = self.proxy_config.max_sequence_length
             if max_sequence_length is None:
                 max_sequence_length = trained
