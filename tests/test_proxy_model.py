@@ -285,6 +285,18 @@ def test_the_pipeline_shifts_its_schedule_by_the_video_size():
     assert second_sigma(flow_shift=2.0, **large) == pytest.approx(expected(2.0), abs=1e-3)
 
 
+def test_size_shift_draws_each_sizes_sigmas_with_its_sampler_shift():
+    from pipelines.proxy.model import proxy_flow_shift
+    from pipelines.proxy.train import training_shift
+
+    small, large = TRAIN_SIZES[0], TRAIN_SIZES[-1]
+    plain, shifted = parse_args([]), parse_args(["--size-shift"])
+    assert not plain.size_shift and shifted.size_shift
+    assert training_shift(plain, large) == training_shift(plain, small) == PROXY_CONFIG.shift
+    assert training_shift(shifted, small) == PROXY_CONFIG.shift
+    assert training_shift(shifted, large) == proxy_flow_shift(PROXY_CONFIG, *large.video) > PROXY_CONFIG.shift
+
+
 def test_training_sigmas_have_the_schedules_density():
     """shifted_sigma of an even grid is the scheduler's sigma schedule: uniform u in training."""
     from pipelines.proxy import build_proxy_pipeline

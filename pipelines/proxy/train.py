@@ -70,6 +70,7 @@ from pipelines.proxy.model import (
     ProxyConfig,
     build_proxy_pipeline,
     load_proxy_pipeline,
+    proxy_flow_shift,
     read_proxy_metadata,
     save_proxy_checkpoint,
     split_checkpoint,
@@ -85,6 +86,7 @@ __all__ = [
     "training_flops_per_video",
     "latent_statistics",
     "shifted_sigma",
+    "training_shift",
     "flow_matching_example",
 ]
 
@@ -156,6 +158,10 @@ class TrainOptions:
     max_steps: int | None = None
     ema: float = 0.999
     cfg_dropout: float = 0.1
+    # Draw each size's sigmas with the sampler's shift for that size (model.proxy_flow_shift: more
+    # high-noise steps at the large sizes, where the layout of the video is decided) rather than
+    # config.shift at every size. Validation keeps config.shift, so its losses stay comparable.
+    size_shift: bool = False
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     log_every: int = 50
@@ -210,6 +216,12 @@ def training_flops_per_video(config: ProxyConfig = PROXY_CONFIG, video: tuple[in
     )
     forward = config.num_layers * per_layer + 2 * s * patch * d * 2  # + patch embedding and proj_out
     return 3.0 * forward
+
+
+def training_shift(opts: "TrainOptions", size: "TrainSize") -> float:
+    """The shift of ``size``'s training sigmas: ``config.shift``, or with ``opts.size_shift`` the
+    sampler's shift for that size (``proxy_flow_shift``)."""
+    return proxy_flow_shift(opts.config, *size.video) if opts.size_shift else opts.config.shift
 
 
 def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -565,7 +577,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
         text = text_table[to_device(torch.where(drop, unconditional, batch.labels), device)]
         with torch.no_grad():
             x0 = vae.normalize(vae.encode(batch.video))
-        sigma = shifted_sigma(torch.rand(size.batch, generator=noise_generator, device=device), config.shift)
+        sigma = shifted_sigma(torch.rand(size.batch, generator=noise_generator, device=device), training_shift(opts, size))
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
         x_t, timestep, target = flow_matching_example(x0, noise, sigma)
         with autocast:
@@ -706,6 +718,8 @@ def parse_args(argv=None) -> TrainOptions:
     parser.add_argument("--no-samples", action="store_true")
     parser.add_argument("--device")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile time counts)")
+    parser.add_argument("--size-shift", action="store_true",
+                        help="draw each size's training sigmas with the sampler's shift for that size (proxy_flow_shift)")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
     try:
         args = parser.parse_args(argv)
@@ -717,7 +731,7 @@ def parse_args(argv=None) -> TrainOptions:
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if getattr(args, f.name, None) is not None}
     given.pop("smoke", None)
     given["samples"] = not args.no_samples
-    given["compile"], given["install"] = args.compile, args.install
+    given["compile"], given["install"], given["size_shift"] = args.compile, args.install, args.size_shift
     return replace(base, **given)
 
 
