@@ -15,7 +15,7 @@ from family_cases import CASES, ELSEWHERE, FAMILY_CASES, OFF_GRID_CASES, SEARCHE
 from helpers import assert_close_to_reference
 from pipelines import apply_sparse_attention, model_info
 from test_adaspa_pipelines import STEPS, TIMESTEPS as ADASPA_TIMESTEPS, config as adaspa_config, selections
-from test_plan_pipelines import DENSE_LAYER, STEP_MODES, TIMESTEPS, captured, check_heads_against_reference, plan_for  # noqa: F401
+from test_plan_pipelines import DENSE_LAYER, STEP_MODES, dense_calls, TIMESTEPS, captured, check_heads_against_reference, plan_for  # noqa: F401
 
 from adaspa.schedule import CACHED_SEARCH, DENSE, FIRST_SEARCH, SPARSE
 
@@ -48,9 +48,8 @@ def test_each_head_matches_the_reference_of_its_mode(name, grid, captured):  # n
             assert (layout.frames, layout.rows, layout.cols) == (g["frames"] // patch[0], g["height"] // patch[1],
                                                                  g["width"] // patch[2])
             assert captured.asked == [0, 1, 2]
-            # a key-padded batch runs dense once per distinct key length (each on its real keys, unmasked)
-            calls = 1 if forward.kv_lens is None else len(set(forward.kv_lens.tolist()))
-            assert captured.dense == [DENSE_LAYER] * calls, "the all-Full layer must run dense through dispatch_attention_fn"
+            assert captured.dense == [DENSE_LAYER] * dense_calls(forward), \
+                "the all-Full layer must run dense through dispatch_attention_fn"
             assert [c[0] for c in captured.sparse] == [0, 2], "the kernel must not run for the all-Full layer"
             assert all(c[1].shape[2] == layout.seq_len for c in captured.sparse)
             assert all((c[5] is not None) == case.padded for c in captured.sparse)
