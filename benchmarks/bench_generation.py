@@ -460,7 +460,6 @@ def parse(argv):
     return args
 
 
-
 def main(argv=None) -> int:
     args = parse(argv)
     device = common.setup()

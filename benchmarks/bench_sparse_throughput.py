@@ -58,35 +58,29 @@ def parse(argv=None):
 
 
 def row_lengths(nb: int, keep: int, skew: str) -> torch.Tensor:
-    """[nb] key blocks per query-block row, summing to nb * keep (within rounding): equal rows, or
-    spread linearly from ~0 to ~2 x keep ("long-first": decreasing with the row, "long-last":
-    increasing); every row keeps at least its diagonal block."""
-    if skew == "equal":
-        return torch.full((nb,), keep, dtype=torch.long)
+    """[nb] key blocks per query-block row, summing to nb * keep (within rounding), spread linearly
+    from ~0 to ~2 x keep ("long-first": decreasing with the row, "long-last": increasing); every
+    row keeps at least its diagonal block."""
     ramp = torch.linspace(0.0, 2.0 * keep, nb).round().long().clamp(1, nb)
     return ramp.flip(0) if skew == "long-first" else ramp
 
 
 def layout_of(shape: common.Shape, block: int, density: float, kind: str, device: torch.device):
-    """``kind``: "random", "band" (equal rows) or "long-first" / "long-last" (skewed, random blocks)."""
+    """``kind``: "random" (bench_attention's: ``common.random_block_layout``), "band" (equal rows)
+    or "long-first" / "long-last" (random blocks per row, skewed row lengths)."""
     from kernels.block_layout import BlockLayout
 
+    if kind == "random":
+        return common.random_block_layout(shape, block, density, device)
     nb = common.cdiv(shape.s, block)
     keep = max(1, min(nb, round(density * nb)))
-    lengths = row_lengths(nb, keep, "equal" if kind in ("random", "band") else kind).to(device)
-    rows = torch.arange(nb, device=device)
-    if kind == "band":  # a window of `keep` blocks around the diagonal, shifted inside [0, nb)
-        start = (rows - keep // 2).clamp(0, nb - keep)
-        cols = torch.arange(nb, device=device)
-        full = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + keep)[:, None])
-    else:  # random blocks per row (diagonal first), one pattern per head
-        gen = torch.Generator(device=device).manual_seed(0)
-        scores = torch.rand(shape.h, nb, nb, generator=gen, device=device)
-        scores[:, rows, rows] = 2.0
-        order = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # rank of each block in its row
-        full = order < lengths[None, :, None]
-    full = full.expand(1, shape.h, nb, nb) if full.dim() == 2 else full.unsqueeze(0)
-    return BlockLayout.from_block_maps(full, block_size=block, seq_lengths=shape.s)
+    if kind != "band":
+        return common.random_block_layout(shape, block, density, device, row_lengths=row_lengths(nb, keep, kind))
+    # a window of `keep` blocks around the diagonal, shifted inside [0, nb)
+    start = (torch.arange(nb, device=device) - keep // 2).clamp(0, nb - keep)
+    cols = torch.arange(nb, device=device)
+    full = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + keep)[:, None])
+    return BlockLayout.from_block_maps(full.expand(1, 1, nb, nb), block_size=block, seq_lengths=shape.s)
 
 
 def run_case(spec: str, args, device: torch.device) -> list[dict]:

@@ -287,11 +287,13 @@ def random_block_layout(
     seed: int = 0,
     per_head: bool = True,
     text_dense: bool = False,
+    row_lengths: torch.Tensor | None = None,
 ):
     """Random square-block layout: every query-block row keeps round(density * KB) key blocks
     (at least 1) chosen at random, its diagonal block always among them; one pattern per head
-    (``per_head``) or one broadcast over heads. ``text_dense`` also keeps every block of the text
-    rows and columns (both papers compute text densely), which adds a little density.
+    (``per_head``) or one broadcast over heads. ``row_lengths`` ([QB] ints >= 1) gives each row
+    its own count instead (density is then unused). ``text_dense`` also keeps every block of the
+    text rows and columns (both papers compute text densely), which adds a little density.
     Built with ``BlockLayout.from_block_maps`` on ``device``."""
     from kernels.block_layout import BlockLayout
 
@@ -301,9 +303,13 @@ def random_block_layout(
     scores = torch.rand(1, lh, nb, nb, generator=gen, device=device)
     diag = torch.arange(nb, device=device)
     scores[..., diag, diag] = 2.0  # above any rand(): the diagonal is always among the top-k
-    keep = max(1, min(nb, round(density * nb)))
-    idx = scores.topk(keep, dim=-1).indices
-    full = torch.zeros(1, lh, nb, nb, dtype=torch.bool, device=device).scatter_(-1, idx, True)
+    if row_lengths is None:
+        keep = max(1, min(nb, round(density * nb)))
+        idx = scores.topk(keep, dim=-1).indices
+        full = torch.zeros(1, lh, nb, nb, dtype=torch.bool, device=device).scatter_(-1, idx, True)
+    else:  # each row's row_lengths[r] best-scored blocks
+        rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
+        full = rank < row_lengths.to(device)[:, None]
     if text_dense:
         tb = list(_text_blocks(shape, block))
         if tb:

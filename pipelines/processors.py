@@ -166,7 +166,7 @@ class SparseAttnProcessorBase:
         where ``dense_zeroes_padded_rows``)."""
         if attn_mask is None or forward.text_valid_lens is None:
             return self._dense(query, key, value, attn_mask)
-        ends = [forward.token_layout.text_start + n for n in forward.text_valid_lens]
+        ends = forward.token_layout.real_key_counts(forward.text_valid_lens)  # forward.kv_lens, on the host
         if len(set(ends)) == 1:
             out = self._dense(query, key[:, :ends[0]], value[:, :ends[0]], None)
         else:

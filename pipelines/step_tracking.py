@@ -307,7 +307,7 @@ def _key_lengths(layout: TokenLayout, text_valid_lens: tuple[int, ...] | None, d
             f"a family with padded text must put the text last (after the video), not {layout.text_position!r}: "
             "per-sample key lengths describe padding only at the end of the joint sequence"
         )
-    return torch.tensor([layout.text_start + n for n in text_valid_lens], dtype=torch.int32, device=device)
+    return torch.tensor(layout.real_key_counts(text_valid_lens), dtype=torch.int32, device=device)
 
 
 def _timestep_value(timestep) -> float:

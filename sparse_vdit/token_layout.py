@@ -97,6 +97,11 @@ class TokenLayout:
         """First text token (== seq_len when there is no text)."""
         return 0 if self.text_position == "before" else self.video_end + self.suffix_len
 
+    def real_key_counts(self, text_valid_lens: tuple[int, ...]) -> tuple[int, ...]:
+        """Per sample, the leading keys that are real when the text (last in the sequence) is
+        padded: every token before the text and the sample's ``text_valid_lens[b]`` real ones."""
+        return tuple(self.text_start + n for n in text_valid_lens)
+
     @property
     def video_slice(self) -> slice:
         return slice(self.video_start, self.video_start + self.video_len)

@@ -43,12 +43,13 @@ def test_tma_path_matches_reference(force_tma, seq, head_dim, dtype):
         assert err <= 2 * torch_err, (err, torch_err)
 
 
-def test_forcing_tma_leaves_the_allocator_as_it_was(request):
-    """Run the fixture by hand: after it, Triton's allocator is the one before it."""
+def test_forcing_tma_leaves_the_allocator_as_it_was(monkeypatch):
+    """Run the fixture by hand: after it, Triton's allocator is the one before it (its _tma_ok
+    patch goes with this test's monkeypatch)."""
     from triton.runtime import _allocation
 
     before = _allocation._allocator.get()
-    fixture = force_tma.__wrapped__(pytest.MonkeyPatch()) if hasattr(force_tma, "__wrapped__") else None
+    fixture = force_tma.__wrapped__(monkeypatch) if hasattr(force_tma, "__wrapped__") else None
     if fixture is None:
         pytest.skip("pytest no longer exposes the fixture function")
     next(fixture)

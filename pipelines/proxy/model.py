@@ -252,9 +252,9 @@ def proxy_pipeline_class():
         __doc__ = proxy_pipeline_class.__doc__
 
         def __call__(self, *args, max_sequence_length: int | None = None, flow_shift: float | None = None, **kwargs):
-            size = {name: kwargs.get(name, default) for name, default in WAN_CALL_SIZE.items()}
             if len(args) > 2:
                 raise TypeError("pass height, width and num_frames to the proxy pipeline by keyword")
+            size = {name: kwargs.get(name, default) for name, default in WAN_CALL_SIZE.items()}
             shift = flow_shift if flow_shift is not None else proxy_flow_shift(self.proxy_config, **size)
             self.scheduler.set_shift(shift)
             trained = self.proxy_config.max_sequence_length
