@@ -20,7 +20,7 @@ WanPipeline does). Search overhead = 2 x [(first search - dense) + (cached searc
 share of the dense generation (50 x 2 stock dense steps); the issue's target is <= 5%.
 
     python benchmarks/bench_adaspa.py                  # both models (H200: about 6 minutes)
-    python benchmarks/bench_adaspa.py --model 1.3b     # or 14b
+    python benchmarks/bench_adaspa.py --model 1.3b     # or 14b, or proxy (the proxy's architecture at 32,256 tokens)
     python benchmarks/bench_adaspa.py --memory         # cache memory at the paper's shapes, CPU, seconds
     python benchmarks/bench_adaspa.py --smoke          # a tiny Wan; CPU interpreter without CUDA
 """
@@ -84,6 +84,11 @@ MODELS = {
                                                        ffn_dim=8960, num_layers=30), (1, 16, 21, 60, 104), (1, 512, 4096)),
     "14b": ModelSpec("14b", "Wan2.1-14B 720p", dict(WAN_COMMON, num_attention_heads=40, attention_head_dim=128,
                                                      ffn_dim=13824, num_layers=40), (1, 16, 21, 90, 160), (1, 512, 4096)),
+    # The proxy's architecture (pipelines.proxy.model.PROXY_CONFIG) at its evaluation size, 81 x 128 x 192 pixels
+    # (space-to-depth latent [1, 48, 21, 64, 96], 32,256 tokens), 16 text tokens; random weights time the same.
+    "proxy": ModelSpec("proxy", "proxy v2 81x128x192", dict(WAN_COMMON, in_channels=48, out_channels=48, text_dim=64,
+                                                             num_attention_heads=4, attention_head_dim=64, ffn_dim=1024,
+                                                             num_layers=10), (1, 48, 21, 64, 96), (1, 16, 64)),
 }
 SMOKE_MODEL = ModelSpec("smoke", "tiny Wan (smoke)", dict(WAN_COMMON, num_attention_heads=2, attention_head_dim=64,
                                                           ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32,
@@ -368,7 +373,8 @@ def attention_only(spec: ModelSpec, args, device: torch.device, dtype: torch.dty
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["1.3b", "14b", "both"], default="both")
+    p.add_argument("--model", choices=["1.3b", "14b", "proxy", "both"], default="both",
+                   help="both: the two Wan2.1 models; proxy: the proxy's architecture at its evaluation size")
     p.add_argument("--smoke", action="store_true", help="a tiny Wan, every code path (CPU interpreter without CUDA)")
     p.add_argument("--memory", action="store_true", help="cache memory only (CPU, no model)")
     p.add_argument("--sparsity", type=float, default=0.8)
