@@ -17,6 +17,7 @@ import torch
 from pipelines.families import (
     chronoedit,
     consisid,
+    cosmos,
     hunyuan_video15,
     hunyuan_video_framepack,
     kandinsky5,
@@ -190,11 +191,23 @@ CASES: dict[str, Case] = {
         lambda n: consisid.tiny_consisid_transformer(num_layers=n),
         lambda model, f, h, w, t: consisid.consisid_inputs(model, f, h, w, timestep=int(t)),
     ),
+    "cosmos": Case(
+        "CosmosTransformer3DModel",
+        lambda n: cosmos.tiny_cosmos_transformer(num_layers=n),
+        lambda model, f, h, w, t: cosmos.cosmos_inputs(f, h, w, timestep=t),
+        fp32_modules=("learnable_pos_embed",),  # its norm asks for float32 (diffusers keeps the module in float32)
+    ),
+    "cosmos-video2world": Case(  # conditioning frames in the condition mask, per-frame timesteps [B, 1, T, 1, 1]
+        "CosmosTransformer3DModel",
+        lambda n: cosmos.tiny_cosmos_transformer(num_layers=n),
+        lambda model, f, h, w, t: cosmos.cosmos_inputs(f, h, w, condition_frames=1, batch=2, timestep=t),
+        batch=2, fp32_modules=("learnable_pos_embed",),
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
-                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid"]
+                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
 OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes"]
 

@@ -251,6 +251,7 @@ STANDARD_TOKENS = {
     "Kandinsky5Transformer3DModel": 31 * 32 * 48,
     "ConsisIDTransformer3DModel": 13 * 30 * 45 + 226,
     "ChronoEditTransformer3DModel": 21 * 30 * 52,
+    "CosmosTransformer3DModel": 24 * 44 * 80,  # Cosmos 2.5, 704 x 1280, 93 frames on the Wan VAE
 }
 
 

@@ -39,6 +39,7 @@ from pipelines.families import (
     chronoedit,
     cogvideox,
     consisid,
+    cosmos,
     hunyuan_video,
     hunyuan_video15,
     hunyuan_video_framepack,
@@ -74,6 +75,7 @@ FAMILIES: dict[str, Family] = {
         kandinsky5.FAMILY,
         consisid.FAMILY,
         chronoedit.FAMILY,
+        cosmos.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -102,8 +104,6 @@ UNSUPPORTED: dict[str, str] = {
     "Wan's would serve it",
     "EasyAnimateTransformer3DModel": NOT_YET + "joint [text | video] softmax attention that calls SDPA directly; a "
     "record like CogVideoX's would serve it",
-    "CosmosTransformer3DModel": NOT_YET + "softmax self-attention over the video grid (Cosmos Predict 1 / 2.5); a "
-    "record like Wan's would serve it",
     "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
     "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "

@@ -113,13 +113,15 @@ def wan_inputs(frames: int = 2, height: int = 8, width: int = 8, *, batch: int =
     )
 
 
-def wan_family(class_name: str, *, patterns: tuple[str, ...] = (r"blocks\.(\d+)\.attn1",), **fields) -> Family:
-    """The record of Wan or a Wan variant: ``WanSparseAttnProcessor`` on ``patterns``, no text in
-    self-attention, patch from ``config.patch_size``, the latent [B, C, T, H, W] of the forward's
-    ``hidden_states``; ``fields``: the rest of the record (tiny model, name, pipelines, ...)."""
+def wan_family(class_name: str, *, patterns: tuple[str, ...] = (r"blocks\.(\d+)\.attn1",),
+               processor_cls: type[SparseAttnProcessorBase] = WanSparseAttnProcessor, **fields) -> Family:
+    """The record of Wan, a Wan variant or a model read the same way (video-only self-attention):
+    ``processor_cls`` on ``patterns``, no text in self-attention, patch from ``config.patch_size``,
+    the latent [B, C, T, H, W] of the forward's ``hidden_states``; ``fields``: the rest of the
+    record (tiny model, name, pipelines, ...)."""
     return Family(
         class_name=class_name,
-        processor_cls=WanSparseAttnProcessor,
+        processor_cls=processor_cls,
         patterns=patterns,
         text_position="none",
         patch_size=_patch_size,
