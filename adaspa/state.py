@@ -14,9 +14,15 @@ Storage, chosen to stay compact (sizes at HunyuanVideo 720p in ``cache_bytes`` a
   scores: every mass of the row then reads 0 and the row selects nothing), and its 11 bits scale a
   row's mass by up to exp(|LSE| * 2^-11); bfloat16 keeps the range but only 8 bits.
 - Selection: [B, H, QB, ceil(KB / 8)] uint8 **bitmask** per layer (one bit per block). At the
-  default sparsity rows keep 10-30% of blocks, where int16 index lists would take 2.6x to 8x more;
-  the layout's index lists are rebuilt from the bitmask on the device at each sparse step
-  (``search.layout_from_blocks``, no host synchronisation).
+  default sparsity rows keep 10-30% of blocks, where int16 index lists would take 2.6x to 8x more.
+- Layouts: the kernel's index lists are built from the bitmask on the device
+  (``search.layout_from_blocks``, no host synchronisation) at a layer's first sparse call after a
+  search, and kept until the next search while the kept layouts of the state take at most
+  ``LAYOUT_CACHE_BYTES``; past that, a layer's are rebuilt at every sparse step. Rebuilding is some
+  35 small launches: at the proxy's evaluation size (4 heads x 32,256 tokens) 0.53 ms per layer
+  and step against the sparse kernel's 0.30 ms (H100), so small and mid-size models keep them all;
+  at Wan2.1-14B 720p the lists of every layer would take about 2 GB (estimated from the list
+  widths at s = 0.8), and only the first layers' are kept.
 - Per head (diagnostics): recall and tier sparsity, [B, H] float32.
 
 H is the heads this process computes: all of the layer's, or its share under Ulysses context
@@ -31,16 +37,18 @@ from adaspa.search import BlockGeometry, Selection, layout_from_blocks, pack_blo
 from kernels.block_layout import BlockLayout
 from kernels.helpers import cdiv
 
-__all__ = ["AdaSpaState", "LSE_CACHE_DTYPE", "cache_bytes"]
+__all__ = ["AdaSpaState", "LAYOUT_CACHE_BYTES", "LSE_CACHE_DTYPE", "cache_bytes"]
 
 LSE_CACHE_DTYPE = torch.float32  # the kernel's LSE as it comes: no overflow, no rounding
 PER_HEAD_DTYPE = torch.float32
+LAYOUT_CACHE_BYTES = 256 << 20  # per state (one generation and CFG branch): layouts kept between searches
 
 
 def cache_bytes(*, layers: int, heads: int, seq_len: int, block_size: int, batch: int = 1) -> dict[str, int]:
     """Bytes an ``AdaSpaState`` holds at most, for ``layers`` layers of ``heads`` heads over
     ``seq_len`` tokens: {"lse", "selection", "per_head", "total"} (one CFG branch; the LSE part is
-    held only from the first to the last search step)."""
+    held only from the first to the last search step). The layouts kept between searches come on
+    top, at most ``LAYOUT_CACHE_BYTES`` (``AdaSpaState.layout_bytes``)."""
     qb = cdiv(seq_len, block_size)
     lse = layers * batch * heads * seq_len * torch.finfo(LSE_CACHE_DTYPE).bits // 8
     selection = layers * batch * heads * qb * cdiv(qb, 8)
@@ -59,6 +67,9 @@ class AdaSpaState:
             (measured at the search that made it).
         head_sparsity: [B, H] float32, each head's tier sparsity.
         geometry: the block grid all layers share (set by the first search), or None.
+        layouts: the ``BlockLayout`` built from a layer's selection, kept until its next search
+            (while ``layout_bytes`` stays within ``LAYOUT_CACHE_BYTES``).
+        layout_bytes: bytes of the kept layouts.
     """
 
     def __init__(self) -> None:
@@ -72,6 +83,8 @@ class AdaSpaState:
         self.recall: dict[int, torch.Tensor] = {}
         self.head_sparsity: dict[int, torch.Tensor] = {}
         self.geometry: BlockGeometry | None = None
+        self.layouts: dict[int, BlockLayout] = {}
+        self.layout_bytes = 0
 
     def __repr__(self) -> str:
         return f"AdaSpaState({len(self.selections)} layers selected, {len(self.lse)} LSE cached, {self.nbytes()} bytes)"
@@ -103,6 +116,7 @@ class AdaSpaState:
         """Keep ``selection`` (packed) as layer ``layer``'s selection until the next search."""
         self.check(geometry, *selection.blocks.shape[:2])
         self.geometry = geometry
+        self._forget_layout(layer)
         self.selections[layer] = pack_blocks(selection.blocks)
         self.widths[layer] = selection.width
         self.recall[layer] = selection.recall
@@ -114,6 +128,11 @@ class AdaSpaState:
 
     def drop_lse(self, layer: int) -> None:
         self.lse.pop(layer, None)
+
+    def _forget_layout(self, layer: int) -> None:
+        stale = self.layouts.pop(layer, None)
+        if stale is not None:
+            self.layout_bytes -= _layout_nbytes(stale)
 
     # ------------------------------------------------------------------ reading
     def has_selection(self, layer: int) -> bool:
@@ -130,10 +149,26 @@ class AdaSpaState:
         return unpack_blocks(self.selections[layer], self.geometry.num_blocks)
 
     def layout(self, layer: int) -> BlockLayout:
-        """The ``BlockLayout`` of layer ``layer``'s selection, built on the device (no synchronisation)."""
-        return layout_from_blocks(self.selected_blocks(layer), self.geometry, self.widths[layer])
+        """The ``BlockLayout`` of layer ``layer``'s selection: the kept one, else built on the device
+        (no synchronisation) and kept while the kept layouts fit ``LAYOUT_CACHE_BYTES``."""
+        kept = self.layouts.get(layer)
+        if kept is not None:
+            return kept
+        built = layout_from_blocks(self.selected_blocks(layer), self.geometry, self.widths[layer])
+        size = _layout_nbytes(built)
+        if self.layout_bytes + size <= LAYOUT_CACHE_BYTES:
+            self.layouts[layer] = built
+            self.layout_bytes += size
+        return built
 
     def nbytes(self) -> int:
-        """Bytes of every tensor held (LSE, selections, per-head values)."""
+        """Bytes of every tensor held (LSE, selections, per-head values, kept layouts)."""
         groups = (self.lse, self.selections, self.recall, self.head_sparsity)
-        return sum(t.numel() * t.element_size() for group in groups for t in group.values())
+        return sum(t.numel() * t.element_size() for group in groups for t in group.values()) + self.layout_bytes
+
+
+def _layout_nbytes(layout: BlockLayout) -> int:
+    """Bytes of a layout's tensors (index lists, counts, tiles)."""
+    fields = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
+              layout.tile_ids, layout.tile_masks, layout.tile_masks_i8)
+    return sum(t.numel() * t.element_size() for t in fields)

@@ -351,7 +351,39 @@ def test_state_bytes_match_cache_bytes(request, fallback):
         adaspa_attention(q, k, v, state, step=1, config=config(0.8), layer=layer)
     assert state.nbytes() == cache_bytes(layers=3, heads=H, seq_len=S, block_size=BLOCK)["total"]
     adaspa_attention(q, k, v, state, step=3, config=config(0.8), layer=0)
-    assert state.nbytes() == cache_bytes(layers=3, heads=H, seq_len=S, block_size=BLOCK)["total"] - H * S * 4
+    # The cached search's sparse call keeps layer 0's layout (on top of the formula, capped).
+    assert set(state.layouts) == {0} and state.layout_bytes > 0
+    assert state.nbytes() == (cache_bytes(layers=3, heads=H, seq_len=S, block_size=BLOCK)["total"] - H * S * 4
+                              + state.layout_bytes)
+
+
+@torch.no_grad()
+def test_layouts_are_kept_between_searches_and_rebuilt_after_one(request, fallback, monkeypatch):
+    import adaspa.state
+
+    q, k, v = structured_qkv(fresh_generator(request))
+    state = AdaSpaState()
+    for step in (1, 2):  # first search (dense output), then a sparse step that builds and keeps the layout
+        out = adaspa_attention(q, k, v, state, step=step, config=config(0.8))
+    kept = state.layouts[0]
+    again = adaspa_attention(q, k, v, state, step=2, config=config(0.8))
+    assert state.layouts[0] is kept, "a sparse step must reuse the layout kept since the search"
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    built = state.layout_bytes
+    q2 = torch.roll(q, shifts=3 * BLOCK, dims=1)  # another selection at the next search
+    adaspa_attention(q2, k, v, state, step=3, config=config(0.8))
+    assert state.layouts[0] is not kept and state.layout_bytes > 0
+    assert torch.equal(state.layouts[0].kv_indices, state.layout(0).kv_indices)
+    rebuilt = adaspa.state.layout_from_blocks(state.selected_blocks(0), state.geometry, state.widths[0])
+    assert torch.equal(state.layouts[0].kv_indices, rebuilt.kv_indices), "the kept layout is the new selection's"
+    assert built > 0
+    # Past the cap nothing is kept: every sparse step rebuilds, with the same output.
+    monkeypatch.setattr(adaspa.state, "LAYOUT_CACHE_BYTES", 0)
+    capped = AdaSpaState()
+    for step in (1, 2):
+        got = adaspa_attention(q, k, v, capped, step=step, config=config(0.8))
+    assert capped.layouts == {} and capped.layout_bytes == 0
+    torch.testing.assert_close(got, out, rtol=0, atol=0)
 
 
 def test_state_refuses_another_generation_shape(request, fallback):
