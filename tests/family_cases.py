@@ -18,6 +18,7 @@ from pipelines.families import (
     chronoedit,
     consisid,
     cosmos,
+    easyanimate,
     hunyuan_video15,
     hunyuan_video_framepack,
     kandinsky5,
@@ -203,11 +204,23 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: cosmos.cosmos_inputs(f, h, w, condition_frames=1, batch=2, timestep=t),
         batch=2, fp32_modules=("learnable_pos_embed",),
     ),
+    "easyanimate": Case(  # an MMDiT block, then blocks that concatenate the text; batched CFG
+        "EasyAnimateTransformer3DModel",
+        lambda n: easyanimate.tiny_easyanimate_transformer(num_layers=n),
+        lambda model, f, h, w, t: easyanimate.easyanimate_inputs(f, h, w, timestep=t),
+        batch=2,
+    ),
+    "easyanimate-inpaint": Case(  # mask and masked-video latents in the channels
+        "EasyAnimateTransformer3DModel",
+        lambda n: easyanimate.tiny_easyanimate_transformer(num_layers=n, inpaint=True),
+        lambda model, f, h, w, t: easyanimate.easyanimate_inputs(f, h, w, inpaint=True, timestep=t),
+        batch=2,
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
-                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos"]
+                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
 OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes"]
 

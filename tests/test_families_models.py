@@ -252,6 +252,7 @@ STANDARD_TOKENS = {
     "ConsisIDTransformer3DModel": 13 * 30 * 45 + 226,
     "ChronoEditTransformer3DModel": 21 * 30 * 52,
     "CosmosTransformer3DModel": 24 * 44 * 80,  # Cosmos 2.5, 704 x 1280, 93 frames on the Wan VAE
+    "EasyAnimateTransformer3DModel": 256 + 13 * 32 * 32,  # 512 x 512, 49 frames; the prompt before the video
 }
 
 

@@ -40,6 +40,7 @@ from pipelines.families import (
     cogvideox,
     consisid,
     cosmos,
+    easyanimate,
     hunyuan_video,
     hunyuan_video15,
     hunyuan_video_framepack,
@@ -76,6 +77,7 @@ FAMILIES: dict[str, Family] = {
         consisid.FAMILY,
         chronoedit.FAMILY,
         cosmos.FAMILY,
+        easyanimate.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -100,10 +102,9 @@ UNSUPPORTED: dict[str, str] = {
     "attention (flex BlockMask) on tokens it reorders into tiles",
     "Cosmos3OmniTransformer": CANNOT + "an omni model over packed understanding (causal) and generation tokens, not "
     "a video self-attention over one grid",
-    "AllegroTransformer3DModel": NOT_YET + "softmax self-attention over the video grid with 3-D RoPE; a record like "
-    "Wan's would serve it",
-    "EasyAnimateTransformer3DModel": NOT_YET + "joint [text | video] softmax attention that calls SDPA directly; a "
-    "record like CogVideoX's would serve it",
+    "AllegroTransformer3DModel": NOT_YET + "softmax self-attention over the video grid with 3-D RoPE, but 96-dim "
+    "heads, which the kernels do not take (head_dim a power of two, 16 to 256); a record like Wan's would serve it "
+    "once they do (e.g. zero-padded to 128)",
     "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
     "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "

@@ -156,6 +156,7 @@ FAMILY = Family(
 
 
 def cogvideox_family(class_name: str, **fields) -> Family:
-    """The record of CogVideoX or a model built on its blocks (ConsisID): ``CogVideoXSparseAttnProcessor``
-    on ``transformer_blocks.{i}.attn1``, [text | video], latent [B, T, C, H, W]; ``fields``: the rest."""
+    """The record of CogVideoX or a model read as it is (ConsisID; EasyAnimate with its own processor
+    and latent): ``CogVideoXSparseAttnProcessor`` on ``transformer_blocks.{i}.attn1``, [text | video],
+    latent [B, T, C, H, W]; ``fields``: the rest (any field replaced)."""
     return dataclasses.replace(FAMILY, class_name=class_name, **fields)
