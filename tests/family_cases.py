@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from pipelines.families import (
+    anyflow,
     chronoedit,
     consisid,
     cosmos,
@@ -216,11 +217,23 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: easyanimate.easyanimate_inputs(f, h, w, inpaint=True, timestep=t),
         batch=2,
     ),
+    "anyflow": Case(  # per-frame source and target timesteps; latent [B, F, C, H, W]; batched CFG
+        "AnyFlowTransformer3DModel",
+        lambda n: anyflow.tiny_anyflow_transformer(num_layers=n),
+        lambda model, f, h, w, t: anyflow.anyflow_inputs(f, h, w, timestep=t),
+        batch=2,
+    ),
+    "anyflow-i2v-context": Case(  # image embeddings in the cross-attention; a context frame at timestep 0
+        "AnyFlowTransformer3DModel",
+        lambda n: anyflow.tiny_anyflow_transformer(num_layers=n, image=True),
+        lambda model, f, h, w, t: anyflow.anyflow_inputs(f, h, w, image=True, context_frames=1, timestep=t),
+        batch=2,
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
-                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate"]
+                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
 OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes"]
 

@@ -253,6 +253,7 @@ STANDARD_TOKENS = {
     "ChronoEditTransformer3DModel": 21 * 30 * 52,
     "CosmosTransformer3DModel": 24 * 44 * 80,  # Cosmos 2.5, 704 x 1280, 93 frames on the Wan VAE
     "EasyAnimateTransformer3DModel": 256 + 13 * 32 * 32,  # 512 x 512, 49 frames; the prompt before the video
+    "AnyFlowTransformer3DModel": 21 * 30 * 52,  # 480 x 832, 81 frames on the Wan VAE
 }
 
 

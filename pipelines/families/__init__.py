@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from pipelines.families import (
+    anyflow,
     chronoedit,
     cogvideox,
     consisid,
@@ -78,6 +79,7 @@ FAMILIES: dict[str, Family] = {
         chronoedit.FAMILY,
         cosmos.FAMILY,
         easyanimate.FAMILY,
+        anyflow.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -109,8 +111,6 @@ UNSUPPORTED: dict[str, str] = {
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
     "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "
     "like HunyuanVideo's would serve it",
-    "AnyFlowTransformer3DModel": NOT_YET + "Wan-like self-attention with its own processor and two-timestep "
-    "embedding; a record like Wan's would serve it",
     "Kandinsky6Transformer3DModel": NOT_YET + "fused text-video-audio blocks with separate key RoPE; a record like "
     "Kandinsky 5's would serve its video self-attention",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
