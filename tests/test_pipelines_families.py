@@ -207,7 +207,8 @@ def test_registry_lists_the_supported_classes():
         "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel", "WanAnimateTransformer3DModel",
         "HunyuanVideo15Transformer3DModel", "HunyuanVideoFramepackTransformer3DModel", "LTXVideoTransformer3DModel",
         "LTX2VideoTransformer3DModel", "MochiTransformer3DModel", "Kandinsky5Transformer3DModel",
-        "ConsisIDTransformer3DModel", "ChronoEditTransformer3DModel",
+        "ConsisIDTransformer3DModel", "ChronoEditTransformer3DModel", "CosmosTransformer3DModel",
+        "EasyAnimateTransformer3DModel", "AnyFlowTransformer3DModel",
     )
     assert all(f.class_name == name for name, f in FAMILIES.items())
 
