@@ -68,8 +68,7 @@ class AdaSpaState:
         head_sparsity: [B, H] float32, each head's tier sparsity.
         geometry: the block grid all layers share (set by the first search), or None.
         layouts: the ``BlockLayout`` built from a layer's selection, kept until its next search
-            (while ``layout_bytes`` stays within ``LAYOUT_CACHE_BYTES``).
-        layout_bytes: bytes of the kept layouts.
+            (while ``layout_bytes``, the bytes of the kept layouts, stays within ``LAYOUT_CACHE_BYTES``).
     """
 
     def __init__(self) -> None:
@@ -84,7 +83,6 @@ class AdaSpaState:
         self.head_sparsity: dict[int, torch.Tensor] = {}
         self.geometry: BlockGeometry | None = None
         self.layouts: dict[int, BlockLayout] = {}
-        self.layout_bytes = 0
 
     def __repr__(self) -> str:
         return f"AdaSpaState({len(self.selections)} layers selected, {len(self.lse)} LSE cached, {self.nbytes()} bytes)"
@@ -116,7 +114,7 @@ class AdaSpaState:
         """Keep ``selection`` (packed) as layer ``layer``'s selection until the next search."""
         self.check(geometry, *selection.blocks.shape[:2])
         self.geometry = geometry
-        self._forget_layout(layer)
+        self.layouts.pop(layer, None)  # built from the selection this one replaces
         self.selections[layer] = pack_blocks(selection.blocks)
         self.widths[layer] = selection.width
         self.recall[layer] = selection.recall
@@ -128,11 +126,6 @@ class AdaSpaState:
 
     def drop_lse(self, layer: int) -> None:
         self.lse.pop(layer, None)
-
-    def _forget_layout(self, layer: int) -> None:
-        stale = self.layouts.pop(layer, None)
-        if stale is not None:
-            self.layout_bytes -= _layout_nbytes(stale)
 
     # ------------------------------------------------------------------ reading
     def has_selection(self, layer: int) -> bool:
@@ -155,11 +148,14 @@ class AdaSpaState:
         if kept is not None:
             return kept
         built = layout_from_blocks(self.selected_blocks(layer), self.geometry, self.widths[layer])
-        size = _layout_nbytes(built)
-        if self.layout_bytes + size <= LAYOUT_CACHE_BYTES:
+        if self.layout_bytes + _layout_nbytes(built) <= LAYOUT_CACHE_BYTES:
             self.layouts[layer] = built
-            self.layout_bytes += size
         return built
+
+    @property
+    def layout_bytes(self) -> int:
+        """Bytes of the kept layouts."""
+        return sum(_layout_nbytes(kept) for kept in self.layouts.values())
 
     def nbytes(self) -> int:
         """Bytes of every tensor held (LSE, selections, per-head values, kept layouts)."""

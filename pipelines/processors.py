@@ -103,11 +103,12 @@ class SparseAttnProcessorBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer {self.config.layer_index} {self.config.layer_name!r}, {self.method!r})"
 
-    def stock_processor(self, attn):
-        """The attention module's own stock processor (its ``_default_processor_cls``) with this
-        processor's attention backend and parallel config: for calls a family leaves stock (a
-        cross-attention call on a module shared with self-attention)."""
-        stock = attn._default_processor_cls()
+    def stock_processor(self, attn, processor_cls=None):
+        """The attention module's own stock processor (its ``_default_processor_cls``, or
+        ``processor_cls`` for a module whose class has none, e.g. diffusers' generic ``Attention``)
+        with this processor's attention backend and parallel config: for calls a family leaves stock
+        (a cross-attention call on a module shared with self-attention)."""
+        stock = (processor_cls or attn._default_processor_cls)()
         stock._attention_backend = self._attention_backend
         stock._parallel_config = self._parallel_config
         return stock

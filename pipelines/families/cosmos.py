@@ -45,15 +45,13 @@ class CosmosSparseAttnProcessor(SparseAttnProcessorBase):
         if encoder_hidden_states is not None:
             from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
 
-            stock = CosmosAttnProcessor2_0()
-            stock._attention_backend, stock._parallel_config = self._attention_backend, self._parallel_config
+            stock = self.stock_processor(attn, CosmosAttnProcessor2_0)  # generic Attention: no default class
             return stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         from diffusers.models.embeddings import apply_rotary_emb
 
         # [B, H, S, D], as the stock processor normalises and rotates them.
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+                             for proj in (attn.to_q, attn.to_k, attn.to_v))
         query = attn.norm_q(query)
         key = attn.norm_k(key)
         if image_rotary_emb is not None:

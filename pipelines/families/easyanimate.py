@@ -44,10 +44,11 @@ class EasyAnimateSparseAttnProcessor(SparseAttnProcessorBase):
         mmdit = attn.add_q_proj is not None
         if not mmdit:
             hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+
         def heads(x: torch.Tensor) -> torch.Tensor:  # [B, S, H * D] -> [B, H, S, D], where stock's norms and RoPE act
             return x.unflatten(2, (attn.heads, -1)).transpose(1, 2)
 
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        query, key, value = (heads(proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -95,8 +96,8 @@ def tiny_easyanimate_transformer(*, num_layers: int = 2, mmdit_layers: int = 1, 
 
     torch.manual_seed(seed)
     return EasyAnimateTransformer3DModel(
-        num_attention_heads=TINY_HEADS, attention_head_dim=TINY_HEAD_DIM, in_channels=(2 * TINY_LATENT_CHANNELS + 1) if inpaint else TINY_LATENT_CHANNELS,
-        out_channels=TINY_LATENT_CHANNELS, patch_size=2, sample_width=16, sample_height=16, num_layers=num_layers,
+        num_attention_heads=TINY_HEADS, attention_head_dim=TINY_HEAD_DIM,
+        in_channels=(2 * TINY_LATENT_CHANNELS + 1) if inpaint else TINY_LATENT_CHANNELS, out_channels=TINY_LATENT_CHANNELS, patch_size=2, sample_width=16, sample_height=16, num_layers=num_layers,
         mmdit_layers=mmdit_layers, time_embed_dim=16, text_embed_dim=TINY_TEXT_DIM,
     ).eval()
 
@@ -108,17 +109,18 @@ def easyanimate_inputs(frames: int = 2, height: int = 8, width: int = 8, *, batc
     ``inpaint``, ``inpaint_latents`` [B, 1 + C, F, H, W] (mask, masked video) as the inpainting
     pipeline passes them, concatenated on the grid's channels by the model."""
     g = tiny_generator(seed)
-    extra = {}
-    if inpaint:
-        mask = torch.zeros(batch, 1, frames, height, width)
-        mask[:, :, 1:] = 1.0  # the first frame is given, the rest generated
-        extra["inpaint_latents"] = torch.cat([mask, torch.randn(batch, TINY_LATENT_CHANNELS, frames, height, width, generator=g)], 1)
-    return dict(extra,
+    kwargs = dict(
         hidden_states=torch.randn(batch, TINY_LATENT_CHANNELS, frames, height, width, generator=g),
         timestep=torch.full((batch,), float(timestep)),
         encoder_hidden_states=torch.randn(batch, text_len, TINY_TEXT_DIM, generator=g),
         return_dict=False,
     )
+    if inpaint:
+        mask = torch.zeros(batch, 1, frames, height, width)
+        mask[:, :, 1:] = 1.0  # the first frame is given, the rest generated
+        masked = torch.randn(batch, TINY_LATENT_CHANNELS, frames, height, width, generator=g)
+        kwargs["inpaint_latents"] = torch.cat([mask, masked], 1)
+    return kwargs
 
 
 FAMILY = cogvideox_family(  # [text | video] on transformer_blocks.{i}.attn1, as CogVideoX
