@@ -359,3 +359,33 @@ def test_data_parallel_stretch_under_torchrun(tmp_path):
     assert stretch["videos"] == 2 * 4 * 4  # two ranks x four steps x batch 4 (both smoke sizes batch 4)
     assert read_proxy_metadata(out / "proxy.safetensors")["training"]["steps"] == 4
     assert done.stdout.count("trained 4 steps") == 1  # rank 0 reports
+
+
+def test_object_weight_counts_the_objects_latent_positions_more():
+    """--object-weight: a uniform error gives the plain MSE; an error only where the object is
+    counts (1 + W) / mean weight times more; the mask reaches exactly the latent positions (and
+    channels) that hold the object's pixels."""
+    from pipelines.proxy import SpaceToDepthVideoVAE, procedural_videos
+    from pipelines.proxy.train import object_weighted_mse
+
+    vae = SpaceToDepthVideoVAE()
+    batch = procedural_videos(6, frames=9, height=16, width=24, generator=torch.Generator().manual_seed(3), device="cpu")
+    mask = (batch.object_mask > 0.5).float()
+    assert mask.sum() > 0, "the batch should hold an object"
+    target = vae.encode(batch.video)
+    assert parse_args(["--object-weight", "4"]).object_weight == 4.0 and parse_args([]).object_weight == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--object-weight", "-1"])
+    uniform = target + 0.5
+    for w in (0.0, 4.0):
+        assert object_weighted_mse(uniform, target, vae, mask, w) == pytest.approx(0.25, rel=1e-5)
+    # An error of 1 on the pixels the object covers, in the latent: the same space-to-depth.
+    on_object = target + vae.encode(mask[:, None].expand(-1, 3, -1, -1, -1))
+    covered = vae.encode(mask[:, None].expand(-1, 3, -1, -1, -1)).mean()
+    plain = object_weighted_mse(on_object, target, vae, mask, 0.0)
+    assert plain == pytest.approx(float(covered), rel=1e-5)
+    weighted = object_weighted_mse(on_object, target, vae, mask, 4.0)
+    assert weighted == pytest.approx(5 * float(covered) / (1 + 4 * float(covered)), rel=1e-5)
+    # Off the object, the error counts less than in the plain MSE.
+    off_object = target + 1 - vae.encode(mask[:, None].expand(-1, 3, -1, -1, -1))
+    assert object_weighted_mse(off_object, target, vae, mask, 4.0) < object_weighted_mse(off_object, target, vae, mask, 0.0)

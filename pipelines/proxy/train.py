@@ -19,7 +19,9 @@ What a stretch does (the defaults are the shipped model's recipe):
 - objective: rectified flow as Wan is trained: x_t = (1 - s) x_0 + s noise, the transformer
   predicts noise - x_0 (MSE); s = shift u / (1 + (shift - 1) u), u uniform: the distribution of
   the sigmas ``FlowMatchEulerDiscreteScheduler(shift=3)`` steps through; timestep input s x 1000 as
-  the pipeline passes it. Captions through the frozen text encoder exactly as ``WanPipeline``
+  the pipeline passes it. ``--object-weight W`` counts the error on the object's pixels 1 + W
+  times (the object covers about 3% of the latent; its error, measured on the stretch-5 checkpoint,
+  was 7-12x the background's); the validation loss stays the plain MSE. Captions through the frozen text encoder exactly as ``WanPipeline``
   encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
 - optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
   on a resumed stretch, whose optimiser moments start afresh) then constant, gradient clipping at 1,
@@ -162,6 +164,8 @@ class TrainOptions:
     # high-noise steps at the large sizes, where the layout of the video is decided) rather than
     # config.shift at every size. Validation keeps config.shift, so its losses stay comparable.
     size_shift: bool = False
+    # Loss weight 1 + object_weight on the latent positions the object covers (0: the plain MSE).
+    object_weight: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     log_every: int = 50
@@ -239,6 +243,20 @@ def flow_matching_example(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Te
 
 
 # ------------------------------------------------------------------------------ pieces
+def object_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, vae, object_mask: torch.Tensor,
+                        object_weight: float) -> torch.Tensor:
+    """MSE with the object's latent positions counted 1 + ``object_weight`` times, normalised by the
+    weights' sum (so a uniform error gives the plain MSE). prediction, target: [B, C, T, h, w]
+    latents; object_mask: [B, F, H, W] pixel coverage in [0, 1], mapped to the latent's layout by
+    the same space-to-depth as the video (each latent channel holds one pixel)."""
+    error = (prediction.float() - target.float()).square()
+    if object_weight == 0:
+        return error.mean()
+    coverage = vae.encode(object_mask[:, None].expand(-1, vae.config.in_channels, -1, -1, -1).to(error.dtype))
+    weight = 1 + object_weight * coverage
+    return (weight * error).sum() / weight.sum()
+
+
 def latent_statistics(config: ProxyConfig, seed: int, batch_size: int, device,
                       video: tuple[int, int, int] | None = None) -> tuple[list[float], list[float]]:
     """Per latent channel mean and std of the procedural data at ``video`` (default the config's
@@ -582,7 +600,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
         x_t, timestep, target = flow_matching_example(x0, noise, sigma)
         with autocast:
             prediction = model(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
-        loss = F.mse_loss(prediction.float(), target)
+        loss = object_weighted_mse(prediction, target, vae, batch.object_mask, opts.object_weight)
 
         lr = opts.lr * min(1.0, (step + 1) / max(1, warmup))
         for group in optimizer.param_groups:
@@ -720,6 +738,8 @@ def parse_args(argv=None) -> TrainOptions:
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile time counts)")
     parser.add_argument("--size-shift", action="store_true",
                         help="draw each size's training sigmas with the sampler's shift for that size (proxy_flow_shift)")
+    parser.add_argument("--object-weight", type=float,
+                        help="count the loss on the object's pixels 1 + W times (default 0: the plain MSE)")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
     try:
         args = parser.parse_args(argv)
@@ -728,6 +748,8 @@ def parse_args(argv=None) -> TrainOptions:
     base = TrainOptions(smoke=args.smoke)
     if args.smoke:
         base = replace(base, **SMOKE_OPTIONS)
+    if args.object_weight is not None and not args.object_weight >= 0:
+        parser.error(f"--object-weight {args.object_weight}: give a weight >= 0 (0: the plain MSE)")
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if getattr(args, f.name, None) is not None}
     given.pop("smoke", None)
     given["samples"] = not args.no_samples
