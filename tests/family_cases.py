@@ -23,6 +23,7 @@ from pipelines.families import (
     hunyuan_video15,
     hunyuan_video_framepack,
     kandinsky5,
+    kandinsky6,
     ltx,
     ltx2,
     mochi,
@@ -229,13 +230,32 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: anyflow.anyflow_inputs(f, h, w, image=True, context_frames=1, timestep=t),
         batch=2,
     ),
+    "kandinsky-6": Case(  # video and audio; batched CFG, the negative prompt padded (text only in the cross-attention)
+        "Kandinsky6Transformer3DModel",
+        lambda n: kandinsky6.tiny_kandinsky6_transformer(num_layers=n),
+        lambda model, f, h, w, t: kandinsky6.kandinsky6_inputs(f, h, w, batch=2, text_lens=(6, 4), timestep=t),
+        batch=2,
+    ),
+    "kandinsky-6-i2v": Case(  # the reference frame appended after the grid at RoPE time 0: a conditioning suffix
+        "Kandinsky6Transformer3DModel",
+        lambda n: kandinsky6.tiny_kandinsky6_transformer(num_layers=n),
+        lambda model, f, h, w, t: kandinsky6.kandinsky6_inputs(f, h, w, batch=2, text_lens=(6, 4), reference=True,
+                                                               timestep=t),
+        batch=2,
+    ),
+    "kandinsky-6-video-only": Case(  # no audio latents: the fused blocks run their video path alone
+        "Kandinsky6Transformer3DModel",
+        lambda n: kandinsky6.tiny_kandinsky6_transformer(num_layers=n),
+        lambda model, f, h, w, t: kandinsky6.kandinsky6_inputs(f, h, w, audio_frames=None, timestep=t),
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
-                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow"]
+                "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow",
+                "kandinsky-6"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
-OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes"]
+OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v"]
 
 
 def ltx_condition_inputs(frames: int, height: int, width: int, timestep: float, extra_frames: int = 1, frame_index: int = 8):

@@ -12,7 +12,7 @@ import torch
 from family_cases import CASES, SEARCHED
 from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info
 from pipelines.apply import attention_processors, set_attention_processors
-from pipelines.families import FAMILIES, UNSUPPORTED, family_of, kandinsky5, ltx, ltx2, mochi, skyreels_v2, wan
+from pipelines.families import FAMILIES, UNSUPPORTED, family_of, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan
 from pipelines.processors import SparseAttnProcessorBase
 
 diffusers = pytest.importorskip("diffusers")
@@ -131,6 +131,15 @@ def test_ltx_conditioning_tokens_off_the_grid():
     assert (layout.suffix_len, layout.video_start, seq) == (30, 0, 120)
 
 
+def test_kandinsky6_reference_frame_is_a_suffix_after_the_grid():
+    layout, seq, _ = _layout("kandinsky-6-i2v")  # 3 x 6 x 5 grid, then the reference frame's 6 x 5 tokens at RoPE time 0
+    assert (layout.frames, layout.rows, layout.cols, layout.suffix_len, layout.video_start, seq) == (3, 6, 5, 30, 0, 120)
+    layout, seq, _ = _layout("kandinsky-6")  # no positions passed: every frame on the grid
+    assert (layout.frames, layout.suffix_len, seq) == (3, 0, 90)
+    assert kandinsky6.grid_frames(None, 4) == 4 and kandinsky6.grid_frames((torch.arange(2, 6),), 4) == 4
+    assert kandinsky6.grid_frames((torch.tensor([0, 1, 0, 1]),), 4) == 2
+
+
 def test_ltx_grid_from_coordinates_and_its_errors():
     from family_cases import ltx_condition_inputs
 
@@ -213,6 +222,16 @@ def test_kandinsky_nabla_is_refused_with_the_reason():
         regular(**kwargs)
 
 
+def test_kandinsky6_super_resolution_stays_refused():
+    """The SR model is its own class (not a Kandinsky6Transformer3DModel) running NABLA: refused, with the reason."""
+    model = diffusers.Kandinsky6SRTransformer3DModel(in_visual_dim=4, out_visual_dim=4, time_dim=32, model_dim=64,
+                                                     ff_dim=64, num_visual_blocks=1)
+    assert not isinstance(model, diffusers.Kandinsky6Transformer3DModel)
+    with pytest.raises(TypeError, match=r"does not support Kandinsky6SRTransformer3DModel \(cannot be served: the "
+                                        r"super-resolution model always runs its own NABLA"):
+        apply_sparse_attention(model, FullAttention())
+
+
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
 def test_unsupported_models_say_why_and_name_the_supported_ones(name):
     cls = getattr(diffusers, name)
@@ -254,6 +273,7 @@ STANDARD_TOKENS = {
     "CosmosTransformer3DModel": 24 * 44 * 80,  # Cosmos 2.5, 704 x 1280, 93 frames on the Wan VAE
     "EasyAnimateTransformer3DModel": 256 + 13 * 32 * 32,  # 512 x 512, 49 frames; the prompt before the video
     "AnyFlowTransformer3DModel": 21 * 30 * 52,  # 480 x 832, 81 frames on the Wan VAE
+    "Kandinsky6Transformer3DModel": 31 * 32 * 48,  # 512 x 768, 121 frames (the pipeline's default) on HunyuanVideo's VAE
 }
 
 

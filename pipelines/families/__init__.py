@@ -46,6 +46,7 @@ from pipelines.families import (
     hunyuan_video15,
     hunyuan_video_framepack,
     kandinsky5,
+    kandinsky6,
     ltx,
     ltx2,
     mochi,
@@ -80,6 +81,7 @@ FAMILIES: dict[str, Family] = {
         cosmos.FAMILY,
         easyanimate.FAMILY,
         anyflow.FAMILY,
+        kandinsky6.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -111,8 +113,6 @@ UNSUPPORTED: dict[str, str] = {
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
     "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "
     "like HunyuanVideo's would serve it",
-    "Kandinsky6Transformer3DModel": NOT_YET + "fused text-video-audio blocks with separate key RoPE; a record like "
-    "Kandinsky 5's would serve its video self-attention",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
     "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }
