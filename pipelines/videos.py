@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DIFF_GAIN", "MIN_PANEL_HEIGHT", "LABEL_HEIGHT", "side_by_side", "write_video", "slug"]
+__all__ = ["DIFF_GAIN", "MIN_PANEL_HEIGHT", "LABEL_HEIGHT", "require_video_writer", "side_by_side", "write_video", "slug"]
 
 DIFF_GAIN = 4  # |method - dense| is shown 4x brighter, so small differences are visible
 MIN_PANEL_HEIGHT = 240  # panels are scaled up by a whole factor to at least this many rows
@@ -54,15 +54,21 @@ def _label_strip(names: tuple[str, ...], panel_width: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(strip).copy()).unsqueeze(0)
 
 
-def write_video(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
-    """Write [F, H, W, 3] uint8 (or [F, C, H, W] / [1, F, C, H, W] floats in [0, 1]) as an mp4."""
+def require_video_writer(what: str = "writing videos", alternative: str = "") -> None:
+    """Raise a RuntimeError saying what to install when mp4s cannot be written (no imageio-ffmpeg:
+    imageio would hand ".mp4" to another plugin, which fails with an unrelated error). Callers that
+    write videos after long work call this first, so they fail before the work."""
     import importlib.util
 
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise RuntimeError(f"{what} needs ffmpeg through imageio-ffmpeg: pip install imageio-ffmpeg{alternative}")
+
+
+def write_video(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
+    """Write [F, H, W, 3] uint8 (or [F, C, H, W] / [1, F, C, H, W] floats in [0, 1]) as an mp4."""
     import imageio.v2 as imageio
 
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
-        # without it imageio hands ".mp4" to another plugin, which fails with an unrelated error
-        raise RuntimeError(f"writing {path} needs ffmpeg through imageio-ffmpeg: pip install imageio-ffmpeg")
+    require_video_writer(f"writing {path}")
     if frames.dtype != torch.uint8:
         frames = (_frames(frames).float().clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
     path = Path(path)

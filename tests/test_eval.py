@@ -289,6 +289,25 @@ def test_mp4_without_imageio_ffmpeg_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_evaluate_without_imageio_ffmpeg_fails_before_generating(smoke_pipe, monkeypatch, tmp_path):
+    """An evaluation that will write videos checks the writer first (on the GPU machine it failed
+    after the dense generation); without videos it runs."""
+    import importlib.util
+
+    from sparse_vdit.cli.evaluation import run as run_module
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
+    generated = []
+    monkeypatch.setattr(run_module, "_generate", lambda *a, **k: generated.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(RuntimeError, match="--no-videos"):
+        evaluate(smoke_pipe, {}, ["p"], num_inference_steps=1, out_dir=tmp_path)
+    assert not generated
+    with pytest.raises(AssertionError):  # videos off: it goes on to generate
+        evaluate(smoke_pipe, {}, ["p"], num_inference_steps=1, out_dir=tmp_path, videos=False, progress=False)
+    assert generated
+
+
 def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch):
     from sparse_vdit.cli.evaluation import methods as methods_module
     from search import run as search_run

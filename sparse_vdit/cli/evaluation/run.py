@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from sparse_vdit.cli.evaluation.metering import MeteredMethod, StepClock
 from sparse_vdit.cli.evaluation.metrics import video_psnr, video_ssim
 from sparse_vdit.cli.evaluation.report import DENSE, EvalReport, EvalRow
-from pipelines.videos import side_by_side, slug, write_video
+from pipelines.videos import require_video_writer, side_by_side, slug, write_video
 
 __all__ = ["evaluate", "MethodSetting", "method_settings"]
 
@@ -129,6 +129,8 @@ def evaluate(
         raise ValueError("give at least one prompt and one seed")
     if "callback_on_step_end" in call_kwargs or "output_type" in call_kwargs or "generator" in call_kwargs:
         raise ValueError("evaluate sets callback_on_step_end (timing), output_type and generator itself: leave them out")
+    if out_dir is not None and videos:  # before minutes of generation, not after the first one
+        require_video_writer("writing the side-by-side videos", " (or leave videos out: videos=False, --no-videos)")
     settings = method_settings(methods)
     metered = {(name, setting): MeteredMethod(m) if m is not None else None for name, setting, m in settings}
     warm_steps = num_inference_steps if warmup is True else int(warmup or 0)
