@@ -17,10 +17,12 @@ to ``FAMILIES`` below:
     tiny_transformer  () -> a tiny random-weight model; tiny_inputs: (model) -> forward kwargs
 
 A record may also say the model's ``name``, its ``pipelines``, its ``standard`` size (README),
-an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason) and a
-``cp_plan`` sparse-vdit provides where diffusers ships none. A model whose read differs (a grid
-passed as arguments, conditioning tokens off the grid) says so through ``read_inputs``'s
-``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special case elsewhere.
+an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason), a
+``cp_plan`` sparse-vdit provides where diffusers ships none and ``stock_layers`` (modules its
+patterns match that attend another sequence and keep their stock processor). A model whose read
+differs (a grid passed as arguments, conditioning tokens off the grid) says so through
+``read_inputs``'s ``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special
+case elsewhere.
 
 Video transformers diffusers ships that no record serves are in ``UNSUPPORTED`` with the reason:
 either they cannot be served (no softmax attention over a video token grid) or no record serves
@@ -49,6 +51,7 @@ from pipelines.families import (
     ltx,
     ltx2,
     mochi,
+    motif_video,
     skyreels_v2,
     wan,
     wan_animate,
@@ -80,6 +83,7 @@ FAMILIES: dict[str, Family] = {
         cosmos.FAMILY,
         easyanimate.FAMILY,
         anyflow.FAMILY,
+        motif_video.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -109,8 +113,6 @@ UNSUPPORTED: dict[str, str] = {
     "once they do (e.g. zero-padded to 128)",
     "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
-    "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "
-    "like HunyuanVideo's would serve it",
     "Kandinsky6Transformer3DModel": NOT_YET + "fused text-video-audio blocks with separate key RoPE; a record like "
     "Kandinsky 5's would serve its video self-attention",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
