@@ -27,12 +27,15 @@ from pipelines.families import (
     ltx,
     ltx2,
     mochi,
+    motif_video,
     skyreels_v2,
     wan,
     wan_animate,
     wan_vace,
 )
 
+# Motif-Video's timestep features are float32, cast to the embedder's dtype for float16 / bfloat16 only.
+MOTIF_TIMESTEP_EMBEDDER = ("time_text_embed.timestep_embedder",)
 SEARCHED = dict(frames=3, height=12, width=10)  # a latent grid plans are made at (patch 2: 3 x 6 x 5 tokens)
 ELSEWHERE = dict(frames=5, height=16, width=8)  # another one: other frames, rows and columns
 
@@ -50,6 +53,8 @@ class Case:
         extra_frames: latent frames the inputs add to the grid's (a reference image).
         fp32_modules: submodules that compute in float32 whatever the model's dtype (the model's
             float64 twin keeps them in float32).
+        float32_fed: submodules the model feeds a float32 tensor it casts to their dtype only for
+            float16 / bfloat16 (the model's float64 twin casts their inputs to float64).
     """
 
     family: str
@@ -60,6 +65,7 @@ class Case:
     batch: int = 1
     extra_frames: int = 0
     fp32_modules: tuple[str, ...] = ()
+    float32_fed: tuple[str, ...] = ()
 
     def grid(self, grid: dict) -> dict:
         """``grid`` (latent sizes at patch 2) for this case's patch."""
@@ -67,10 +73,13 @@ class Case:
         return dict(grid, height=grid["height"] // scale, width=grid["width"] // scale)
 
     def float64_twin(self, model) -> torch.nn.Module:
-        """A float64 copy of ``model`` (the reference), ``fp32_modules`` left in float32."""
+        """A float64 copy of ``model`` (the reference), ``fp32_modules`` left in float32,
+        ``float32_fed`` modules' inputs cast to float64."""
         twin = copy.deepcopy(model).double()
         for name in self.fp32_modules:
             twin.get_submodule(name).float()
+        for name in self.float32_fed:
+            twin.get_submodule(name).register_forward_pre_hook(lambda module, args: cast(args, torch.float64))
         return twin
 
     def make_inputs(self, model, grid: dict = SEARCHED, timestep: float = 500.0) -> dict:
@@ -248,12 +257,27 @@ CASES: dict[str, Case] = {
         lambda n: kandinsky6.tiny_kandinsky6_transformer(num_layers=n),
         lambda model, f, h, w, t: kandinsky6.kandinsky6_inputs(f, h, w, audio_frames=None, timestep=t),
     ),
+    # Motif-Video: dual blocks, one encoder single block (with text cross-attention) and a stock decoder
+    # block; more layers are more dual blocks, as for Framepack: a second single block takes views of the
+    # first one's output and compiles once more for their strides (stock too). Batched CFG, padded prompts.
+    "motif-video": Case(
+        "MotifVideoTransformer3DModel",
+        lambda n: motif_video.tiny_motif_transformer(num_layers=n - 1),
+        lambda model, f, h, w, t: motif_video.motif_inputs(f, h, w, timestep=t),
+        padded=True, batch=2, float32_fed=MOTIF_TIMESTEP_EMBEDDER,
+    ),
+    "motif-video-i2v": Case(  # first-frame latent and mask in the channels; image tokens before the padded prompts
+        "MotifVideoTransformer3DModel",
+        lambda n: motif_video.tiny_motif_transformer(num_layers=n - 1, image=True),
+        lambda model, f, h, w, t: motif_video.motif_inputs(f, h, w, image_tokens=3, timestep=t),
+        padded=True, batch=2, float32_fed=MOTIF_TIMESTEP_EMBEDDER,
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
                 "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow",
-                "kandinsky-6"]
+                "kandinsky-6", "motif-video"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
 OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v"]
 

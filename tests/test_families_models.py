@@ -124,6 +124,33 @@ def test_hunyuan_video_15_counts_image_glyph_and_prompt_tokens():
     assert kv_lens.tolist() == [90 + 5 + 2, 90 + 3 + 1]
 
 
+def test_motif_video_image_tokens_lead_the_padded_prompt():
+    layout, _, kv_lens = _layout("motif-video-i2v")  # video 3 x 6 x 5; image 3, then prompts (5, 3) of 6
+    assert (layout.text_len, layout.text_position, kv_lens.tolist()) == (9, "after", [90 + 3 + 5, 90 + 3 + 3])
+
+
+@torch.no_grad()
+def test_motif_video_decoder_stays_stock_and_a_call_without_text_is_stock():
+    """Motif-Video's decoder blocks attend [video | encoder output], not the joint sequence: they keep
+    the stock processor. A served module called without text projects its output as stock does."""
+    from diffusers.models.transformers.transformer_motif_video import MotifVideoAttnProcessor2_0
+
+    case = CASES["motif-video"]
+    model = case.build(2)  # dual block 0, encoder single block 0, decoder single block 1
+    served = ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
+    assert model_info(model).layer_names == tuple(served)
+    with apply_sparse_attention(model, FullAttention()):
+        processors = attention_processors(model)
+        ours = [k for k, p in processors.items() if isinstance(p, SparseAttnProcessorBase)]
+        assert ours == [n + ".processor" for n in served]
+        assert type(processors["single_transformer_blocks.1.attn.processor"]) is MotifVideoAttnProcessor2_0
+        model(**case.make_inputs(model))  # a tracked forward: the processors have its context
+        x = torch.randn(2, 30, model.config.num_attention_heads * model.config.attention_head_dim)
+        for name in served:
+            attn = model.get_submodule(name)
+            assert_stock(attn(x), MotifVideoAttnProcessor2_0()(attn, x), f"{name} without text")
+
+
 def test_ltx_conditioning_tokens_off_the_grid():
     layout, seq, _ = _layout("ltx-video-condition")  # one extra conditioning frame before a 3 x 6 x 5 grid, coords only
     assert (layout.prefix_len, layout.frames, layout.rows, layout.cols, seq) == (30, 3, 6, 5, 120)
@@ -274,6 +301,7 @@ STANDARD_TOKENS = {
     "EasyAnimateTransformer3DModel": 256 + 13 * 32 * 32,  # 512 x 512, 49 frames; the prompt before the video
     "AnyFlowTransformer3DModel": 21 * 30 * 52,  # 480 x 832, 81 frames on the Wan VAE
     "Kandinsky6Transformer3DModel": 31 * 32 * 48,  # 512 x 768, 121 frames (the pipeline's default) on HunyuanVideo's VAE
+    "MotifVideoTransformer3DModel": 31 * 46 * 80 + 512,  # 736 x 1280, 121 frames on the Wan VAE; 512 prompt tokens
 }
 
 

@@ -17,10 +17,12 @@ to ``FAMILIES`` below:
     tiny_transformer  () -> a tiny random-weight model; tiny_inputs: (model) -> forward kwargs
 
 A record may also say the model's ``name``, its ``pipelines``, its ``standard`` size (README),
-an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason) and a
-``cp_plan`` sparse-vdit provides where diffusers ships none. A model whose read differs (a grid
-passed as arguments, conditioning tokens off the grid) says so through ``read_inputs``'s
-``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special case elsewhere.
+an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason), a
+``cp_plan`` sparse-vdit provides where diffusers ships none and ``stock_layers`` (modules its
+patterns match that attend another sequence and keep their stock processor). A model whose read
+differs (a grid passed as arguments, conditioning tokens off the grid) says so through
+``read_inputs``'s ``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special
+case elsewhere.
 
 Video transformers diffusers ships that no record serves are in ``UNSUPPORTED`` with the reason:
 either they cannot be served (no softmax attention over a video token grid) or no record serves
@@ -50,6 +52,7 @@ from pipelines.families import (
     ltx,
     ltx2,
     mochi,
+    motif_video,
     skyreels_v2,
     wan,
     wan_animate,
@@ -82,6 +85,7 @@ FAMILIES: dict[str, Family] = {
         easyanimate.FAMILY,
         anyflow.FAMILY,
         kandinsky6.FAMILY,
+        motif_video.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -111,8 +115,6 @@ UNSUPPORTED: dict[str, str] = {
     "once they do (e.g. zero-padded to 128)",
     "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
     "attention-level cp_plan; a record with a conditioning prefix would serve it",
-    "MotifVideoTransformer3DModel": NOT_YET + "dual- and single-stream joint attention like HunyuanVideo's; a record "
-    "like HunyuanVideo's would serve it",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
     "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }

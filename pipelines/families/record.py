@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -66,6 +66,10 @@ class Family:
             attention that reorders the tokens.
         cp_plan: ``() -> cp_plan`` that sparse-vdit provides where diffusers ships none for the
             class (None: diffusers' own ``_cp_plan``, or none at all).
+        stock_layers: ``config -> module paths`` that ``patterns`` match but that keep their stock
+            processor, for a configuration whose blocks of one class do not all attend the joint
+            sequence (Motif-Video's decoder blocks attend [video | encoder output], not
+            [video | text]); None: every match is served.
     """
 
     class_name: str
@@ -82,10 +86,12 @@ class Family:
     standard: StandardSize | None = None
     unsupported_config: Callable[[Any], str | None] | None = None
     cp_plan: Callable[[], dict] | None = None
+    stock_layers: Callable[[Any], Iterable[str]] | None = None
 
     def layer_names(self, transformer: torch.nn.Module) -> list[str]:
         """Module paths of the attention modules our processors serve, by layer index."""
-        names = [name for name, _ in transformer.named_modules()]
+        stock = set(self.stock_layers(transformer.config)) if self.stock_layers is not None else set()
+        names = [name for name, _ in transformer.named_modules() if name not in stock]
         ordered: list[str] = []
         for pattern in self.patterns:
             regex = re.compile(pattern)
