@@ -308,6 +308,52 @@ def test_evaluate_without_imageio_ffmpeg_fails_before_generating(smoke_pipe, mon
     assert generated
 
 
+@pytest.mark.slow
+def test_evaluate_with_compiled_blocks_compiles_only_in_the_warm_ups(smoke_pipe, fallback, monkeypatch):
+    """compile: the transformer's repeated blocks are compiled before anything runs; every frame is
+    compiled in a warm-up generation (dense, FullAttention, AdaSpa's dense, search and sparse
+    phases), none in a timed one; FullAttention stays exact; a short warm-up is refused first."""
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    from adaspa import AdaSpaConfig
+    from pipelines import FullAttention
+    from sparse_vdit.cli.evaluation import run as run_module
+
+    methods = {"full": FullAttention(), "adaspa": {"s=0.5": AdaSpaConfig(
+        0.5, block_size=16, tiers=False, warmup_steps=1, search_steps=(1, 2), schedule_steps=None)}}
+    with pytest.raises(ValueError, match="full-length warm-up"):
+        evaluate(smoke_pipe, methods, ["a red circle moves right"], num_inference_steps=4, warmup=2,
+                 compile=True, progress=False, **SMOKE_CALL)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled_in = []  # (generation kind, frames compiled during it)
+    seen = set()
+    real = run_module._generate
+
+    def counting(pipe, metered, *args):
+        before = counter.frame_count
+        result = real(pipe, metered, *args)
+        kind = type(metered.method).__name__ if metered is not None else "dense"
+        compiled_in.append(("warm-up" if kind not in seen else "timed", kind, counter.frame_count - before))
+        seen.add(kind)
+        return result
+
+    monkeypatch.setattr(run_module, "_generate", counting)
+    torch._dynamo.reset()
+    try:
+        report = evaluate(smoke_pipe, methods, ["a red circle moves right"], num_inference_steps=4, warmup=True,
+                          compile=counter, progress=False, **SMOKE_CALL)
+    finally:
+        torch._dynamo.reset()
+        for module in smoke_pipe.transformer.modules():  # back to eager for the tests after this one
+            module._compiled_call_impl = None
+    assert counter.frame_count > 0, "compile=backend compiled nothing"
+    assert [c for c in compiled_in if c[0] == "timed" and c[2]] == [], compiled_in
+    assert [c for c in compiled_in if c[0] == "warm-up" and c[2]], compiled_in
+    full = next(r for r in report.rows if r.method == "full")
+    assert full.psnr == float("inf") or full.psnr > 80, full.psnr
+
+
 def test_eval_passes_the_cost_source_to_the_plan_search(smoke_pipe, monkeypatch):
     from sparse_vdit.cli.evaluation import methods as methods_module
     from search import run as search_run

@@ -74,6 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=non_negative_int, default=None,
                    help=f"steps of the untimed warm-up generation per method, 0 for none "
                         f"(default: --steps on a GPU, {CPU_WARMUP_STEPS} on the CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="diffusers' compile_repeated_blocks() on the transformer before dense and every method run "
+                        "(fair speedups where kernel launches bound the step, as on the proxy); needs the full warm-up")
     p.add_argument("--no-videos", action="store_true", help="do not write the side-by-side videos")
     p.add_argument("--no-plots", action="store_true", help="do not write the plots")
     p.set_defaults(func=run)
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         for value in getattr(args, entry.settings) or ():
             entry.check(value)
     check_output_dir(args.out, "--out")
+    if args.compile and args.warmup is not None and args.steps is not None and args.warmup < args.steps:
+        raise ValueError(f"--compile needs the full-length warm-up: --warmup {args.steps} or leave --warmup out")
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     settings = {entry.settings: method_settings(args, entry, defaults) for entry in registry().values()}
@@ -127,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
         note = dense_plan_note(plan)
         if note:
             print(f"NOTE: plan ({setting}): {note} (--epsilons)", flush=True)
-    warmup = args.warmup if args.warmup is not None else (steps if session.on_gpu else CPU_WARMUP_STEPS)
+    default_warmup = steps if session.on_gpu or args.compile else CPU_WARMUP_STEPS
+    warmup = args.warmup if args.warmup is not None else default_warmup
     report = evaluate(
         pipe, methods, prompts, seeds, num_inference_steps=steps, out_dir=args.out, warmup=warmup,
-        videos=not args.no_videos, meta=session.meta(args.model), **kwargs,
+        videos=not args.no_videos, meta=dict(session.meta(args.model), compiled=args.compile),
+        compile=args.compile, **kwargs,
     )
     print(report.table())
     print(legend(report))

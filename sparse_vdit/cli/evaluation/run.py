@@ -94,6 +94,18 @@ def _generate(pipe, metered: MeteredMethod | None, prompt: str, seed: int, steps
     return frames[0].float().cpu(), clock
 
 
+def _compile_blocks(pipe, compile: Any) -> None:
+    """diffusers' regional compilation of ``pipe.transformer`` (True: its default backend)."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None or not getattr(transformer, "_repeated_blocks", None):
+        name = type(transformer).__name__ if transformer is not None else type(pipe).__name__
+        raise ValueError(
+            f"{name} declares no repeated blocks (_repeated_blocks), so compile_repeated_blocks() cannot compile "
+            "it: evaluate without compile, or compile its blocks yourself before calling evaluate"
+        )
+    transformer.compile_repeated_blocks(**({} if compile is True else {"backend": compile}))
+
+
 def evaluate(
     pipe,
     methods: Mapping[str, Any],
@@ -106,6 +118,7 @@ def evaluate(
     videos: bool = True,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    compile: Any = False,
     **call_kwargs: Any,
 ) -> EvalReport:
     """Evaluate ``methods`` against dense on every (prompt, seed); returns an ``EvalReport``.
@@ -123,6 +136,12 @@ def evaluate(
             False or 0: none (the first generation then pays for compilation).
         progress: one progress bar over every denoising step of the evaluation.
         meta: recorded in the report (model name, notes).
+        compile: True: diffusers' ``compile_repeated_blocks()`` on ``pipe.transformer`` (in place)
+            before anything runs, so dense and every method run compiled blocks; a torch.compile
+            backend (name or callable) compiles with that one. Where the step is bound by the host's
+            kernel launches (small models), this is how the speedups are fair. Needs the full-length
+            warm-up (``warmup=True``): each method's phases (dense steps, searches, sparse steps)
+            compile at their first step, which must not be a timed one.
         call_kwargs: passed to every pipeline call (height, width, num_frames, guidance_scale, ...).
     """
     if not prompts or not seeds:
@@ -131,7 +150,14 @@ def evaluate(
         raise ValueError("evaluate sets callback_on_step_end (timing), output_type and generator itself: leave them out")
     if out_dir is not None and videos:  # before minutes of generation, not after the first one
         require_video_writer("writing the side-by-side videos", " (or leave videos out: videos=False, --no-videos)")
+    if compile is not False and warmup is not True and int(warmup) < num_inference_steps:
+        raise ValueError(
+            f"compiled blocks need the full-length warm-up (warmup=True, --warmup {num_inference_steps} or "
+            f"leave it out): with {int(warmup)} warm-up steps a method's later phases would compile inside a timed run"
+        )
     settings = method_settings(methods)
+    if compile is not False:
+        _compile_blocks(pipe, compile)
     metered = {(name, setting): MeteredMethod(m) if m is not None else None for name, setting, m in settings}
     warm_steps = num_inference_steps if warmup is True else int(warmup or 0)
     combos = [(p, int(s)) for p in prompts for s in seeds]
