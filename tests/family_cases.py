@@ -20,6 +20,7 @@ from pipelines.families import (
     consisid,
     cosmos,
     easyanimate,
+    helios,
     hunyuan_video15,
     hunyuan_video_framepack,
     kandinsky5,
@@ -272,14 +273,26 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: motif_video.motif_inputs(f, h, w, image_tokens=3, timestep=t),
         padded=True, batch=2, float32_fed=MOTIF_TIMESTEP_EMBEDDER,
     ),
+    "helios": Case(  # no history (a plain forward); batched CFG, text only in the cross-attention
+        "HeliosTransformer3DModel",
+        lambda n: helios.tiny_helios_transformer(num_layers=n),
+        lambda model, f, h, w, t: helios.helios_inputs(f, h, w, history=None, timestep=t),
+        batch=2,
+    ),
+    "helios-history": Case(  # long, mid and short history latents before the grid, their keys amplified per head
+        "HeliosTransformer3DModel",
+        lambda n: helios.tiny_helios_transformer(num_layers=n),
+        lambda model, f, h, w, t: helios.helios_inputs(f, h, w, history=(4, 2, 2), timestep=t),
+        batch=2,
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
                 "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow",
-                "kandinsky-6", "motif-video"]
+                "kandinsky-6", "motif-video", "helios"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
-OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v"]
+OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v", "helios-history"]
 
 
 def ltx_condition_inputs(frames: int, height: int, width: int, timestep: float, extra_frames: int = 1, frame_index: int = 8):

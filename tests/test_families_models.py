@@ -12,7 +12,7 @@ import torch
 from family_cases import CASES, SEARCHED
 from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info
 from pipelines.apply import attention_processors, set_attention_processors
-from pipelines.families import FAMILIES, UNSUPPORTED, family_of, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan
+from pipelines.families import FAMILIES, UNSUPPORTED, family_of, helios, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan
 from pipelines.processors import SparseAttnProcessorBase
 
 diffusers = pytest.importorskip("diffusers")
@@ -167,6 +167,33 @@ def test_kandinsky6_reference_frame_is_a_suffix_after_the_grid():
     assert kandinsky6.grid_frames((torch.tensor([0, 1, 0, 1]),), 4) == 2
 
 
+def test_helios_history_is_a_prefix_at_three_resolutions():
+    layout, seq, _ = _layout("helios-history")  # 3 x 6 x 5 grid; history (long, mid, short) = (4, 2, 2) frames of 12 x 10
+    history = 1 * 2 * 2 + 1 * 3 * 3 + 2 * 6 * 5  # 4x and 2x after the model's padding to (4, 8, 8) / (2, 4, 4); 1x
+    assert (layout.prefix_len, layout.video_start, layout.video_len, layout.text_len, seq) == (history, history, 90, 0, 163)
+    kwargs = helios.helios_inputs(3, 12, 10)
+    kwargs["indices_latents_history_long"] = None  # the model packs a history only with its frame indices
+    inputs = helios.FAMILY.read_inputs(helios.tiny_helios_transformer(), kwargs)
+    assert inputs.prefix_len == history - 4
+
+
+@pytest.mark.parametrize("mode", ["per_head", "scalar"])
+@torch.no_grad()
+def test_helios_history_keys_are_amplified_as_stock(mode):
+    """The history keys' amplification (one learned scale per head, or one for all) is reproduced
+    under FullAttention and a method's dense call; it changes the output (else the checks of the
+    history case could not see it missing)."""
+    model = helios.tiny_helios_transformer(history_scale_mode=mode)
+    kwargs = helios.helios_inputs(3, 12, 10)
+    stock = model(**kwargs)[0]
+    for method in (FullAttention(), Recorder()):
+        with apply_sparse_attention(model, method):
+            assert_stock(model(**kwargs)[0], stock, f"{mode} amplification, {type(method).__name__}")
+    for block in model.blocks:
+        block.attn1.is_amplify_history = False
+    assert float((model(**kwargs)[0] - stock).abs().max()) > 1e-2 * float(stock.abs().max())
+
+
 def test_ltx_grid_from_coordinates_and_its_errors():
     from family_cases import ltx_condition_inputs
 
@@ -302,6 +329,8 @@ STANDARD_TOKENS = {
     "AnyFlowTransformer3DModel": 21 * 30 * 52,  # 480 x 832, 81 frames on the Wan VAE
     "Kandinsky6Transformer3DModel": 31 * 32 * 48,  # 512 x 768, 121 frames (the pipeline's default) on HunyuanVideo's VAE
     "MotifVideoTransformer3DModel": 31 * 46 * 80 + 512,  # 736 x 1280, 121 frames on the Wan VAE; 512 prompt tokens
+    # 384 x 640, a 9-latent-frame chunk on the Wan VAE; history 16 + 2 + (1 + 1) frames at 4x, 2x and 1x
+    "HeliosTransformer3DModel": 9 * 24 * 40 + 4 * 6 * 10 + 1 * 12 * 20 + 2 * 24 * 40,
 }
 
 

@@ -44,6 +44,7 @@ from pipelines.families import (
     consisid,
     cosmos,
     easyanimate,
+    helios,
     hunyuan_video,
     hunyuan_video15,
     hunyuan_video_framepack,
@@ -86,6 +87,7 @@ FAMILIES: dict[str, Family] = {
         anyflow.FAMILY,
         kandinsky6.FAMILY,
         motif_video.FAMILY,
+        helios.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -113,8 +115,6 @@ UNSUPPORTED: dict[str, str] = {
     "AllegroTransformer3DModel": NOT_YET + "softmax self-attention over the video grid with 3-D RoPE, but 96-dim "
     "heads, which the kernels do not take (head_dim a power of two, 16 to 256); a record like Wan's would serve it "
     "once they do (e.g. zero-padded to 128)",
-    "HeliosTransformer3DModel": NOT_YET + "history tokens at other patch sizes with per-head key scaling and an "
-    "attention-level cp_plan; a record with a conditioning prefix would serve it",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
     "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }
@@ -165,7 +165,7 @@ def token_layout_of(
             (default 256); CogVideoX defaults to ``max_text_seq_length``; Wan has none (each
             record's ``default_text_len``).
         prefix_len, suffix_len: conditioning tokens off the grid, before / after it
-            (HunyuanVideo-Framepack's history latents, LTX's extra conditioning, LTX-2's keyframes).
+            (HunyuanVideo-Framepack's and Helios's history latents, LTX's extra conditioning, LTX-2's keyframes).
     """
     if isinstance(transformer_or_config, torch.nn.Module):
         family = family_of(transformer_or_config)
