@@ -31,9 +31,9 @@ import math
 
 import torch
 
-from pipelines.families.record import StandardSize, video_inputs
+from pipelines.families.record import StandardSize, triple_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
-from pipelines.families.wan import _patch_size, wan_family, wan_inputs
+from pipelines.families.wan import wan_family, wan_inputs
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
 
@@ -114,7 +114,7 @@ def history_tokens(latents: torch.Tensor | None, kernel: tuple[int, ...], pad: t
 
 
 def _prefix_len(transformer, args: dict) -> int:
-    patch = _patch_size(transformer.config)
+    patch = triple_patch_size(transformer.config)
     return sum(
         history_tokens(args.get(name), tuple(m * p for p in patch), pad)
         for name, m, pad in HISTORY

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.families.record import Family, StandardSize, config_value, video_inputs
+from pipelines.families.record import Family, StandardSize, config_value, triple_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
@@ -113,7 +113,7 @@ FAMILY = Family(
     processor_cls=Kandinsky5SparseAttnProcessor,
     patterns=(r"visual_transformer_blocks\.(\d+)\.self_attention",),
     text_position="none",
-    patch_size=lambda config: tuple(int(p) for p in config_value(config, "patch_size")),
+    patch_size=triple_patch_size,
     default_text_len=None,
     read_inputs=_read_inputs,
     tiny_transformer=tiny_kandinsky5_transformer,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.families.record import Family, StandardSize, config_value, video_inputs
+from pipelines.families.record import Family, StandardSize, triple_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
@@ -30,10 +30,6 @@ __all__ = ["FAMILY", "Kandinsky6SparseAttnProcessor", "kandinsky6_inputs", "tiny
 
 TINY_POOLED_DIM = 16
 TINY_AUDIO_DIM = 64  # one audio head of TINY_HEAD_DIM: ca_rope applies the audio RoPE to video-width heads
-
-
-def _patch_size(config) -> tuple[int, int, int]:
-    return tuple(int(p) for p in config_value(config, "patch_size"))
 
 
 class Kandinsky6SparseAttnProcessor(SparseAttnProcessorBase):
@@ -75,7 +71,7 @@ def grid_frames(visual_rope_pos, frames: int) -> int:
 
 def _read_inputs(transformer, args: dict) -> ForwardInputs:
     inputs = video_inputs(args["hidden_states"], args["timestep"], 1, hw_dims=(2, 3))
-    pt, ph, pw = _patch_size(transformer.config)
+    pt, ph, pw = triple_patch_size(transformer.config)
     frames = inputs["latent_frames"] // pt
     grid = grid_frames(args.get("visual_rope_pos"), frames)
     suffix = (frames - grid) * (inputs["latent_height"] // ph) * (inputs["latent_width"] // pw)
@@ -139,7 +135,7 @@ FAMILY = Family(
     processor_cls=Kandinsky6SparseAttnProcessor,
     patterns=(r"visual_transformer_blocks\.(\d+)\.video_dec_block\.self_attention",),
     text_position="none",
-    patch_size=_patch_size,
+    patch_size=triple_patch_size,
     default_text_len=None,
     read_inputs=_read_inputs,
     tiny_transformer=tiny_kandinsky6_transformer,

@@ -17,7 +17,7 @@ from pipelines.step_tracking import ForwardInputs
 from sparse_vdit.protocol import ModelInfo, config_fingerprint, public_config
 from sparse_vdit.token_layout import TokenLayout
 
-__all__ = ["Family", "StandardSize", "config_value", "square_patch_size", "token_inputs", "video_inputs"]
+__all__ = ["Family", "StandardSize", "config_value", "square_patch_size", "token_inputs", "triple_patch_size", "video_inputs"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,11 @@ def square_patch_size(config: Any) -> tuple[int, int, int]:
     """(t, p, p) of a config with ``patch_size`` p and an optional ``patch_size_t`` (None = 1)."""
     p = int(config_value(config, "patch_size"))
     return int(config_value(config, "patch_size_t") or 1), p, p
+
+
+def triple_patch_size(config: Any) -> tuple[int, int, int]:
+    """(t, h, w) of a config whose ``patch_size`` is already a triple (Wan and its kin, Kandinsky)."""
+    return tuple(int(p) for p in config_value(config, "patch_size"))
 
 
 def video_inputs(hidden_states: torch.Tensor, timestep, frames_dim: int, hw_dims: tuple[int, int] = (-2, -1)) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.families.record import Family, StandardSize, config_value, video_inputs
+from pipelines.families.record import Family, StandardSize, triple_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
 from pipelines.processors import SparseAttnProcessorBase
 from pipelines.step_tracking import ForwardInputs
@@ -72,10 +72,6 @@ class WanSparseAttnProcessor(SparseAttnProcessorBase):
 
 
 # ------------------------------------------------------------------------------- forward inputs
-def _patch_size(config) -> tuple[int, int, int]:
-    return tuple(int(p) for p in config_value(config, "patch_size"))
-
-
 def _read_inputs(transformer, args: dict) -> ForwardInputs:
     return ForwardInputs(**video_inputs(args["hidden_states"], args["timestep"], 2), text_len=None, text_valid_lens=None)
 
@@ -124,7 +120,7 @@ def wan_family(class_name: str, *, patterns: tuple[str, ...] = (r"blocks\.(\d+)\
         processor_cls=processor_cls,
         patterns=patterns,
         text_position="none",
-        patch_size=_patch_size,
+        patch_size=triple_patch_size,
         default_text_len=None,
         read_inputs=_read_inputs,
         **fields,
