@@ -78,6 +78,14 @@ def test_library_errors_are_one_line(capsys, tmp_path):
     assert "could not load the pipeline" in capsys.readouterr().err
 
 
+def test_eval_compile_with_a_short_warm_up_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    import pipelines.loading
+
+    monkeypatch.setattr(pipelines.loading, "open_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["eval", "--compile", "--warmup", "2", "--steps", "4", "--out", str(tmp_path / "out")]) == 2
+    assert "full-length warm-up" in capsys.readouterr().err
+
+
 def test_valid_values_and_the_block_size_per_device():
     assert video_side("64") == 64 and frame_count("33") == 33
     assert resolve_block_size(None, "cpu") == 16 and resolve_block_size(None, "cuda") == 128

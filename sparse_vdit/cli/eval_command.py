@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.loading import generation_kwargs, open_model
     from sparse_vdit.cli.evaluation.plots import write_plots
     from sparse_vdit.cli.evaluation.report import legend
-    from sparse_vdit.cli.evaluation.run import evaluate
+    from sparse_vdit.cli.evaluation.run import check_compile_warmup, evaluate
     import warnings
 
     from search.candidates import DEFAULT_CANDIDATES
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         for value in getattr(args, entry.settings) or ():
             entry.check(value)
     check_output_dir(args.out, "--out")
-    if args.compile and args.warmup is not None and args.steps is not None and args.warmup < args.steps:
-        raise ValueError(f"--compile needs the full-length warm-up: --warmup {args.steps} or leave --warmup out")
+    if args.warmup is not None and args.steps is not None:  # before the model loads, when both are given
+        check_compile_warmup(args.compile, args.warmup, args.steps)
     session = open_model(args.model, args.device, args.dtype, args.block_size)
     pipe, defaults = session.pipe, session.defaults
     settings = {entry.settings: method_settings(args, entry, defaults) for entry in registry().values()}

@@ -94,6 +94,16 @@ def _generate(pipe, metered: MeteredMethod | None, prompt: str, seed: int, steps
     return frames[0].float().cpu(), clock
 
 
+def check_compile_warmup(compile: Any, warmup: bool | int, num_inference_steps: int) -> None:
+    """Compiled blocks need the full-length warm-up: each method's phases (dense steps, searches,
+    sparse steps) compile at their first step, which must not be a timed one."""
+    if compile is not False and warmup is not True and int(warmup) < num_inference_steps:
+        raise ValueError(
+            f"compiled blocks need the full-length warm-up (warmup=True, --warmup {num_inference_steps} or "
+            f"leave it out): with {int(warmup)} warm-up steps a method's later phases would compile inside a timed run"
+        )
+
+
 def _compile_blocks(pipe, compile: Any) -> None:
     """diffusers' regional compilation of ``pipe.transformer`` (True: its default backend)."""
     transformer = getattr(pipe, "transformer", None)
@@ -150,11 +160,7 @@ def evaluate(
         raise ValueError("evaluate sets callback_on_step_end (timing), output_type and generator itself: leave them out")
     if out_dir is not None and videos:  # before minutes of generation, not after the first one
         require_video_writer("writing the side-by-side videos", " (or leave videos out: videos=False, --no-videos)")
-    if compile is not False and warmup is not True and int(warmup) < num_inference_steps:
-        raise ValueError(
-            f"compiled blocks need the full-length warm-up (warmup=True, --warmup {num_inference_steps} or "
-            f"leave it out): with {int(warmup)} warm-up steps a method's later phases would compile inside a timed run"
-        )
+    check_compile_warmup(compile, warmup, num_inference_steps)
     settings = method_settings(methods)
     if compile is not False:
         _compile_blocks(pipe, compile)
