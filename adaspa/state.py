@@ -148,16 +148,23 @@ class AdaSpaState:
         if kept is not None:
             return kept
         built = layout_from_blocks(self.selected_blocks(layer), self.geometry, self.widths[layer])
-        if self.layout_bytes + built.nbytes() <= LAYOUT_CACHE_BYTES:
+        if self.layout_bytes + _layout_nbytes(built) <= LAYOUT_CACHE_BYTES:
             self.layouts[layer] = built
         return built
 
     @property
     def layout_bytes(self) -> int:
         """Bytes of the kept layouts."""
-        return sum(kept.nbytes() for kept in self.layouts.values())
+        return sum(_layout_nbytes(kept) for kept in self.layouts.values())
 
     def nbytes(self) -> int:
         """Bytes of every tensor held (LSE, selections, per-head values, kept layouts)."""
         groups = (self.lse, self.selections, self.recall, self.head_sparsity)
         return sum(t.numel() * t.element_size() for group in groups for t in group.values()) + self.layout_bytes
+
+
+def _layout_nbytes(layout: BlockLayout) -> int:
+    """Bytes of a layout's tensors (index lists, counts, tiles)."""
+    fields = (layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks, layout.full_kv_indices,
+              layout.tile_ids, layout.tile_masks, layout.tile_masks_i8)
+    return sum(t.numel() * t.element_size() for t in fields)

@@ -234,37 +234,24 @@ class Shape:
     d: int
     text: int = 0
     text_first: bool = True
-    grid: tuple[int, int, int] | None = None  # latent (frames, rows, cols): frames * rows * cols = s - text
 
     def describe(self) -> str:
         where = "" if not self.text else f", {self.text} text {'first' if self.text_first else 'last'}"
         return f"{self.name} ({self.h} x {self.s:,}, D={self.d}{where})"
 
-    def token_layout(self):
-        """The shape's ``sparse_vdit`` TokenLayout (its latent grid and text), for mode layouts."""
-        from sparse_vdit.token_layout import TokenLayout
-
-        where = "none" if not self.text else ("before" if self.text_first else "after")
-        layout = None if self.grid is None else TokenLayout(*self.grid, text_len=self.text, text_position=where)
-        if layout is None or layout.seq_len != self.s:
-            raise ValueError(f"{self.key}: grid {self.grid} + {self.text} text tokens is {layout.seq_len}, not {self.s}")
-        return layout
-
 
 SHAPES: dict[str, Shape] = {
-    "wan480": Shape("wan480", "Wan2.1-1.3B 480p", 1, 12, 32_760, 128, grid=(21, 30, 52)),
-    "wan720": Shape("wan720", "Wan2.1-14B 720p", 1, 40, 75_600, 128, grid=(21, 45, 80)),
-    "hunyuan720": Shape("hunyuan720", "HunyuanVideo 720p", 1, 24, 119_056, 128, text=256, text_first=False,
-                        grid=(33, 45, 80)),
-    "cogvideox15": Shape("cogvideox15", "CogVideoX1.5", 1, 48, 45_106, 64, text=226, text_first=True,
-                         grid=(11, 48, 85)),
+    "wan480": Shape("wan480", "Wan2.1-1.3B 480p", 1, 12, 32_760, 128),
+    "wan720": Shape("wan720", "Wan2.1-14B 720p", 1, 40, 75_600, 128),
+    "hunyuan720": Shape("hunyuan720", "HunyuanVideo 720p", 1, 24, 119_056, 128, text=256, text_first=False),
+    "cogvideox15": Shape("cogvideox15", "CogVideoX1.5", 1, 48, 45_106, 64, text=226, text_first=True),
 }
 # --smoke: same heads' dims and text placement, tiny lengths that are not multiples of 64 or 128.
 SMOKE_SHAPES: dict[str, Shape] = {
-    "wan480": Shape("wan480", "Wan-like smoke", 1, 2, 520, 128, grid=(4, 10, 13)),
-    "wan720": Shape("wan720", "Wan-720-like smoke", 1, 2, 300, 128, grid=(3, 10, 10)),
-    "hunyuan720": Shape("hunyuan720", "Hunyuan-like smoke", 1, 2, 400, 128, text=24, text_first=False, grid=(2, 4, 47)),
-    "cogvideox15": Shape("cogvideox15", "CogVideoX-like smoke", 1, 2, 460, 64, text=26, text_first=True, grid=(2, 7, 31)),
+    "wan480": Shape("wan480", "Wan-like smoke", 1, 2, 520, 128),
+    "wan720": Shape("wan720", "Wan-720-like smoke", 1, 2, 300, 128),
+    "hunyuan720": Shape("hunyuan720", "Hunyuan-like smoke", 1, 2, 400, 128, text=24, text_first=False),
+    "cogvideox15": Shape("cogvideox15", "CogVideoX-like smoke", 1, 2, 460, 64, text=26, text_first=True),
 }
 
 

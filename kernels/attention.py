@@ -174,19 +174,14 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     sk = k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    full_num, full_idx, part_num, part_idx, tile_ids, tiles, head_patterns, order = layout_tensors
+    full_num, full_idx, part_num, part_idx, tile_ids, tiles, head_patterns = layout_tensors
     # Index lists are stored narrow (int8 / int16) but loaded as int32: the kernel's per-block
     # scalar index loads pipeline only at 4 bytes (int16 lists ran 5% slower on the H200).
     full_idx, part_idx, tile_ids = (t.to(torch.int32) for t in (full_idx, part_idx, tile_ids))
     lb, lp, nqb = full_num.shape
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
-    scheduled = order is not None and not dense
-    if scheduled:  # the layout's rows in launch order, once per batch / head it is broadcast over
-        order_heads = order.shape[0] // (lb * nqb)
-        grid = (b * h * nqb,)
-    else:
-        order_heads, grid = 1, (cdiv(sq, q_block), b * h)
+    grid = (cdiv(sq, q_block), b * h)
 
     def launch(block_n: int, warps: int, stages: int) -> None:
         block_sparse_attention_kernel[grid](
@@ -194,15 +189,13 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             full_num, full_idx, part_num, part_idx, tile_ids, tiles,
             full_num if kv_lens is None else kv_lens, full_num if head_patterns is None else head_patterns,
-            order if scheduled else full_num,
             stride_b, stride_p, full_idx.shape[-1], part_idx.shape[-1],
             0 if head_patterns is None else head_patterns.stride(0),
-            order.shape[0] if scheduled else 1, order_heads, h // order_heads,
             h, sq, sk, scale * LOG2E,
             HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=min(block_n, kv_block),
             DENSE=dense, HAS_PARTIAL=has_partial and not dense,
             DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
-            HAS_HEAD_PATTERNS=head_patterns is not None, SCHEDULED=scheduled, num_warps=warps, num_stages=stages,
+            HAS_HEAD_PATTERNS=head_patterns is not None, num_warps=warps, num_stages=stages,
         )
 
     _launch_fitting("dense" if dense else "attention", (d,) if dense else (d, q_block), q, launch)
@@ -213,11 +206,10 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
 def _block_sparse_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
-    tile_ids: torch.Tensor, tile_masks: torch.Tensor, head_patterns: torch.Tensor | None,
-    launch_order: torch.Tensor | None, kv_lens: torch.Tensor | None,
+    tile_ids: torch.Tensor, tile_masks: torch.Tensor, head_patterns: torch.Tensor | None, kv_lens: torch.Tensor | None,
     q_block: int, kv_block: int, scale: float, has_partial: bool, dense: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns, launch_order)
+    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns)
     if _use_triton(q):
         if dense:  # every block computed unmasked: the index-free dense loop computes the same
             return _launch_attention(q, k, v, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
@@ -226,13 +218,13 @@ def _block_sparse_attention_op(
     # The op receives only tensors: rebuild the (already checked) layout around them, reading nothing.
     layout = BlockLayout(part_num, part_idx, full_num, full_idx, tile_ids, tile_masks.bool(),
                          (q_block, kv_block), (q.shape[2], k.shape[2]), head_patterns,
-                         has_partial=has_partial, is_dense=dense, longest_first=False, check=False)
+                         has_partial=has_partial, is_dense=dense, check=False)
     return torch_paths.attention(q, k, v, layout, scale, kv_lens)
 
 
 @_block_sparse_attention_op.register_fake
-def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns, launch_order, kv_lens,
-      q_block, kv_block, scale, has_partial, dense):
+def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns, kv_lens, q_block, kv_block,
+      scale, has_partial, dense):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -242,7 +234,7 @@ def _attention_with_lse_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q):
         empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
-        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None, None)
+        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
         return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, kv_lens,
                                  dense=True)
     return torch_paths.attention(q, k, v, None, scale, kv_lens)
@@ -293,9 +285,7 @@ def block_sparse_attention(
     Args:
         q: [B, H, Sq, D]; k, v: [B, H, Skv, D]; any strides, one dtype (bf16 / fp16 / fp32).
         layout: a ``BlockLayout`` with seq_lengths (Sq, Skv) and batch / head dims equal to
-            B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16. Its rows run
-            longest first (``layout.launch_order``); ``dataclasses.replace(layout, longest_first=False)``
-            runs them in the natural order (same output, bit for bit).
+            B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
         block_mask: the old name of ``layout`` (it takes a ``BlockLayout``, not a FlexAttention
             ``BlockMask``; ``BlockLayout.to_flex_block_mask()`` converts), kept for callers.
         scale: softmax scale, default 1/sqrt(D).
@@ -343,8 +333,7 @@ def block_sparse_attention(
         q, k, v,
         layout.full_kv_num_blocks, layout.full_kv_indices,
         layout.kv_num_blocks, layout.kv_indices,
-        layout.tile_ids, layout.tile_masks_i8, _head_table(layout, q.shape[1]), layout.launch_order,
-        _key_lengths(kv_lens, q, k),
+        layout.tile_ids, layout.tile_masks_i8, _head_table(layout, q.shape[1]), _key_lengths(kv_lens, q, k),
         q_block, kv_block, _scale(q, scale), layout.has_partial, layout.is_dense,
     )
     return (out, lse) if return_lse else out

@@ -33,15 +33,6 @@ relies on them and never sees a layout that breaks them):
 - tile ids of used partial entries lie in [NO_TILE, T); head_patterns values in [0, P);
 - B and P (or H) may be 1 and then broadcast over the attention's batch and heads.
 
-Launch order: every layout also holds ``launch_order``, its (batch, head, query block) rows sorted
-by descending block count (stable: equal rows keep their natural order), computed on the device
-when the layout is built (one sort, no host synchronisation) and read by the kernel, which launches
-the longest rows first so that the last programs of a launch are the shortest (no long tail). A
-layout is immutable, and ``to``, ``with_head_patterns`` and ``dataclasses.replace`` build a new one
-with its own order, so the order always belongs to its lists and is never recomputed per call.
-``longest_first=False`` keeps the natural order (``launch_order`` None); a complete layout
-(``is_dense``) runs the index-free loop and needs none.
-
 ``from_kv_blocks(..., check=False)`` builds a layout from device tensors with no host
 synchronisation (inside ``torch.compile(fullgraph=True)`` or a CUDA graph): it sorts the lists and
 moves a crossing block to the partial list on the device, and trusts the caller for the rest
@@ -119,16 +110,6 @@ def _pack_rows(flags: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return count, torch.where(keep, order, 0).to(dtype)
 
 
-def longest_first_order(full_num: torch.Tensor, part_num: torch.Tensor, head_patterns: torch.Tensor | None) -> torch.Tensor:
-    """[B * H * QB] int32: the flat (batch, head, query block) rows of a layout's counts ([B, P, QB])
-    by descending block count, equal counts in ascending row order; on the device, no host
-    synchronisation. Heads are the patterns, or ``head_patterns`` [H] indexing them."""
-    count = full_num + part_num
-    if head_patterns is not None:
-        count = count[:, head_patterns.long()]
-    return torch.argsort(count.flatten(), descending=True, stable=True).to(torch.int32)
-
-
 def _sort_used(num: torch.Tensor, idx: torch.Tensor, kb: int, *extra: torch.Tensor):
     """Sort the used entries of each row ascending (unused tail -> 0), carrying ``extra`` lists
     along; on the device, no host synchronisation."""
@@ -156,8 +137,6 @@ class BlockLayout:
         head_patterns:      [H] integer or None: the pattern of each head
         has_partial, is_dense: facts the launcher reads (computed when None; ``from_kv_blocks``
             states them without reading the device)
-        longest_first: compute ``launch_order`` (False: the kernel runs rows in natural order)
-        launch_order:       [B * H * QB] int32 or None, computed: flat (b, h, qb) rows, longest first
     """
 
     kv_num_blocks: torch.Tensor
@@ -171,10 +150,8 @@ class BlockLayout:
     head_patterns: torch.Tensor | None = None
     has_partial: bool | None = None
     is_dense: bool | None = None
-    longest_first: bool = True
     check: bool = field(default=True, repr=False)
     tile_masks_i8: torch.Tensor = field(init=False, repr=False)  # the form the kernel loads
-    launch_order: torch.Tensor | None = field(init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -191,22 +168,6 @@ class BlockLayout:
             object.__setattr__(self, "has_partial", bool(part.any()))
             object.__setattr__(self, "is_dense", bool((full | part).all()) and not has_tiles)
         object.__setattr__(self, "tile_masks_i8", self.tile_masks.to(torch.int8))
-        self._set_launch_order()
-
-    def _set_launch_order(self) -> None:
-        """``launch_order`` from the counts (after the checks: it indexes by the head table)."""
-        if not self.longest_first or self.is_dense:
-            object.__setattr__(self, "launch_order", None)
-            return
-        order = longest_first_order(self.full_kv_num_blocks, self.kv_num_blocks, self.head_patterns)
-        if self.head_patterns is not None:
-            # The order belongs to the head table: stored in one allocation with it, so a view over
-            # a shared bank of patterns (with_head_patterns) adds one storage, as before.
-            heads = self.head_patterns.shape[0]
-            table_and_order = torch.cat([self.head_patterns.to(torch.int32), order])
-            object.__setattr__(self, "head_patterns", table_and_order[:heads])
-            order = table_and_order[heads:]
-        object.__setattr__(self, "launch_order", order)
 
     def _check_structure(self) -> None:
         """Types, shapes and devices: no tensor value is read (so no synchronisation)."""
@@ -612,17 +573,19 @@ class BlockLayout:
         object.__setattr__(view, "tile_masks_i8", self.tile_masks_i8)  # shared, not converted again
         return view
 
-    def _tensors(self) -> list[torch.Tensor]:
-        extra = (self.tile_masks_i8, self.head_patterns, self.launch_order)
-        return [getattr(self, name) for name in INDEX_FIELDS] + [t for t in extra if t is not None]
-
     def nbytes(self) -> int:
-        """Bytes of the layout's tensors (index lists, counts, tiles, head table, launch order)."""
-        return sum(t.numel() * t.element_size() for t in self._tensors())
+        """Bytes of the layout's tensors (index lists, counts, tiles, head table)."""
+        tensors = [getattr(self, name) for name in INDEX_FIELDS] + [self.tile_masks_i8]
+        if self.head_patterns is not None:
+            tensors.append(self.head_patterns)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def storages(self) -> dict[int, int]:
         """{storage pointer: bytes} of the layout's tensors, for counting shared storage once."""
-        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in self._tensors()}
+        tensors = [getattr(self, name) for name in INDEX_FIELDS] + [self.tile_masks_i8]
+        if self.head_patterns is not None:
+            tensors.append(self.head_patterns)
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
 
     def _scatter(self, num: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, fill) -> torch.Tensor:
         """Scatter per-entry ``values`` [..., W] of index lists into a [..., KB] block map."""

@@ -3,17 +3,10 @@
 One kernel loop, specialised by constexpr flags:
     IS_FULL   the block needs no element mask (and lies inside the key bounds, a BlockLayout invariant)
     DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
-    SCHEDULED a 1-D grid whose program reads its (batch, head, query block) from the layout's
-              launch order (longest rows first), instead of the natural 2-D grid
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
 its key blocks come from the layout's full list, then its partial list. Heads of different
 patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
 per-head mode table, and a head with empty lists (skip) costs one store of zeros.
-
-Launch order: the GPU starts programs in grid order, so the rows launched last make the tail of
-the launch. Rows differ in length (heads of different densities, text rows, band edges); a long
-row started last keeps a few SMs busy while the others idle. Launched longest first (SCHEDULED,
-the layout's ``launch_order``), the last programs are the shortest and the SMs finish together.
 
 Softmax is computed in base 2 with the scale folded in (qk_scale = scale * log2(e)).
 Rows that see no key keep l == 0 and are written as zeros with lse = -inf.
@@ -122,39 +115,22 @@ def block_sparse_attention_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS, ORDER,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS,
     layout_stride_b, layout_stride_p, full_width, part_width, head_pattern_stride,
-    order_rows, order_heads, copies_h,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr, SCHEDULED: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr,
 ):
-    """Grid: (ceil(q_len / BLOCK_M), B * H), or (B * H * ceil(q_len / BLOCK_M),) when SCHEDULED.
-    Layout row of (b, h, m): b*layout_stride_b + p*layout_stride_p + m, p = HEAD_PATTERNS[h *
-    head_pattern_stride] (HAS_HEAD_PATTERNS) or h (strides are 0 on broadcast dims); its full list
-    holds full_width entries, its partial list and tile ids part_width.
+    """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
+    p*layout_stride_p + m, p = HEAD_PATTERNS[h * head_pattern_stride] (HAS_HEAD_PATTERNS) or h
+    (strides are 0 on broadcast dims); its full list holds full_width entries, its partial list and tile ids part_width.
     Index lists may be int8 / int16 / int32. KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys
-    of batch b at or past KV_LENS[b] are padding.
-    ORDER (SCHEDULED): [order_rows] int32, the layout's rows (lb, order_heads, QB flattened) in launch
-    order. A layout broadcast over the call's batch or heads serves B*H / (lb*order_heads) copies
-    (copy = cb * copies_h + ch): program pid runs row ORDER[pid % order_rows] of copy pid // order_rows,
-    at b = lb_i + cb, h = lh_i + ch (lb_i = 0 where the batch is broadcast, cb = 0 where it is not;
-    the same for heads), so each copy runs the whole order and the shortest rows come last."""
-    if SCHEDULED:
-        pid = tl.program_id(0)
-        slot = tl.load(ORDER + pid % order_rows)
-        copy = pid // order_rows
-        n_qb = tl.cdiv(q_len, BLOCK_M)
-        pid_m = slot % n_qb
-        b = slot // n_qb // order_heads + copy // copies_h
-        h = slot // n_qb % order_heads + copy % copies_h
-        pid_bh = b * H + h
-    else:
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
+    of batch b at or past KV_LENS[b] are padding."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
     if HAS_KV_LENS:
         kv_valid = tl.load(KV_LENS + b)
     else:
