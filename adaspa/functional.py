@@ -45,7 +45,7 @@ def adaspa_attention(
 
     Args:
         q, k, v: [B, H, S, D] (any strides: diffusers-style [B, S, H, D] as ``x.transpose(1, 2)``),
-            bf16 / fp16 / fp32, D a power of two from 16 to 256.
+            bf16 / fp16 / fp32, D from 16 to 256 (not a power of two: zero-padded in the kernels).
         state: this generation's and CFG branch's ``AdaSpaState`` (a fresh one per generation;
             cond and uncond passes run as separate calls need one each).
         step: 0-based denoising step.

@@ -5,9 +5,12 @@
     block_attention_mass(q, k, lse, block)    AdaSpa's per-block softmax mass, one pass over Q K^T
 
 Tensors are [B, H, S, D] with any strides (diffusers' [B, S, H, D] transposed as a view is fine,
-and the output comes back with q's strides, so transposing it back is free). D is a power of two
-from 16 to 256 (64 and 128 are the tuned ones); dtypes bf16, fp16 or fp32 (fp32 is computed
-exactly, slowly: cast to bf16 for speed). LSE is float32, natural log.
+and the output comes back with q's strides, so transposing it back is free). D is any from 16 to
+256: powers of two run natively (64 and 128 are the tuned ones); the Triton path zero-pads another
+D to the next power of two and slices the output back (exact: 96 runs as 128, a third
+more compute than a native 96 kernel would do). The softmax scale is 1/sqrt(D) of the caller's D
+(or ``scale``), never the padded one. Dtypes bf16, fp16 or fp32 (fp32 is computed exactly,
+slowly: cast to bf16 for speed). LSE is float32, natural log.
 
 Each op is a ``torch.library.custom_op`` with a fake implementation, so a torch.compile'd model
 keeps one graph. On CUDA tensors the Triton kernels run; on CPU tensors they run under the Triton
@@ -35,6 +38,7 @@ from kernels.limits import (
     dtype_names,
     head_dim_error,
     head_dim_supported,
+    kernel_head_dim,
 )
 
 try:  # Triton is a Linux dependency; elsewhere only the PyTorch path exists.
@@ -161,6 +165,24 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
+def _padded_head_dim(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` [B, H, S, D] zero-padded along D to ``kernel_head_dim(D)``, the power of two the
+    kernels compute (the same tensors when D is one). Exact: zero columns of q and k add nothing
+    to q.k, zero columns of v give zero output columns; the caller's softmax scale is kept. Costs
+    a padded copy of the inputs (and ``_unpadded`` one of the output) per call."""
+    d = tensors[0].shape[-1]
+    pad = kernel_head_dim(d) - d
+    return tensors if pad == 0 else tuple(torch.nn.functional.pad(t, (0, pad)) for t in tensors)
+
+
+def _unpadded(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The kernel's output [B, H, S, kernel D] back at q's D and with q's strides (as the fake
+    implementations promise)."""
+    if out.shape[-1] == q.shape[-1]:
+        return out
+    return torch.empty_like(q).copy_(out[..., : q.shape[-1]])
+
+
 def _dot_fp32(q: torch.Tensor) -> bool:
     # The Triton CPU interpreter multiplies bf16 tl.dot operands as their integer bit patterns
     # (wrong products), so the dot is upcast to fp32 there.
@@ -170,6 +192,8 @@ def _dot_fp32(q: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------- block-sparse / dense
 def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scale: float, kv_lens=None, *,
                       dense: bool = False, has_partial: bool = False):
+    caller_q = q
+    q, k, v = _padded_head_dim(q, k, v)
     b, h, sq, d = q.shape
     sk = k.shape[2]
     out = torch.empty_like(q)
@@ -199,7 +223,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
         )
 
     _launch_fitting("dense" if dense else "attention", (d,) if dense else (d, q_block), q, launch)
-    return out, lse
+    return _unpadded(out, caller_q), lse
 
 
 @torch.library.custom_op("sparse_vdit::block_sparse_attention", mutates_args=())
@@ -288,7 +312,7 @@ def block_sparse_attention(
             B / H or 1; its Q_BLOCK must be 64 or 128 and KV_BLOCK a multiple of 16.
         block_mask: the old name of ``layout`` (it takes a ``BlockLayout``, not a FlexAttention
             ``BlockMask``; ``BlockLayout.to_flex_block_mask()`` converts), kept for callers.
-        scale: softmax scale, default 1/sqrt(D).
+        scale: softmax scale, default 1/sqrt(D) (q's D, also where the kernel pads it).
         return_lse: also return the row log-sum-exp [B, H, Sq] (float32, natural log).
         kv_lens: [B] integer tensor or None: batch b attends only keys 0 .. kv_lens[b]-1 (key
             padding at the end of the sequence, as flash-attention's ``seqused_k``); values are
@@ -354,6 +378,7 @@ def attention_with_lse(
 
 # --------------------------------------------------------------------------- block mass
 def _launch_mass(q, k, lse, block_size: int, scale: float, kv_lens=None):
+    q, k = _padded_head_dim(q, k)
     b, h, sq, d = q.shape
     sk = k.shape[2]
     qb, kb = cdiv(sq, block_size), cdiv(sk, block_size)

@@ -10,7 +10,10 @@ SUPPORTED_DTYPE_NAMES = ("bfloat16", "float16", "float32")
 Q_BLOCK_SIZES = (16, 32, 64, 128)  # 64 and 128 are tuned; 16 / 32 serve tiny test models
 KV_BLOCK_SIZES = (16, 32, 64, 128, 256)
 MASS_BLOCK_SIZES = (16, 32, 64, 128)  # block_attention_mass (square blocks)
-MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # powers of two in between; 64 and 128 are tuned
+# Head dims served: any from MIN_HEAD_DIM to MAX_HEAD_DIM. The kernels compute the powers of two in
+# between (HEAD_DIMS; 64 and 128 are tuned); another head dim is zero-padded to the next one
+# (kernel_head_dim: 96 runs as 128, a third more attention compute than a native 96 kernel would do).
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 MAX_BLOCK_SIZE = max(KV_BLOCK_SIZES)
 HEAD_DIMS = tuple(2**p for p in range(MIN_HEAD_DIM.bit_length() - 1, MAX_HEAD_DIM.bit_length()))
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
@@ -21,13 +24,21 @@ DEFAULT_CPU_BLOCK_SIZE = 16
 
 
 def head_dim_supported(head_dim: int) -> bool:
-    return MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM and head_dim & (head_dim - 1) == 0
+    """Whether the kernels serve ``head_dim`` (natively for a power of two, else zero-padded)."""
+    return MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM
+
+
+def kernel_head_dim(head_dim: int) -> int:
+    """The head dim the kernels compute ``head_dim`` at: the smallest power of two >= it (96 -> 128).
+    Zero columns of q and k add nothing to q.k and zero columns of v give zero outputs, so padding
+    to it and slicing the output back is exact (the softmax scale stays the caller's)."""
+    return 1 << (int(head_dim) - 1).bit_length()
 
 
 def head_dim_error(head_dim: int, what: str = "head_dim") -> str:
     return (
-        f"{what} {head_dim} is not supported: the attention kernels need a power of two from "
-        f"{MIN_HEAD_DIM} to {MAX_HEAD_DIM} (64 and 128 are tuned)"
+        f"{what} {head_dim} is not supported: the attention kernels take {MIN_HEAD_DIM} to {MAX_HEAD_DIM} "
+        "(powers of two natively, 64 and 128 tuned; others zero-padded to the next power of two)"
     )
 
 

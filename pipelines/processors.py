@@ -47,7 +47,7 @@ from sparse_vdit.protocol import AttentionCall, AttentionMethod, ForwardContext
 if TYPE_CHECKING:
     from pipelines.step_tracking import StepTracker
 
-__all__ = ["ProcessorConfig", "SparseAttnProcessorBase"]
+__all__ = ["ProcessorConfig", "SparseAttnProcessorBase", "legacy_attention_heads"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +261,23 @@ class SparseAttnProcessorBase:
     def _asks_method(attn_mask, mask_is_key_padding: bool) -> bool:
         """Whether the method is asked at all (else the call is dense, as stock)."""
         return attn_mask is None or mask_is_key_padding
+
+
+def legacy_attention_heads(attn, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None):
+    """The preamble of the processors of diffusers' generic ``Attention`` (CogVideoX's, Allegro's),
+    as stock: ``attention_mask`` prepared for SDPA ([B, H, Sq or 1, S]) and q, k, v projected from
+    ``hidden_states`` [B, S, C] to [B, H, S, D], the layout their q/k norms and RoPE act on.
+
+    Returns (query, key, value, attention_mask).
+    """
+    batch_size, sequence_length, _ = hidden_states.shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    return query, key, value, attention_mask
 
 
 _SLOTS = itertools.count()

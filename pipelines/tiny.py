@@ -1,8 +1,8 @@
 """Tiny random-weight models of the three families, built from configs (no downloads).
 
 The project's proxy models: tests use them on the CPU, demos use them to show the API without a
-GPU. Every transformer has 2 heads x 64 head_dim (the block-sparse kernel needs a power-of-two
-head_dim >= 16) and one or two layers. Each family's tiny transformer and inputs live with its
+GPU. Every transformer has 2 heads x 64 head_dim (the kernels' tuned head dim) and one or two
+layers. Each family's tiny transformer and inputs live with its
 record (``pipelines.families.<family>``) and are re-exported here; the whole pipeline is built here.
 
     tiny_wan_transformer()            WanTransformer3DModel, 2 layers

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from pipelines.families import (
+    allegro,
     anyflow,
     chronoedit,
     consisid,
@@ -285,12 +286,18 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: helios.helios_inputs(f, h, w, history=(4, 2, 2), timestep=t),
         batch=2,
     ),
+    "allegro": Case(  # 96-dim heads (zero-padded to 128 in the kernels); batched CFG, padded prompts in the cross-attention
+        "AllegroTransformer3DModel",
+        lambda n: allegro.tiny_allegro_transformer(num_layers=n),
+        lambda model, f, h, w, t: allegro.allegro_inputs(model, f, h, w, timestep=t),
+        batch=2,
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
                 "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow",
-                "kandinsky-6", "motif-video", "helios"]
+                "kandinsky-6", "motif-video", "helios", "allegro"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
 OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v", "helios-history"]
 

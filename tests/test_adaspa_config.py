@@ -103,7 +103,7 @@ def test_replace_and_validate_check_again():
     with pytest.raises(ValueError, match="block_size=100"):
         cfg.validate(info)
     with pytest.raises(ValueError, match="FullAttention"):
-        AdaSpaConfig().validate(dataclasses.replace(info, head_dim=48))
+        AdaSpaConfig().validate(dataclasses.replace(info, head_dim=8))
 
 
 def _forward(step, num_steps, dtype=torch.float32):

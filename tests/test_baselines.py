@@ -136,7 +136,7 @@ def test_unsupported_dtype_and_head_dim_are_refused():
     with pytest.raises(ValueError, match="cast the pipeline"):
         _call(9, 10, method, dtype=torch.float64)
     with pytest.raises(ValueError, match="FullAttention"):
-        method.validate(ModelInfo("AnyVideoDiT", 1, 2, 48, ("blocks.0.attn",), "none", (1, 2, 2)))
+        method.validate(ModelInfo("AnyVideoDiT", 1, 2, 8, ("blocks.0.attn",), "none", (1, 2, 2)))
 
 
 @pytest.mark.slow

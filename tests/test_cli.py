@@ -159,7 +159,8 @@ def test_devices_torch_has_but_we_do_not_serve_are_one_line(command, device, mes
     (["demo", "--width", str(16 * 10**6)], "is more than 4096"),
     (["eval", "--frames", "100001"], "argument --frames: 100001 is more than 1025"),
     (["check", "--frames", "100000"], "argument --frames: 100000 is more than 64"),
-    (["check", "--head-dim", "48"], "argument --head-dim: invalid choice: 48"),
+    (["check", "--head-dim", "8"], "argument --head-dim: 8 must be at least 16"),
+    (["check", "--head-dim", "320"], "argument --head-dim: 320 is more than 256"),
 ])
 def test_values_past_what_can_run_are_refused_by_the_parser(argv, message, capsys, no_model):
     with pytest.raises(SystemExit) as exit_info:

@@ -12,7 +12,9 @@ import torch
 from family_cases import CASES, SEARCHED
 from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info
 from pipelines.apply import attention_processors, set_attention_processors
-from pipelines.families import FAMILIES, UNSUPPORTED, family_of, helios, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan
+from pipelines.families import (
+    FAMILIES, UNSUPPORTED, allegro, family_of, helios, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan,
+)
 from pipelines.processors import SparseAttnProcessorBase
 
 diffusers = pytest.importorskip("diffusers")
@@ -263,6 +265,27 @@ def test_mochi_prompts_must_be_padded_on_the_right():
         model(**kwargs)
 
 
+@torch.no_grad()
+def test_allegro_rope_reaches_the_output_and_a_video_mask_runs_dense_as_stock():
+    """Allegro's 3-D RoPE changes the output (else the stock checks could not see it missing). The
+    model's optional 4-D video mask (a bias on the self-attention; AllegroPipeline never passes
+    one) makes the call dense through diffusers: the method is not asked, the output is stock."""
+    model = allegro.tiny_allegro_transformer()
+    kwargs = allegro.allegro_inputs(model, 3, 12, 10)
+    stock = model(**kwargs)[0]
+    unrotated = model(**dict(kwargs, image_rotary_emb=None))[0]
+    assert float((unrotated - stock).abs().max()) > 1e-3 * float(stock.abs().max())  # the stock checks: 1e-5
+    mask = torch.ones(2, 3, 12, 10)
+    mask[0, 1:] = 0.0  # sample 0 sees only its first frame
+    masked = dict(kwargs, attention_mask=mask)
+    stock_masked = model(**masked)[0]
+    assert float((stock_masked - stock).abs().max()) > 1e-3 * float(stock.abs().max())
+    method = Recorder()
+    with apply_sparse_attention(model, method):
+        assert_stock(model(**masked)[0], stock_masked, "a video mask")
+    assert method.calls == []
+
+
 # --------------------------------------------------------------------------- refused, with the reason
 def test_kandinsky_nabla_is_refused_with_the_reason():
     model = kandinsky5.tiny_kandinsky5_transformer(attention_type="nabla")
@@ -331,6 +354,7 @@ STANDARD_TOKENS = {
     "MotifVideoTransformer3DModel": 31 * 46 * 80 + 512,  # 736 x 1280, 121 frames on the Wan VAE; 512 prompt tokens
     # 384 x 640, a 9-latent-frame chunk on the Wan VAE; history 16 + 2 + (1 + 1) frames at 4x, 2x and 1x
     "HeliosTransformer3DModel": 9 * 24 * 40 + 4 * 6 * 10 + 1 * 12 * 20 + 2 * 24 * 40,
+    "AllegroTransformer3DModel": 22 * 45 * 80,  # 720 x 1280, 88 frames (the pipeline's default) on a 4x / 8x VAE
 }
 
 

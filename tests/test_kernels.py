@@ -355,16 +355,6 @@ def test_error_wrong_seq_lengths():
         block_sparse_attention(q, k, v, layout)
 
 
-def test_error_head_dim_96():
-    q, k, v = _small_inputs(D=96)
-    with pytest.raises(ValueError, match="head_dim 96 is not supported"):
-        block_sparse_attention(q, k, v, BlockLayout.dense(128, 64))
-    with pytest.raises(ValueError, match="head_dim 96"):
-        attention_with_lse(q, k, v)
-    with pytest.raises(ValueError, match="head_dim 96"):
-        block_attention_mass(q, k, None, 64)
-
-
 def test_error_mismatched_dtypes():
     q, k, v = _small_inputs()
     with pytest.raises(TypeError, match="share one dtype"):

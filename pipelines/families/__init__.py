@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from pipelines.families import (
+    allegro,
     anyflow,
     chronoedit,
     cogvideox,
@@ -88,6 +89,7 @@ FAMILIES: dict[str, Family] = {
         kandinsky6.FAMILY,
         motif_video.FAMILY,
         helios.FAMILY,
+        allegro.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
@@ -112,9 +114,6 @@ UNSUPPORTED: dict[str, str] = {
     "attention (flex BlockMask) on tokens it reorders into tiles",
     "Cosmos3OmniTransformer": CANNOT + "an omni model over packed understanding (causal) and generation tokens, not "
     "a video self-attention over one grid",
-    "AllegroTransformer3DModel": NOT_YET + "softmax self-attention over the video grid with 3-D RoPE, but 96-dim "
-    "heads, which the kernels do not take (head_dim a power of two, 16 to 256); a record like Wan's would serve it "
-    "once they do (e.g. zero-padded to 128)",
     "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
     "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }

@@ -14,7 +14,7 @@ import torch
 from kernels.helpers import cdiv
 from pipelines.families.record import Family, StandardSize, config_value, square_patch_size, video_inputs
 from pipelines.families.tiny_sizes import TINY_HEAD_DIM, TINY_HEADS, TINY_LATENT_CHANNELS, TINY_TEXT_DIM, tiny_generator
-from pipelines.processors import SparseAttnProcessorBase
+from pipelines.processors import SparseAttnProcessorBase, legacy_attention_heads
 from pipelines.step_tracking import ForwardInputs
 
 __all__ = ["FAMILY", "CogVideoXSparseAttnProcessor", "cogvideox_family", "tiny_cogvideox_transformer", "cogvideox_inputs"]
@@ -43,17 +43,7 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessorBase):
 
         n_text = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        batch_size, sequence_length, _ = hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        # [B, H, S, D], as stock: the q/k norms and RoPE act on this layout.
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        query, key, value, attention_mask = legacy_attention_heads(attn, hidden_states, attention_mask)  # [B, H, S, D]
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -66,8 +56,7 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessorBase):
         hidden_states = self.attend(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, text_tokens=n_text
         )
-        hidden_states = hidden_states.reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[0](hidden_states.flatten(2, 3))
         hidden_states = attn.to_out[1](hidden_states)
         encoder_hidden_states, hidden_states = hidden_states.split([n_text, hidden_states.size(1) - n_text], dim=1)
         return hidden_states, encoder_hidden_states

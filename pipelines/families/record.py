@@ -56,7 +56,8 @@ class Family:
         read_inputs: ``(transformer, forward arguments by name) -> ForwardInputs``: the latent
             grid, timestep, text length / padding and conditioning tokens off the grid of one
             forward; raises ``ValueError`` saying what to do for a forward it cannot serve.
-        tiny_transformer: ``() -> transformer``, a tiny random-weight model (2 heads x 64).
+        tiny_transformer: ``() -> transformer``, a tiny random-weight model (2 heads x 64, or the
+            family's own head dim where its RoPE needs it).
         tiny_inputs: ``(tiny transformer) -> forward kwargs`` of a small latent.
         name: the model's name for people, e.g. "Wan 2.1 / 2.2".
         pipelines: the diffusers pipelines that run it.

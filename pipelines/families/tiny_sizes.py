@@ -1,7 +1,7 @@
 """Sizes every family's tiny random-weight test model shares.
 
-2 heads x 64 head_dim (the block-sparse kernel needs a power-of-two head_dim >= 16), a 4-channel
-latent and 32-dim text embeddings: small enough for the CPU and the Triton interpreter.
+2 heads x 64 head_dim (the kernels' tuned head dim; Allegro's keeps its 96, which its RoPE needs),
+a 4-channel latent and 32-dim text embeddings: small enough for the CPU and the Triton interpreter.
 """
 
 from __future__ import annotations

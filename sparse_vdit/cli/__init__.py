@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 
+from kernels.limits import MAX_HEAD_DIM, MIN_HEAD_DIM
 from sparse_vdit.cli.args import CliError, DefaultsFormatter, OneLineErrorParser, bounded_int, run_command
 
 # The check's float64 reference holds [heads, S, S] scores: keep S = frames x rows x cols small.
 CHECK_MAX_TOKENS = 4096
-HEAD_DIMS = (16, 32, 64, 128, 256)  # kernels.limits: powers of two from 16 to 256
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rows", type=bounded_int(1, 64), default=8, help="latent rows per frame")
     check.add_argument("--cols", type=bounded_int(1, 64), default=16, help="latent columns per frame")
     check.add_argument("--heads", type=bounded_int(1, 16), default=2, help="attention heads")
-    check.add_argument("--head-dim", type=int, choices=HEAD_DIMS, default=64, help="head dimension")
+    check.add_argument("--head-dim", type=bounded_int(MIN_HEAD_DIM, MAX_HEAD_DIM), default=64,
+                       help="head dimension (not a power of two: zero-padded to the next one)")
     check.set_defaults(func=_check)
 
     from sparse_vdit.cli.demo import add_parser as add_demo_parser
