@@ -93,8 +93,10 @@ class _Generation:
 
 
 class InputReader(Protocol):
-    """What the tracker uses of a family record (``pipelines.families.record.Family`` has both; this
+    """What the tracker uses of a family record (``pipelines.families.record.Family`` has these; this
     module does not import it: the record imports this module's ``ForwardInputs``)."""
+
+    clean_timestep: float | None  # a timestep rising toward this clean value: steps counted on clean - t
 
     def read_inputs(self, transformer: torch.nn.Module, arguments: dict[str, Any]) -> ForwardInputs: ...
 
@@ -145,7 +147,8 @@ class StepTracker:
     def start_generation(self, timesteps: list[float] | None = None) -> None:
         """A pipeline is starting a generation with this timestep schedule (called by the pipeline hook)."""
         self._reset_pending = True
-        self._pending_schedule = timesteps
+        clean = self.family.clean_timestep
+        self._pending_schedule = timesteps if timesteps is None or clean is None else [clean - t for t in timesteps]
 
     def remove(self) -> None:
         self._hook.remove()
@@ -168,7 +171,7 @@ class StepTracker:
                 "its inputs to a real device before generating"
             )
         inputs = self.family.read_inputs(module, bound)
-        t = _timestep_value(inputs.timestep)
+        t = _timestep_value(inputs.timestep, self.family.clean_timestep)
         name, ctx_step, ctx_num = self._context_hook.current()
         gen = self._advance(t, name, ctx_step, ctx_num)
         layout = self.family.forward_layout(module.config, inputs)
@@ -310,11 +313,15 @@ def _key_lengths(layout: TokenLayout, text_valid_lens: tuple[int, ...] | None, d
     return torch.tensor(layout.real_key_counts(text_valid_lens), dtype=torch.int32, device=device)
 
 
-def _timestep_value(timestep) -> float:
+def _timestep_value(timestep, clean: float | None = None) -> float:
+    """The step clock of a forward: its timestep, or the noise level ``clean - t`` of a model whose
+    timestep rises toward ``clean`` (the family's ``clean_timestep``); the largest of per-token ones."""
     if isinstance(timestep, torch.Tensor):
-        # Per-token timesteps (Wan 2.2 TI2V) hold 0 on conditioning frames: the max is the step's t.
-        return float(timestep.detach().reshape(-1).max())
-    value = float(timestep)
+        # Per-token timesteps (Wan 2.2 TI2V) hold 0 on conditioning frames: the max is the step's t
+        # (the min, of a timestep rising toward clean). On the host in float64 (MPS has none).
+        flat = timestep.detach().reshape(-1)
+        return float(flat.max()) if clean is None else clean - float(flat.min())
+    value = float(timestep) if clean is None else clean - float(timestep)
     if math.isnan(value):
         raise ValueError("the transformer was called with a NaN timestep")
     return value

@@ -197,7 +197,8 @@ class ForwardContext:
         step_index: denoising step (0-based), shared by the CFG branches of a step.
         branch: CFG branch: 0 ("cond" or the batched "cond_uncond"), 1 ("uncond"), ...
         branch_name: the pipeline's cache-context name, or None.
-        timestep: the forward's timestep (the largest, for per-token timesteps).
+        timestep: the forward's timestep (the largest, for per-token timesteps); for a model whose
+            timestep rises toward clean data (MiniMax-H3), its noise level ``clean - t`` instead.
         num_steps: number of denoising steps when known (pipeline cache context or schedule).
         token_layout: layout of the joint attention sequence of this forward.
         kv_lens: [B] int32 on ``device``: per sample, the number of leading keys that are real

@@ -28,6 +28,7 @@ from pipelines.families import (
     kandinsky6,
     ltx,
     ltx2,
+    minimax_h3,
     mochi,
     motif_video,
     skyreels_v2,
@@ -292,14 +293,33 @@ CASES: dict[str, Case] = {
         lambda model, f, h, w, t: allegro.allegro_inputs(model, f, h, w, timestep=t),
         batch=2,
     ),
+    # MiniMax-H3: one packed sequence, laid out by its modular pipeline's own steps; the grid is the
+    # generated video rows at its end, every row before it (text, conditioning, audio) a prefix.
+    "minimax-h3": Case(  # t2va: [text | audio | video]
+        "MiniMaxH3Transformer3DModel",
+        lambda n: minimax_h3.tiny_minimax_h3_transformer(num_layers=n),
+        lambda model, f, h, w, t: minimax_h3.minimax_h3_inputs(f, h, w, timestep=t),
+    ),
+    "minimax-h3-keyframes": Case(  # fl2va: first and last keyframes before the audio, at t = 0.999; the batch replicated
+        "MiniMaxH3Transformer3DModel",
+        lambda n: minimax_h3.tiny_minimax_h3_transformer(num_layers=n),
+        lambda model, f, h, w, t: minimax_h3.minimax_h3_inputs(f, h, w, batch=2, keyframes=("first", "last"), timestep=t),
+        batch=2,
+    ),
+    "minimax-h3-references": Case(  # ref2va: image, video (with its soundtrack) and audio references at their own size
+        "MiniMaxH3Transformer3DModel",
+        lambda n: minimax_h3.tiny_minimax_h3_transformer(num_layers=n),
+        lambda model, f, h, w, t: minimax_h3.minimax_h3_inputs(f, h, w, references=minimax_references(), timestep=t),
+    ),
 }
 
 # One case per family: the plan, AdaSpa and compile tests run these.
 FAMILY_CASES = ["wan-vace", "skyreels-v2", "wan-animate", "chronoedit", "hunyuan-video-1.5-i2v", "framepack", "ltx-video",
                 "ltx-2", "mochi", "kandinsky-5-i2v", "consisid", "cosmos", "easyanimate", "anyflow",
-                "kandinsky-6", "motif-video", "helios", "allegro"]
+                "kandinsky-6", "motif-video", "helios", "allegro", "minimax-h3"]
 # Cases whose token layout has conditioning tokens off the grid: the plan test runs these too.
-OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v", "helios-history"]
+OFF_GRID_CASES = ["ltx-video-condition", "ltx-2-i2v-keyframes", "kandinsky-6-i2v", "helios-history", "minimax-h3-keyframes",
+                  "minimax-h3-references"]
 
 
 def ltx_condition_inputs(frames: int, height: int, width: int, timestep: float, extra_frames: int = 1, frame_index: int = 8):
@@ -319,6 +339,16 @@ def ltx_condition_inputs(frames: int, height: int, width: int, timestep: float, 
     video_coords = torch.cat([coords(extra_frames, frame_index), coords(frames, 0)], dim=2).float()
     video_coords[:, 0] = video_coords[:, 0] * (1.0 / ltx.PIPELINE_FRAME_RATE)
     return dict(kwargs, video_coords=video_coords)
+
+
+def minimax_references() -> list:
+    """A MiniMax-H3 ref2va request's references (media placeholders: the layout reads their kinds)."""
+    import numpy as np
+    from diffusers.modular_pipelines.minimax_h3 import MiniMaxH3AudioReference, MiniMaxH3ImageReference, MiniMaxH3VideoReference
+
+    return [MiniMaxH3ImageReference(image=np.zeros((8, 8, 3), dtype=np.uint8)),
+            MiniMaxH3VideoReference(frames=np.zeros((2, 8, 8, 3), dtype=np.uint8), audio=torch.zeros(2, 16)),
+            MiniMaxH3AudioReference(audio=torch.zeros(2, 16))]
 
 
 def cast(value, dtype):

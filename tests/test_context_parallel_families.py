@@ -1,6 +1,6 @@
 """Two processes on the CPU (gloo) run the new families whose diffusers model ships a working
-``_cp_plan`` (LTX-Video, which splits the tokens at the transformer's input, and ChronoEdit, Wan's
-plan) under diffusers' Ulysses context parallelism with FullAttention, a Sparse-vDiT plan (a
+``_cp_plan`` (LTX-Video, which splits the tokens at the transformer's input, ChronoEdit, Wan's
+plan, and MiniMax-H3, which splits its whole packed sequence at the first block) under diffusers' Ulysses context parallelism with FullAttention, a Sparse-vDiT plan (a
 different mode per head) and AdaSpa (every phase), and match the same model in one process; the
 step tracker sees the whole sequence; FullAttention gives what the stock processors give under
 the same parallelism. The machinery is tests/test_context_parallel_gloo.py's (same tolerance).
@@ -21,13 +21,14 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 GRIDS = {  # latent grids whose token count splits evenly over the ranks (diffusers' gloo gather needs it)
     "ltx": dict(frames=3, height=6, width=5),
     "chronoedit": dict(frames=3, height=12, width=10),
+    "minimax-h3": dict(frames=3, height=12, width=10),  # 106 rows: 6 text, 10 audio, 90 video
 }
 
 
 def _case(name: str) -> dict:
     from diffusers import ContextParallelConfig
 
-    from pipelines.families import chronoedit, ltx, wan
+    from pipelines.families import chronoedit, ltx, minimax_h3, wan
 
     grid = GRIDS[name]
     build, inputs = {
@@ -35,6 +36,8 @@ def _case(name: str) -> dict:
         # (its [B, heads, 1, L] mask keeps every head after the exchange), with or without sparse-vdit.
         "ltx": (lambda: ltx.tiny_ltx_transformer(num_layers=3), lambda: dict(ltx.ltx_inputs(**grid), encoder_attention_mask=None)),
         "chronoedit": (lambda: chronoedit.tiny_chronoedit_transformer(num_layers=3), lambda: wan.wan_inputs(**grid)),
+        # The packed sequence is split whole at transformer_blocks.0 (text and audio rows with the video's).
+        "minimax-h3": (lambda: minimax_h3.tiny_minimax_h3_transformer(num_layers=3), lambda: minimax_h3.minimax_h3_inputs(**grid)),
     }[name]
     model, kwargs = build(), inputs()
     methods = {**_methods(model, grid), "stock": (lambda: None, 1)}

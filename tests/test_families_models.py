@@ -6,14 +6,17 @@ the layouts at each family's standard size; what cannot be served is refused wit
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from family_cases import CASES, SEARCHED
-from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info
+from pipelines import AttentionMethod, FullAttention, apply_sparse_attention, attach_sparse_attention, model_info, token_layout_of
 from pipelines.apply import attention_processors, set_attention_processors
 from pipelines.families import (
-    FAMILIES, UNSUPPORTED, allegro, family_of, helios, kandinsky5, kandinsky6, ltx, ltx2, mochi, skyreels_v2, wan,
+    FAMILIES, UNSUPPORTED, allegro, family_of, helios, kandinsky5, kandinsky6, ltx, ltx2, minimax_h3, mochi,
+    skyreels_v2, wan,
 )
 from pipelines.processors import SparseAttnProcessorBase
 
@@ -196,6 +199,96 @@ def test_helios_history_keys_are_amplified_as_stock(mode):
     assert float((model(**kwargs)[0] - stock).abs().max()) > 1e-2 * float(stock.abs().max())
 
 
+def test_minimax_h3_grid_is_the_generated_video_after_text_conditioning_and_audio():
+    layout, seq, _ = _layout("minimax-h3")  # [6 text | 5 stereo audio latents | 3 x 6 x 5 video]
+    assert (layout.frames, layout.rows, layout.cols, layout.prefix_len, layout.suffix_len, seq) == (3, 6, 5, 16, 0, 106)
+    layout, seq, _ = _layout("minimax-h3-keyframes")  # two keyframes of 6 x 5 tokens between the text and the audio
+    assert (layout.frames, layout.rows, layout.cols, layout.prefix_len, seq) == (3, 6, 5, 6 + 2 * 30 + 10, 166)
+    # references: an image (1 x 2 x 3 tokens), a video (2 x 2 x 3, its 6 soundtrack rows first), an audio (6 rows)
+    layout, seq, _ = _layout("minimax-h3-references")
+    assert (layout.frames, layout.rows, layout.cols, layout.prefix_len, seq) == (3, 6, 5, 6 + 6 + 6 + 12 + 6 + 10, 136)
+
+
+def _repacked(kwargs: dict, change: str) -> dict:
+    """A t2va packing of a 3 x 6 x 5 grid, changed so its last run of video rows is no video grid."""
+    kwargs = dict(kwargs, position_ids=kwargs["position_ids"].clone())
+    position, video = kwargs["position_ids"], kwargs["video_indices"]
+    grid = position[video[0]:].view(3, 6, 5, 3)
+    if change == "frames out of order":
+        position[video[0]:] = grid[[1, 0, 2]].reshape(-1, 3)
+    elif change == "column-major":
+        position[video[0]:] = grid.transpose(1, 2).reshape(-1, 3)
+    elif change == "a keyframe right after the video":  # conditioning rows at frame 0's time, packed after it
+        n = 30
+        kwargs["position_ids"] = torch.cat([position, position[video[0]:video[0] + n]])
+        kwargs["video_indices"] = torch.cat([video, torch.arange(position.shape[0], position.shape[0] + n)])
+        kwargs["token_tags"] = torch.cat([kwargs["token_tags"], kwargs["token_tags"][video[:n]]])
+        kwargs["timestep_indices"] = torch.cat([kwargs["timestep_indices"], kwargs["timestep_indices"][video[:n]]])
+        kwargs["hidden_states"] = torch.cat([kwargs["hidden_states"], kwargs["hidden_states"][:, :n]], dim=1)
+    return kwargs
+
+
+@pytest.mark.parametrize("change, problem", [
+    ("frames out of order", "t does not rise from frame to frame"),
+    ("column-major", "h does not rise row by row"),
+    ("a keyframe right after the video", r"\(120 rows from row 16, read as 4 x 6 x 5\) t does not rise"),
+])
+@torch.no_grad()
+def test_minimax_h3_packing_without_a_video_grid_is_refused(change, problem):
+    """A packing whose last run of video rows is not whole frames in raster order is refused at the
+    forward, saying what the layout needs and what to do; the stock model runs it."""
+    model = minimax_h3.tiny_minimax_h3_transformer()
+    kwargs = _repacked(minimax_h3.minimax_h3_inputs(3, 12, 10), change)
+    model(**kwargs)
+    with apply_sparse_attention(model, FullAttention()), pytest.raises(ValueError) as error:
+        model(**kwargs)
+    message = str(error.value)
+    assert re.search(problem, message), message
+    assert "the last contiguous run of video_indices" in message and "pack the generated video rows that way" in message
+    assert "handle.remove()" in message
+
+
+@torch.no_grad()
+def test_minimax_h3_modular_pipeline_steps_and_layout():
+    """MiniMaxH3ModularPipeline's t2va denoising blocks (layout, noise, row timesteps, the loop,
+    unpacking) drive a tiny transformer: every forward's layout is the pipeline's packing, its steps
+    are counted on the rising timesteps of the wrapped MiniMaxH3Scheduler, and dense attention
+    through our processors gives the stock latents."""
+    from diffusers import MiniMaxH3Scheduler
+    from diffusers.modular_pipelines.minimax_h3.modular_blocks_minimax_h3 import MiniMaxH3CoreDenoiseStep
+
+    pipe = MiniMaxH3CoreDenoiseStep().init_pipeline()
+    pipe.update_components(transformer=minimax_h3.tiny_minimax_h3_transformer(latent_channels=24, audio_channels=32),
+                           scheduler=MiniMaxH3Scheduler(shift=12.0), audio_scheduler=MiniMaxH3Scheduler(shift=3.0))
+    request = dict(text_token_tags=torch.ones(6, dtype=torch.long), prompt_embeds=torch.randn(1, 6, 32), height=64,
+                   width=64, num_frames=124, num_inference_steps=4, output=["latents", "audio_latents"])
+
+    def generate():
+        return pipe(**request, generator=torch.Generator().manual_seed(0))
+
+    stock = generate()
+    method = StepRecorder()
+    with apply_sparse_attention(pipe, method):
+        ours = generate()
+    for name in ("latents", "audio_latents"):
+        assert_stock(ours[name], stock[name], name)
+    # 124 frames: 37 latent frames of 4 x 4 (2 x 2 tokens) after 6 text rows and 207 stereo audio latents
+    layouts = {layout for layout, _, _ in method.calls}
+    assert layouts == {token_layout_of(pipe.transformer, 37, 4, 4, prefix_len=6 + 414)}
+    assert [(step, num) for _, step, num in method.calls] == [(0, 3), (0, 3), (1, 3), (1, 3), (2, 3), (2, 3)]
+
+
+class StepRecorder(AttentionMethod):
+    """Records each call's token layout, step index and step count; dense attention."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, call, q, k, v):
+        self.calls.append((call.token_layout, call.forward.step_index, call.forward.num_steps))
+        return None
+
+
 def test_ltx_grid_from_coordinates_and_its_errors():
     from family_cases import ltx_condition_inputs
 
@@ -318,7 +411,7 @@ def test_unsupported_models_say_why_and_name_the_supported_ones(name):
         family_of(fake)
     message = str(error.value)
     assert f"does not support {name} ({UNSUPPORTED[name]})" in message
-    assert UNSUPPORTED[name].startswith(("cannot be served: ", "not served yet: "))
+    assert UNSUPPORTED[name].startswith("cannot be served: ")
     assert all(f"{f.class_name} ({f.name})" in message for f in FAMILIES.values())
 
 
@@ -355,6 +448,8 @@ STANDARD_TOKENS = {
     # 384 x 640, a 9-latent-frame chunk on the Wan VAE; history 16 + 2 + (1 + 1) frames at 4x, 2x and 1x
     "HeliosTransformer3DModel": 9 * 24 * 40 + 4 * 6 * 10 + 1 * 12 * 20 + 2 * 24 * 40,
     "AllegroTransformer3DModel": 22 * 45 * 80,  # 720 x 1280, 88 frames (the pipeline's default) on a 4x / 8x VAE
+    # 768 x 1344, 124 frames on its 16x VAE (37 latent frames); 207 stereo audio latents before the grid
+    "MiniMaxH3Transformer3DModel": 37 * 24 * 42 + 2 * 207,
 }
 
 
@@ -368,7 +463,7 @@ def test_standard_size_tokens(name):
 # Ulysses runs through a cp_plan, tested on gloo (tests/test_context_parallel_gloo.py, test_context_parallel_families.py);
 # LTX-2's diffusers plan fails with the stock processors too.
 CONTEXT_PARALLEL = {"WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel",
-                    "ChronoEditTransformer3DModel"}
+                    "ChronoEditTransformer3DModel", "MiniMaxH3Transformer3DModel"}
 
 
 def test_readme_table_lists_every_family_with_its_tokens():

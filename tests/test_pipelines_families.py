@@ -210,6 +210,7 @@ def test_registry_lists_the_supported_classes():
         "ConsisIDTransformer3DModel", "ChronoEditTransformer3DModel", "CosmosTransformer3DModel",
         "EasyAnimateTransformer3DModel", "AnyFlowTransformer3DModel", "Kandinsky6Transformer3DModel",
         "MotifVideoTransformer3DModel", "HeliosTransformer3DModel", "AllegroTransformer3DModel",
+        "MiniMaxH3Transformer3DModel",
     )
     assert all(f.class_name == name for name, f in FAMILIES.items())
 

@@ -18,8 +18,9 @@ to ``FAMILIES`` below:
 
 A record may also say the model's ``name``, its ``pipelines``, its ``standard`` size (README),
 an ``unsupported_config`` (a configuration of the class it cannot serve, with the reason), a
-``cp_plan`` sparse-vdit provides where diffusers ships none and ``stock_layers`` (modules its
-patterns match that attend another sequence and keep their stock processor). A model whose read
+``cp_plan`` sparse-vdit provides where diffusers ships none, ``stock_layers`` (modules its
+patterns match that attend another sequence and keep their stock processor) and ``clean_timestep``
+(a timestep that rises toward clean data, MiniMax-H3's). A model whose read
 differs (a grid passed as arguments, conditioning tokens off the grid) says so through
 ``read_inputs``'s ``ForwardInputs`` (``prefix_len`` / ``suffix_len``), never through a special
 case elsewhere.
@@ -53,6 +54,7 @@ from pipelines.families import (
     kandinsky6,
     ltx,
     ltx2,
+    minimax_h3,
     mochi,
     motif_video,
     skyreels_v2,
@@ -90,12 +92,12 @@ FAMILIES: dict[str, Family] = {
         motif_video.FAMILY,
         helios.FAMILY,
         allegro.FAMILY,
+        minimax_h3.FAMILY,
     )
 }
 SUPPORTED_TRANSFORMERS: tuple[str, ...] = tuple(FAMILIES)
 
 CANNOT = "cannot be served: "
-NOT_YET = "not served yet: "
 # The video transformers of diffusers 0.42 that no record serves, and why (README: "Supported models").
 UNSUPPORTED: dict[str, str] = {
     "SanaVideoTransformer3DModel": CANNOT + "its self-attention is linear attention (ReLU kernels), which forms no "
@@ -114,8 +116,6 @@ UNSUPPORTED: dict[str, str] = {
     "attention (flex BlockMask) on tokens it reorders into tiles",
     "Cosmos3OmniTransformer": CANNOT + "an omni model over packed understanding (causal) and generation tokens, not "
     "a video self-attention over one grid",
-    "MiniMaxH3Transformer3DModel": NOT_YET + "one packed sequence of text, video and audio rows placed by index "
-    "(video_indices), not a grid at a fixed offset; a record would need the video rows to form a contiguous grid",
 }
 
 
@@ -164,7 +164,8 @@ def token_layout_of(
             (default 256); CogVideoX defaults to ``max_text_seq_length``; Wan has none (each
             record's ``default_text_len``).
         prefix_len, suffix_len: conditioning tokens off the grid, before / after it
-            (HunyuanVideo-Framepack's and Helios's history latents, LTX's extra conditioning, LTX-2's keyframes).
+            (HunyuanVideo-Framepack's and Helios's history latents, LTX's extra conditioning, LTX-2's keyframes,
+            MiniMax-H3's text, conditioning and audio rows).
     """
     if isinstance(transformer_or_config, torch.nn.Module):
         family = family_of(transformer_or_config)

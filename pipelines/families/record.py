@@ -71,6 +71,10 @@ class Family:
             processor, for a configuration whose blocks of one class do not all attend the joint
             sequence (Motif-Video's decoder blocks attend [video | encoder output], not
             [video | text]); None: every match is served.
+        clean_timestep: for a model whose timestep rises toward clean data along a generation
+            (MiniMax-H3: t = 1 - sigma, 1.0 clean), that clean value: the step tracker counts steps
+            on the noise level ``clean_timestep - t`` of the forward and of the pipeline's schedule.
+            None: the timestep falls along a generation, as diffusers' schedulers make it.
     """
 
     class_name: str
@@ -88,6 +92,7 @@ class Family:
     unsupported_config: Callable[[Any], str | None] | None = None
     cp_plan: Callable[[], dict] | None = None
     stock_layers: Callable[[Any], Iterable[str]] | None = None
+    clean_timestep: float | None = None
 
     def layer_names(self, transformer: torch.nn.Module) -> list[str]:
         """Module paths of the attention modules our processors serve, by layer index."""
