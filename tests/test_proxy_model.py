@@ -22,7 +22,9 @@ from pipelines.proxy import (
 )
 from pipelines.proxy.model import MAX_CHECKPOINT_BYTES
 from pipelines.proxy.model import MAX_CHECKPOINT_BYTES, PROXY_SMALL, join_checkpoint, split_checkpoint
-from pipelines.proxy.train import SMOKE_OPTIONS, TRAIN_SIZES, TrainSize, main, parse_args, train, training_flops_per_video
+from pipelines.proxy.train import (
+    SMOKE_OPTIONS, TRAIN_SIZES, TrainSize, main, parse_args, stretch_lr, train, training_flops_per_video,
+)
 
 
 def test_proxy_size_and_geometry():
@@ -81,6 +83,23 @@ def test_parse_args():
             parse_args(["--sizes", bad])
     with pytest.raises(ValueError, match="--install"):
         train(parse_args(["--smoke", "--install"]))
+
+
+def test_cooldown_decays_the_lr_to_zero_at_its_step_and_stops_there(tmp_path):
+    constant = parse_args([])
+    assert constant.cooldown_steps is None
+    assert [stretch_lr(constant, s, 50) for s in (0, 49, 500)] == [constant.lr / 50, constant.lr, constant.lr]
+    cool = parse_args(["--cooldown-steps", "1000"])
+    lrs = [stretch_lr(cool, s, 50) for s in (0, 49, 500, 999, 1000)]
+    assert lrs[0] == pytest.approx(cool.lr / 50) and lrs[1] == pytest.approx(cool.lr * (1 - 49 / 1000))
+    assert lrs[2] == pytest.approx(cool.lr / 2) and 0 < lrs[3] < cool.lr / 500 and lrs[4] == 0.0
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # falls after the warm-up
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            parse_args(["--cooldown-steps", bad])
+    assert main(["--smoke", "--cooldown-steps", "3", "--no-samples", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["steps"] == 3  # stopped at the cooldown's last step, before the smoke's 40
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,9 @@ What a stretch does (the defaults are the shipped model's recipe):
   was 7-12x the background's); the validation loss stays the plain MSE. Captions through the frozen text encoder exactly as ``WanPipeline``
   encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
 - optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
-  on a resumed stretch, whose optimiser moments start afresh) then constant, gradient clipping at 1,
+  on a resumed stretch, whose optimiser moments start afresh) then constant (``--cooldown-steps N``:
+  then falling linearly to 0 at the stretch's step N, where the stretch stops; a plateau at a
+  constant lr is partly the noise of the steps, which a decay takes off), gradient clipping at 1,
   bf16 autocast on CUDA; EMA of the weights (0.999; a fresh run warms it up as (1 + n) / (10 + n),
   a resumed one continues the checkpoint's EMA), which is what the checkpoint holds.
 - several GPUs: under ``torchrun`` every rank trains on its own videos with the same per-rank batch
@@ -158,6 +160,8 @@ class TrainOptions:
     lr: float = 5e-4
     warmup_steps: int = 200
     max_steps: int | None = None
+    # Decay the lr linearly from its warm-up value to 0 at this step of the stretch, and stop there.
+    cooldown_steps: int | None = None
     ema: float = 0.999
     cfg_dropout: float = 0.1
     # Draw each size's sigmas with the sampler's shift for that size (model.proxy_flow_shift: more
@@ -574,7 +578,8 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     interval_steps, step, last_loss = 0, 0, math.nan
     t_start = time.monotonic()
     next_save = t_start + opts.save_every_minutes * 60
-    while opts.max_steps is None or step < opts.max_steps:
+    last_step = min((n for n in (opts.max_steps, opts.cooldown_steps) if n is not None), default=None)
+    while last_step is None or step < last_step:
         stop = time.monotonic() >= deadline
         if dist.world > 1:  # every rank stops at the same step
             import torch.distributed as tdist
@@ -602,7 +607,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             prediction = model(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
         loss = object_weighted_mse(prediction, target, vae, batch.object_mask, opts.object_weight)
 
-        lr = opts.lr * min(1.0, (step + 1) / max(1, warmup))
+        lr = stretch_lr(opts, step, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -713,6 +718,15 @@ def _videos(text: str) -> tuple[tuple[int, int, int], ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected FRAMESxHEIGHTxWIDTH[,...], e.g. 17x64x96,81x128x192") from None
 
 
+def stretch_lr(opts: TrainOptions, step: int, warmup: int) -> float:
+    """The lr of the stretch's step ``step`` (0-based): linear warm-up over ``warmup`` steps, then
+    ``opts.lr``, or with ``opts.cooldown_steps`` N that times (1 - step / N), reaching 0 at step N."""
+    lr = opts.lr * min(1.0, (step + 1) / max(1, warmup))
+    if opts.cooldown_steps is not None:
+        lr *= max(0.0, 1.0 - step / opts.cooldown_steps)
+    return lr
+
+
 def parse_args(argv=None) -> TrainOptions:
     parser = argparse.ArgumentParser(prog="python -m pipelines.proxy.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="micro config, a few dozen steps on the CPU (a check, not a model)")
@@ -726,6 +740,8 @@ def parse_args(argv=None) -> TrainOptions:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--cooldown-steps", type=int,
+                        help="decay the lr linearly to 0 at this step of the stretch and stop there (default: constant lr)")
     parser.add_argument("--ema", type=float, help="EMA decay (0: ship the last weights)")
     parser.add_argument("--cfg-dropout", type=float)
     parser.add_argument("--log-every", type=int)
@@ -748,6 +764,8 @@ def parse_args(argv=None) -> TrainOptions:
     base = TrainOptions(smoke=args.smoke)
     if args.smoke:
         base = replace(base, **SMOKE_OPTIONS)
+    if args.cooldown_steps is not None and args.cooldown_steps < 1:
+        parser.error(f"--cooldown-steps {args.cooldown_steps}: give the stretch's last step, >= 1")
     if args.object_weight is not None and not args.object_weight >= 0:
         parser.error(f"--object-weight {args.object_weight}: give a weight >= 0 (0: the plain MSE)")
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if getattr(args, f.name, None) is not None}
