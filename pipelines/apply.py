@@ -206,6 +206,9 @@ class SparseAttentionHandle:
         return f"SparseAttentionHandle({names}{', removed' if self._removed else ''})"
 
 
+TRANSFORMER_COMPONENTS = ("transformer", "transformer_2", "transformer_ref")  # a pipeline's served components
+
+
 def _transformers_of(obj) -> tuple[list[torch.nn.Module], Any]:
     """(transformers, scheduler) of a pipeline, or ([obj], None) for a transformer."""
     if isinstance(obj, torch.nn.Module):
@@ -215,7 +218,9 @@ def _transformers_of(obj) -> tuple[list[torch.nn.Module], Any]:
         raise TypeError(
             f"expected a diffusers pipeline or transformer, got {type(obj).__name__}: pass `pipe` or `pipe.transformer`"
         )
-    found = [m for key in ("transformer", "transformer_2") if isinstance(m := components.get(key), torch.nn.Module)]
+    # transformer_2: Wan 2.2's second expert; transformer_ref: MiniMax-H3's ref2va partition (its
+    # modular pipeline loads "transformer" or "transformer_ref", whichever the workflow runs).
+    found = [m for key in TRANSFORMER_COMPONENTS if isinstance(m := components.get(key), torch.nn.Module)]
     if not found:
         raise TypeError(f"{type(obj).__name__} has no transformer component to apply sparse attention to")
     return found, components.get("scheduler")

@@ -278,6 +278,21 @@ def test_minimax_h3_modular_pipeline_steps_and_layout():
     assert [(step, num) for _, step, num in method.calls] == [(0, 3), (0, 3), (1, 3), (1, 3), (2, 3), (2, 3)]
 
 
+def test_minimax_h3_ref2va_pipeline_serves_its_transformer_ref():
+    """The ref2va workflow runs the checkpoint's ``transformer_ref`` partition: handed the pipeline,
+    apply_sparse_attention serves that component (and restores its stock processors on remove)."""
+    from diffusers.modular_pipelines.minimax_h3.modular_blocks_minimax_h3 import MiniMaxH3Ref2VACoreDenoiseStep
+
+    pipe = MiniMaxH3Ref2VACoreDenoiseStep().init_pipeline()
+    model = minimax_h3.tiny_minimax_h3_transformer()
+    pipe.update_components(transformer_ref=model)
+    stock = {name: type(m.processor) for name, m in model.named_modules() if hasattr(m, "processor")}
+    with apply_sparse_attention(pipe, StepRecorder()):
+        served = {name for name, m in model.named_modules() if isinstance(getattr(m, "processor", None), SparseAttnProcessorBase)}
+        assert served == set(FAMILIES["MiniMaxH3Transformer3DModel"].layer_names(model))
+    assert {name: type(m.processor) for name, m in model.named_modules() if hasattr(m, "processor")} == stock
+
+
 class StepRecorder(AttentionMethod):
     """Records each call's token layout, step index and step count; dense attention."""
 
