@@ -52,6 +52,22 @@ def test_captions_look_like_themselves(size):
             assert all(checks.values()), (caption, size, checks)
 
 
+@pytest.mark.parametrize("object_size", [(0.18, 0.26), (0.3, 0.3)])
+def test_larger_objects_still_look_like_their_captions(object_size):
+    """Training may draw larger objects (``object_size``, up to MAX_OBJECT_SIZE): every fourth object
+    caption still passes its checks, and the objects cover more of the frame than the default's."""
+    labels = [i for i in range(0, len(PROXY_CAPTIONS), 4) if scene_of(PROXY_CAPTIONS[i]).kind in ("moves", "rotates")][:48]
+    default = procedural_videos(len(labels), seed=5, labels=labels, **SMALL)
+    large = procedural_videos(len(labels), seed=5, labels=labels, object_size=object_size, **SMALL)
+    for video, caption in zip(large.video, large.captions):
+        checks = caption_checks(video, caption)
+        assert all(checks.values()), (caption, object_size, checks)
+    assert large.object_mask.mean() > 2 * default.object_mask.mean()
+    for bad in ((0.0, 0.1), (0.2, 0.1), (0.1, 0.5), (0.1,)):
+        with pytest.raises(ValueError, match="object_size"):
+            procedural_videos(1, seed=0, object_size=bad, **SMALL)
+
+
 def test_checks_can_fail():
     prompts = ["a red circle moves right over grass", "camera pans left over bricks", "a yellow triangle rotates over sand",
                "a green square moves up", "camera zooms in over a cat"]

@@ -22,6 +22,7 @@ from pipelines.proxy import (
 )
 from pipelines.proxy.model import MAX_CHECKPOINT_BYTES
 from pipelines.proxy.model import MAX_CHECKPOINT_BYTES, PROXY_SMALL, join_checkpoint, split_checkpoint
+from pipelines.proxy.data import OBJECT_SIZE
 from pipelines.proxy.train import (
     SMOKE_OPTIONS, TRAIN_SIZES, TrainSize, main, parse_args, stretch_lr, train, training_flops_per_video,
 )
@@ -85,7 +86,7 @@ def test_parse_args():
         train(parse_args(["--smoke", "--install"]))
 
 
-def test_cooldown_decays_the_lr_to_zero_at_its_step_and_stops_there(tmp_path):
+def test_cooldown_and_object_size_options(tmp_path):
     constant = parse_args([])
     assert constant.cooldown_steps is None
     assert [stretch_lr(constant, s, 50) for s in (0, 49, 500)] == [constant.lr / 50, constant.lr, constant.lr]
@@ -97,9 +98,14 @@ def test_cooldown_decays_the_lr_to_zero_at_its_step_and_stops_there(tmp_path):
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit):
             parse_args(["--cooldown-steps", bad])
-    assert main(["--smoke", "--cooldown-steps", "3", "--no-samples", "--out", str(tmp_path)]) == 0
+    assert parse_args([]).object_size == OBJECT_SIZE and parse_args(["--object-size", "0.18,0.26"]).object_size == (0.18, 0.26)
+    for bad in ("0.2", "0.3,0.2", "0.1,0.9", "a,b"):
+        with pytest.raises(SystemExit):
+            parse_args(["--object-size", bad])
+    assert main(["--smoke", "--cooldown-steps", "3", "--object-size", "0.2,0.25", "--no-samples", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "training.json").read_text())
     assert record["steps"] == 3  # stopped at the cooldown's last step, before the smoke's 40
+    assert record["options"]["cooldown_steps"] == 3 and tuple(record["options"]["object_size"]) == (0.2, 0.25)
 
 
 @pytest.fixture(scope="module")

@@ -153,6 +153,7 @@ KIND_MOVES, KIND_ROTATES, KIND_PAN, KIND_ZOOM = range(len(KINDS))
 
 # Ranges of the random parameters (frame-height units, whole clip).
 OBJECT_SIZE = (0.1, 0.16)  # circle radius; square half-side 0.85x, triangle inradius 0.6x
+MAX_OBJECT_SIZE = 0.3  # an object of radius 0.3 still travels its path inside a 4:3 or wider frame
 TRAVEL_X, TRAVEL_Y = (0.5, 0.8), (0.3, 0.42)  # distance a moving object covers
 BEND = (-0.08, 0.08)  # the arc's sideways bulge at mid-clip
 ROTATION_TURNS = (0.15, 0.3)  # fraction of a full turn a rotating object makes (either sense)
@@ -208,7 +209,8 @@ def _labels_of(labels, batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def _scene_parameters(labels: torch.Tensor, generator: torch.Generator, bank) -> dict[str, torch.Tensor]:
+def _scene_parameters(labels: torch.Tensor, generator: torch.Generator, bank,
+                      object_size: tuple[float, float] = OBJECT_SIZE) -> dict[str, torch.Tensor]:
     """Every random number of a batch, drawn in a fixed order on the CPU (float64)."""
     n = labels.numel()
     kind, direction = _KIND[labels], _DIRECTION[labels].double()
@@ -247,7 +249,7 @@ def _scene_parameters(labels: torch.Tensor, generator: torch.Generator, bank) ->
     return dict(
         kind=kind, colour=_COLOUR[labels].double(), shape=_SHAPE[labels], direction=direction, image=image, flip=flip,
         window=window, centre=centre, pan_travel=pan_travel, zoom=zoom, zoom_in=_ZOOM_IN[labels],
-        size=_uniform(generator, n, OBJECT_SIZE), start=start, velocity=direction * travel[:, None], bend=bend,
+        size=_uniform(generator, n, object_size), start=start, velocity=direction * travel[:, None], bend=bend,
         angle0=_uniform(generator, n, (0.0, 2 * math.pi)),
         spin=2 * math.pi * turns * (kind == KIND_ROTATES).double(),
         object_texture=object_texture, object_texture_scale=object_texture_scale, object_texture_offset=object_texture_offset,
@@ -255,6 +257,14 @@ def _scene_parameters(labels: torch.Tensor, generator: torch.Generator, bank) ->
         parallax=parallax, parallax_factor=parallax_factor, parallax_cover=parallax_cover, parallax_mask=parallax_mask,
         foreground_offset=foreground_offset,
     )
+
+
+def check_object_size(bounds) -> tuple[float, float]:
+    """``bounds`` as a (low, high) pair of floats, or a ValueError saying what range is served."""
+    values = tuple(float(b) for b in bounds)
+    if len(values) != 2 or not 0 < values[0] <= values[1] <= MAX_OBJECT_SIZE:
+        raise ValueError(f"object_size {values}: give (low, high) with 0 < low <= high <= {MAX_OBJECT_SIZE} frame heights")
+    return values
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -298,6 +308,7 @@ def procedural_videos(
     labels=None,
     device=None,
     dtype: torch.dtype = torch.float32,
+    object_size: tuple[float, float] = OBJECT_SIZE,
 ) -> VideoBatch:
     """``batch`` captioned videos [B, 3, frames, height, width] in [-1, 1].
 
@@ -307,6 +318,8 @@ def procedural_videos(
         labels: the captions (strings or indices into ``PROXY_CAPTIONS``); drawn when None (a kind by
             ``KIND_WEIGHTS``, then a caption of that kind uniformly).
         device, dtype: where and how the videos are rendered.
+        object_size: the range the objects' size is drawn from (frame heights: a circle's radius;
+            see ``OBJECT_SIZE``, the default); larger objects give their motion more of the loss.
     """
     if (generator is None) == (seed is None):
         raise ValueError("pass either a CPU torch.Generator (generator=...) or a seed (seed=...)")
@@ -319,7 +332,7 @@ def procedural_videos(
     images = bank.images[bank.level(height)]
     labels = _labels_of(labels, batch, generator)
     p = {k: to_device(v.to(dtype) if v.is_floating_point() else v, device)
-         for k, v in _scene_parameters(labels, generator, bank).items()}
+         for k, v in _scene_parameters(labels, generator, bank, check_object_size(object_size)).items()}
     aspect = width / height
 
     time = torch.linspace(0.0, 1.0, frames, device=device, dtype=dtype) if frames > 1 else torch.zeros(1, device=device, dtype=dtype)

@@ -66,7 +66,10 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.videos import slug, write_video
-from pipelines.proxy.data import PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, procedural_videos, to_device
+from pipelines.proxy.data import (
+    OBJECT_SIZE, PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, check_object_size, procedural_videos,
+    to_device,
+)
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
     PROXY_CONFIG,
@@ -170,6 +173,9 @@ class TrainOptions:
     size_shift: bool = False
     # Loss weight 1 + object_weight on the latent positions the object covers (0: the plain MSE).
     object_weight: float = 0.0
+    # The range the training videos' object sizes are drawn from; validation and the sample data keep
+    # the generator's default (OBJECT_SIZE), so losses stay comparable across stretches.
+    object_size: tuple[float, float] = OBJECT_SIZE
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     log_every: int = 50
@@ -595,7 +601,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             begin.record()
         size = sizes[int(torch.multinomial(weights, 1, generator=data_generator))]
         batch = procedural_videos(size.batch, frames=size.frames, height=size.height, width=size.width,
-                                  generator=data_generator, device=device)
+                                  object_size=opts.object_size, generator=data_generator, device=device)
         drop = torch.rand(size.batch, generator=data_generator) < opts.cfg_dropout
         text = text_table[to_device(torch.where(drop, unconditional, batch.labels), device)]
         with torch.no_grad():
@@ -711,6 +717,13 @@ def _sizes(text: str) -> tuple[TrainSize, ...]:
     return tuple(TrainSize.parse(part) for part in text.split(",") if part.strip())
 
 
+def _object_size(text: str) -> tuple[float, float]:
+    try:
+        return check_object_size(text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def _videos(text: str) -> tuple[tuple[int, int, int], ...]:
     try:
         return tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())  # type: ignore[misc]
@@ -756,6 +769,8 @@ def parse_args(argv=None) -> TrainOptions:
                         help="draw each size's training sigmas with the sampler's shift for that size (proxy_flow_shift)")
     parser.add_argument("--object-weight", type=float,
                         help="count the loss on the object's pixels 1 + W times (default 0: the plain MSE)")
+    parser.add_argument("--object-size", type=_object_size,
+                        help=f"LOW,HIGH: draw the training objects' size (frame heights) from this range (default {OBJECT_SIZE[0]},{OBJECT_SIZE[1]})")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
     try:
         args = parser.parse_args(argv)
