@@ -33,6 +33,9 @@ relies on them and never sees a layout that breaks them):
 - tile ids of used partial entries lie in [NO_TILE, T); head_patterns values in [0, P);
 - B and P (or H) may be 1 and then broadcast over the attention's batch and heads.
 
+``merge_query_blocks(factor)`` re-blocks a layout at ``factor`` x its query block (the same pairs
+computed), on the device.
+
 ``from_kv_blocks(..., check=False)`` builds a layout from device tensors with no host
 synchronisation (inside ``torch.compile(fullgraph=True)`` or a CUDA graph): it sorts the lists and
 moves a crossing block to the partial list on the device, and trusts the caller for the rest
@@ -52,6 +55,10 @@ from kernels.limits import MAX_BLOCK_SIZE
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 NO_TILE = -1  # tile id of a partial block masked only by the sequence bounds
+# merge_query_blocks: below this many tiles, the merged tile table holds every combination of part
+# states (built without reading the device); above it, only the combinations used (a few host reads).
+MERGE_ALL_COMBINATIONS = 256
+_EMPTY, _ONES = 0, 1  # part states in merge_query_blocks; tile t is state t + 2
 INDEX_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "tile_ids", "tile_masks")
 
 
@@ -99,11 +106,15 @@ def _bool_map(m, name: str) -> torch.Tensor:
     return m
 
 
-def _pack_rows(flags: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _pack_rows(flags: torch.Tensor, dtype: torch.dtype, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``flags`` [..., N] bool: (count [...] int32, sorted indices [..., W] ``dtype``,
-    0-padded), W = max(1, longest row)."""
+    0-padded), W = max(1, longest row) (one host read), or ``width`` clipped to [1, N] (no host
+    read; the caller promises no row is longer)."""
     count = flags.sum(-1, dtype=torch.int32)
-    width = max(1, int(count.max())) if count.numel() else 1
+    if width is not None:
+        width = max(1, min(width, flags.shape[-1]))
+    else:
+        width = max(1, int(count.max())) if count.numel() else 1
     # Stable sort of "not flag" puts the kept indices first, in ascending order.
     order = torch.argsort((~flags).to(torch.int8), dim=-1, stable=True)[..., :width]
     keep = torch.arange(width, device=flags.device) < count.unsqueeze(-1)
@@ -164,7 +175,7 @@ class BlockLayout:
             # Host-side facts the launcher needs on every call, read once here (each read syncs
             # a GPU) and stored as plain attributes, so torch.compile traces no tensor reads.
             full, part = self.pattern_block_maps()
-            has_tiles = bool((self._scatter(self.kv_num_blocks, self.kv_indices, self.tile_ids, NO_TILE) >= 0).any())
+            has_tiles = bool((self.pattern_tile_map() >= 0).any())
             object.__setattr__(self, "has_partial", bool(part.any()))
             object.__setattr__(self, "is_dense", bool((full | part).all()) and not has_tiles)
         object.__setattr__(self, "tile_masks_i8", self.tile_masks.to(torch.int8))
@@ -573,6 +584,86 @@ class BlockLayout:
         object.__setattr__(view, "tile_masks_i8", self.tile_masks_i8)  # shared, not converted again
         return view
 
+    def merge_query_blocks(self, factor: int = 2, *, check: bool = False) -> "BlockLayout":
+        """The same attention with ``factor`` x taller query blocks: each run of ``factor``
+        consecutive query-block rows (its *parts*, top first) becomes one row of Q_BLOCK * factor
+        query tokens, so a (64, 64) layout runs as (128, 64) and each K/V tile loaded serves twice
+        the query rows (issue 19: 64-row programs reach less of the dense loop's throughput).
+
+        Shapes: lists [B, P, QB, W] and tiles [T, Q_BLOCK, KV_BLOCK] become lists
+        [B, P, ceil(QB / factor), W'] and tiles [T', Q_BLOCK * factor, KV_BLOCK]; ``head_patterns``
+        and broadcast B / P dims are kept (the merge is per stored pattern).
+
+        A merged block is full where every part is full (or partial masked only by the bounds),
+        absent where no part lists it, partial otherwise, with the tile stacking its parts' masks
+        top to bottom: a full part all True, a part that does not list the block all False, a
+        partial part its tile. The merged key-block list of a row is the union of its parts' lists,
+        so the kernel computes the union's blocks whole (the masked pairs are the merge's waste).
+
+        No host synchronisation (it runs on the device, and on the meta device) when ``check`` is
+        False and the table of every combination of part states, (T + 2) ** factor tiles, has at
+        most ``MERGE_ALL_COMBINATIONS`` (T = 1 for layouts without tiles: 9 tiles for factor 2).
+        Otherwise the table keeps only the combinations used (boolean indexing and ``torch.unique``:
+        a few host synchronisations, once, at build time). ``check=True`` validates the result and
+        reads its facts (has_partial, is_dense) from the device; with ``check=False`` they are
+        stated conservatively (has_partial True, is_dense False).
+        """
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise ValueError(f"factor must be a positive int (query-block rows merged into one), got {factor!r}")
+        if factor == 1:
+            return self
+        qblk, kvblk = self.block_size
+        if qblk * factor > MAX_BLOCK_SIZE:
+            raise ValueError(
+                f"merging {factor} query blocks of {qblk} tokens makes {qblk * factor}-token blocks, past "
+                f"{MAX_BLOCK_SIZE}: pass a smaller factor (the kernel serves Q_BLOCK 64 or 128)"
+            )
+        b, p, qb = self.full_kv_num_blocks.shape
+        kb = cdiv(self.seq_lengths[1], kvblk)
+        rows = cdiv(qb, factor)
+        device = self.device
+        # Invariant: the merged layout computes exactly this layout's (query, key) pairs: each merged
+        # block's tile is its parts' element masks stacked, and a block no part lists stays unlisted.
+        full, part = self.pattern_block_maps()
+        tiles = self.pattern_tile_map().long()
+        # Part state of each block: _EMPTY, _ONES (full, or partial with NO_TILE: both compute every
+        # pair inside the bounds; the kernel bounds-checks every partial block) or tile t as t + 2.
+        state = torch.where(part, torch.where(tiles >= 0, tiles + 2, _ONES), torch.where(full, _ONES, _EMPTY))
+        # Rows past the last query block lie past Q_LEN: the kernel never stores them, so they take
+        # any state; _ONES keeps a full top part full. They never make a block listed (`real`).
+        state = torch.nn.functional.pad(state, (0, 0, 0, rows * factor - qb), value=_ONES)
+        parts = state.view(b, p, rows, factor, kb).movedim(3, -1)  # [B, P, rows, KB, factor]
+        real = (torch.arange(rows * factor, device=device) < qb).view(rows, 1, factor)
+        merged_full = (parts == _ONES).all(-1)
+        merged_part = ((parts != _EMPTY) & real).any(-1) & ~merged_full
+        n_states = self.tile_masks.shape[0] + 2
+        if n_states**factor <= MERGE_ALL_COMBINATIONS:
+            # Tile c is the combination whose base-n_states digits are the part states, top first.
+            weights = n_states ** torch.arange(factor - 1, -1, -1, device=device)
+            combos = torch.arange(n_states**factor, device=device)[:, None] // weights % n_states
+            merged_tiles = (parts * weights).sum(-1)
+        else:
+            combos, inverse = torch.unique(parts[merged_part], dim=0, return_inverse=True)  # syncs
+            merged_tiles = torch.full(merged_part.shape, NO_TILE, dtype=torch.long, device=device)
+            merged_tiles[merged_part] = inverse
+        halves = torch.cat([torch.zeros_like(self.tile_masks[:1]), torch.ones_like(self.tile_masks[:1]), self.tile_masks])
+        # [C, factor, Q_BLOCK, KV_BLOCK] -> [C, factor * Q_BLOCK, KV_BLOCK]: part i fills rows i * Q_BLOCK ...
+        tile_masks = halves[combos].reshape(-1, qblk * factor, kvblk) if combos.shape[0] else None
+        # A merged row's lists are no longer than its parts' lists together: their widths need no read.
+        wf, wp = self.full_kv_indices.shape[-1], self.kv_indices.shape[-1]
+        idx_dtype = index_dtype(kb)
+        full_num, full_idx = _pack_rows(merged_full, idx_dtype, wf + wp)
+        part_num, part_idx = _pack_rows(merged_part, idx_dtype, factor * (wf + wp))
+        return BlockLayout.from_kv_blocks(
+            part_num, part_idx, full_num, full_idx,
+            block_size=(qblk * factor, kvblk),
+            seq_lengths=self.seq_lengths,
+            tile_ids=merged_tiles.gather(-1, part_idx.long()),
+            tile_masks=tile_masks,
+            head_patterns=self.head_patterns,
+            check=check,
+        )
+
     def nbytes(self) -> int:
         """Bytes of the layout's tensors (index lists, counts, tiles, head table)."""
         tensors = [getattr(self, name) for name in INDEX_FIELDS] + [self.tile_masks_i8]
@@ -610,12 +701,15 @@ class BlockLayout:
         """(full, partial): [B, H, QB, KB] bool maps of the computed blocks."""
         return tuple(self._by_head(m) for m in self.pattern_block_maps())  # type: ignore[return-value]
 
+    def pattern_tile_map(self, qb_start: int = 0, qb_end: int | None = None) -> torch.Tensor:
+        """[B, P, rows, KB] int32: tile id of each partial block of the stored patterns, NO_TILE elsewhere."""
+        rows = slice(qb_start, qb_end)
+        return self._scatter(self.kv_num_blocks[:, :, rows], self.kv_indices[:, :, rows],
+                             self.tile_ids[:, :, rows].to(torch.int32), NO_TILE)
+
     def tile_map(self, qb_start: int = 0, qb_end: int | None = None) -> torch.Tensor:
         """[B, H, rows, KB] int32: tile id of each partial block, NO_TILE elsewhere."""
-        rows = slice(qb_start, qb_end)
-        tiles = self._scatter(self.kv_num_blocks[:, :, rows], self.kv_indices[:, :, rows],
-                              self.tile_ids[:, :, rows].to(torch.int32), NO_TILE)
-        return self._by_head(tiles)
+        return self._by_head(self.pattern_tile_map(qb_start, qb_end))
 
     def density(self) -> float:
         """Fraction of the (B, H, QB, KB) block grid that is computed (full or partial)."""
