@@ -11,11 +11,10 @@ Q_BLOCK_SIZES = (16, 32, 64, 128)  # 64 and 128 are tuned; 16 / 32 serve tiny te
 KV_BLOCK_SIZES = (16, 32, 64, 128, 256)
 MASS_BLOCK_SIZES = (16, 32, 64, 128)  # block_attention_mass (square blocks)
 # Head dims served: any from MIN_HEAD_DIM to MAX_HEAD_DIM. The kernels compute the powers of two in
-# between (HEAD_DIMS; 64 and 128 are tuned); another head dim is zero-padded to the next one
+# between (64 and 128 are tuned); another head dim is zero-padded to the next one
 # (kernel_head_dim: 96 runs as 128, a third more attention compute than a native 96 kernel would do).
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 MAX_BLOCK_SIZE = max(KV_BLOCK_SIZES)
-HEAD_DIMS = tuple(2**p for p in range(MIN_HEAD_DIM.bit_length() - 1, MAX_HEAD_DIM.bit_length()))
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
 # proxy models the CPU runs.
 DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run

@@ -153,7 +153,7 @@ KIND_MOVES, KIND_ROTATES, KIND_PAN, KIND_ZOOM = range(len(KINDS))
 
 # Ranges of the random parameters (frame-height units, whole clip).
 OBJECT_SIZE = (0.1, 0.16)  # circle radius; square half-side 0.85x, triangle inradius 0.6x
-MAX_OBJECT_SIZE = 0.3  # an object of radius 0.3 still travels its path inside a 4:3 or wider frame
+MAX_OBJECT_SIZE = 0.3  # radius 0.3 still passes its caption checks at 17 x 64 x 96 (tests/test_proxy_data.py)
 TRAVEL_X, TRAVEL_Y = (0.5, 0.8), (0.3, 0.42)  # distance a moving object covers
 BEND = (-0.08, 0.08)  # the arc's sideways bulge at mid-clip
 ROTATION_TURNS = (0.15, 0.3)  # fraction of a full turn a rotating object makes (either sense)
