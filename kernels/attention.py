@@ -12,6 +12,12 @@ more compute than a native 96 kernel would do). The softmax scale is 1/sqrt(D) o
 (or ``scale``), never the padded one. Dtypes bf16, fp16 or fp32 (fp32 is computed exactly,
 slowly: cast to bf16 for speed). LSE is float32, natural log.
 
+``precision="fp8"`` (block_sparse_attention, attention_with_lse) quantises q, k, v to float8 e4m3
+as SageAttention does (``kernels.fp8``: per-token Q and K scales, K smoothed by its mean, per-channel
+V scales, P rounded to float8 for P x V, float32 accumulation) and returns the inputs' dtype. It
+needs a GPU with FP8 tensor cores (sm_89+), head dim 64 or 128, Q_BLOCK 64 / 128 and KV_BLOCK >= 32;
+anything else is refused with an error naming the default precision as the fallback.
+
 Each op is a ``torch.library.custom_op`` with a fake implementation, so a torch.compile'd model
 keeps one graph. On CUDA tensors the Triton kernels run; on CPU tensors they run under the Triton
 interpreter when TRITON_INTERPRET=1 (tests), otherwise a PyTorch path computes the same function
@@ -29,10 +35,12 @@ import torch
 
 from kernels import torch_paths, tuning
 from kernels.block_layout import BlockLayout
+from kernels.fp8 import Fp8Inputs, fp8_error, quantize_qkv
 from kernels.helpers import cdiv
 from kernels.limits import (
     KV_BLOCK_SIZES,
     MASS_BLOCK_SIZES,
+    PRECISIONS,
     Q_BLOCK_SIZES,
     SUPPORTED_DTYPES,
     dtype_names,
@@ -191,12 +199,21 @@ def _dot_fp32(q: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------- block-sparse / dense
 def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scale: float, kv_lens=None, *,
-                      dense: bool = False, has_partial: bool = False):
+                      dense: bool = False, has_partial: bool = False, fp8: Fp8Inputs | None = None,
+                      out_dtype: torch.dtype | None = None):
+    """Launch the block-sparse kernel on q, k, v (or on ``fp8``'s quantised tensors, then q, k, v
+    are its q8, k8 and V view and the output is ``out_dtype``). Returns (out, lse)."""
     caller_q = q
-    q, k, v = _padded_head_dim(q, k, v)
+    if fp8 is None:
+        q, k, v = _padded_head_dim(q, k, v)
+        out = torch.empty_like(q)
+        use_tma = _tma_ok(q, k, v)
+    else:
+        q, k, v = fp8.q8, fp8.k8, fp8.v8
+        out = torch.empty_like(q, dtype=out_dtype)
+        use_tma = _tma_ok(q, k, fp8.v8t)
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     full_num, full_idx, part_num, part_idx, tile_ids, tiles, head_patterns = layout_tensors
     # Index lists are stored narrow (int8 / int16) but loaded as int32: the kernel's per-block
@@ -206,6 +223,7 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
     stride_b = lp * nqb if lb > 1 else 0
     stride_p = nqb if lp > 1 else 0
     grid = (cdiv(sq, q_block), b * h)
+    scales = (lse, lse, lse) if fp8 is None else (fp8.q_scale, fp8.k_scale, fp8.v_scale)
 
     def launch(block_n: int, warps: int, stages: int) -> None:
         block_sparse_attention_kernel[grid](
@@ -213,16 +231,20 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             full_num, full_idx, part_num, part_idx, tile_ids, tiles,
             full_num if kv_lens is None else kv_lens, full_num if head_patterns is None else head_patterns,
+            *scales,
             stride_b, stride_p, full_idx.shape[-1], part_idx.shape[-1],
             0 if head_patterns is None else head_patterns.stride(0),
             h, sq, sk, scale * LOG2E,
             HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=min(block_n, kv_block),
             DENSE=dense, HAS_PARTIAL=has_partial and not dense,
-            DOT_FP32=_dot_fp32(q), USE_TMA=_tma_ok(q, k, v), HAS_KV_LENS=kv_lens is not None,
-            HAS_HEAD_PATTERNS=head_patterns is not None, num_warps=warps, num_stages=stages,
+            DOT_FP32=_dot_fp32(q), USE_TMA=use_tma, HAS_KV_LENS=kv_lens is not None,
+            HAS_HEAD_PATTERNS=head_patterns is not None, FP8=fp8 is not None, num_warps=warps, num_stages=stages,
         )
 
-    _launch_fitting("dense" if dense else "attention", (d,) if dense else (d, q_block), q, launch)
+    kind = ("dense" if dense else "attention") + ("" if fp8 is None else "_fp8")
+    _launch_fitting(kind, (d,) if dense else (d, q_block), q, launch)
+    if fp8 is not None:
+        return out, lse + fp8.lse_shift  # the LSE of the unsmoothed keys (-inf stays -inf)
     return _unpadded(out, caller_q), lse
 
 
@@ -269,6 +291,59 @@ def _(q, k, v, kv_lens, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+@torch.library.custom_op("sparse_vdit::block_sparse_attention_fp8", mutates_args=())
+def _block_sparse_attention_fp8_op(
+    q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor, v8t: torch.Tensor,
+    v_scale: torch.Tensor, lse_shift: torch.Tensor,
+    full_num: torch.Tensor, full_idx: torch.Tensor, part_num: torch.Tensor, part_idx: torch.Tensor,
+    tile_ids: torch.Tensor, tile_masks: torch.Tensor, head_patterns: torch.Tensor | None, kv_lens: torch.Tensor | None,
+    q_block: int, kv_block: int, scale: float, has_partial: bool, dense: bool, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FP8 kernel on ``kernels.fp8.quantize_qkv``'s tensors (checked by ``_fp8_attention``)."""
+    fp8 = Fp8Inputs(q8, q_scale, k8, k_scale, v8t, v_scale, lse_shift)
+    layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns)
+    if dense:
+        return _launch_attention(q8, k8, None, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
+                                 kv_lens, dense=True, fp8=fp8, out_dtype=out_dtype)
+    return _launch_attention(q8, k8, None, layout_tensors, q_block, kv_block, scale, kv_lens,
+                             has_partial=has_partial, fp8=fp8, out_dtype=out_dtype)
+
+
+@_block_sparse_attention_fp8_op.register_fake
+def _(q8, q_scale, k8, k_scale, v8t, v_scale, lse_shift, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks,
+      head_patterns, kv_lens, q_block, kv_block, scale, has_partial, dense, out_dtype):
+    return torch.empty_like(q8, dtype=out_dtype), q8.new_empty(q8.shape[:3], dtype=torch.float32)
+
+
+def _check_precision(precision, q: torch.Tensor, block_size: tuple[int, int] | None) -> bool:
+    """True for precision="fp8" (after checking the kernels can serve it), False for None."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (None: the inputs' dtype), got {precision!r}")
+    if precision is None:
+        return False
+    error = fp8_error(q, block_size, interpreter=HAS_TRITON and interpreting())
+    if error is not None:
+        raise ValueError(error)
+    return True
+
+
+def _fp8_attention(q, k, v, layout: BlockLayout | None, scale: float, kv_lens: torch.Tensor | None, head_table):
+    """Quantise (PyTorch ops: torch.compile fuses them) and run the FP8 kernel; layout None: dense."""
+    fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale)
+    if layout is None:
+        empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
+        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
+        block, has_partial, dense = (DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M), False, True
+    else:
+        tensors = (layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices,
+                   layout.tile_ids, layout.tile_masks_i8, head_table)
+        block, has_partial, dense = layout.block_size, layout.has_partial, layout.is_dense
+    return _block_sparse_attention_fp8_op(
+        fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift, *tensors, kv_lens,
+        block[0], block[1], scale, has_partial, dense, q.dtype,
+    )
+
+
 def _head_table(layout: BlockLayout, heads: int) -> torch.Tensor | None:
     """The layout's head-to-pattern table for ``heads`` heads (a one-entry table broadcast as a
     stride-0 view: no copy), or None."""
@@ -303,6 +378,7 @@ def block_sparse_attention(
     return_lse: bool = False,
     kv_lens: torch.Tensor | None = None,
     block_mask: BlockLayout | None = None,
+    precision: str | None = None,
 ):
     """Attention computed only on ``layout``'s blocks.
 
@@ -317,6 +393,8 @@ def block_sparse_attention(
         kv_lens: [B] integer tensor or None: batch b attends only keys 0 .. kv_lens[b]-1 (key
             padding at the end of the sequence, as flash-attention's ``seqused_k``); values are
             clamped to [0, Skv]. Padded keys are never read into the output (a NaN there stays out).
+        precision: None (compute in the inputs' dtype) or "fp8" (quantised, see the module
+            docstring; off by default).
 
     Returns out [B, H, Sq, D] (q's dtype and strides), or (out, lse). Rows whose blocks are all
     empty or fully masked return zeros (lse = -inf).
@@ -353,6 +431,10 @@ def block_sparse_attention(
         )
     if layout.device != q.device:
         layout = layout.to(q.device)
+    if _check_precision(precision, q, layout.block_size):
+        out, lse = _fp8_attention(q, k, v, layout, _scale(q, scale), _key_lengths(kv_lens, q, k),
+                                  _head_table(layout, q.shape[1]))
+        return (out, lse) if return_lse else out
     out, lse = _block_sparse_attention_op(
         q, k, v,
         layout.full_kv_num_blocks, layout.full_kv_indices,
@@ -365,14 +447,16 @@ def block_sparse_attention(
 
 def attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
-    kv_lens: torch.Tensor | None = None,
+    kv_lens: torch.Tensor | None = None, precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense attention that also returns the row LSE: (out [B, H, Sq, D], lse [B, H, Sq] fp32).
 
-    ``kv_lens`` as in ``block_sparse_attention``. AdaSpa's first search step uses it: the step's
-    output and the LSE the later searches reuse.
+    ``kv_lens`` and ``precision`` as in ``block_sparse_attention``. AdaSpa's first search step uses
+    it: the step's output and the LSE the later searches reuse.
     """
     _check_qkv(q, k, v)
+    if _check_precision(precision, q, None):
+        return _fp8_attention(q, k, v, None, _scale(q, scale), _key_lengths(kv_lens, q, k), None)
     return _attention_with_lse_op(q, k, v, _key_lengths(kv_lens, q, k), _scale(q, scale))
 
 

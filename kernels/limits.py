@@ -15,6 +15,12 @@ MASS_BLOCK_SIZES = (16, 32, 64, 128)  # block_attention_mass (square blocks)
 # (kernel_head_dim: 96 runs as 128, a third more attention compute than a native 96 kernel would do).
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 MAX_BLOCK_SIZE = max(KV_BLOCK_SIZES)
+# precision="fp8" (kernels.fp8): float8 tensor-core tiles need a reduction dim of >= 32 (P x V
+# reduces over a key tile) and warp-group rows of 64; the head dims of the video DiTs served.
+PRECISIONS = (None, "fp8")
+FP8_HEAD_DIMS = (64, 128)
+FP8_Q_BLOCK_SIZES = (64, 128)
+FP8_MIN_KV_BLOCK = 32
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
 # proxy models the CPU runs.
 DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run

@@ -95,3 +95,33 @@ def block_attention_mass_ref(
     p = torch.nn.functional.pad(p, (0, kb * block_size - sk, 0, qb * block_size - sq))
     mass = p.reshape(b, h, qb, block_size, kb, block_size).sum(dim=(3, 5))
     return mass, lse
+
+
+def fp8_attention_ref(
+    fp8, mask: torch.Tensor | None = None, *, scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twin of the kernels' ``precision="fp8"`` path, on ``kernels.fp8.quantize_qkv``'s output.
+
+    Float64 attention over the dequantized q, smoothed k and v (``Fp8Inputs.dequantized``), the LSE
+    moved back by ``lse_shift``. The kernel also rounds P to float8 for P x V (relative to its running
+    row max, so no twin can round it identically); the third result bounds what that rounding can
+    change: |out - out_ref| <= bound elementwise, with bound = sum_j (2^-4 p_j + 2^-10 / FP8_MAX) |v_jd| / l
+    (e4m3 keeps 3 mantissa bits: half an ulp is 2^-4 of a normal value, and 2^-10 is half the
+    subnormal step, both in units of P x FP8_MAX <= FP8_MAX).
+    ``mask``: bool broadcastable to [B, H, Sq, Skv], True = keep (layout and key padding).
+    Returns (out [B, H, Sq, D] float64, lse [B, H, Sq] float64, bound [B, H, Sq, D] float64).
+    """
+    from kernels.fp8 import FP8_MAX
+
+    q, k, v = fp8.dequantized()
+    out, lse = attention_ref(q, k, v, mask, scale=scale)
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * _scale(q, scale)
+    if mask is not None:
+        s = s.masked_fill(~mask.to(s.device), float("-inf"))
+    empty = torch.isneginf(lse)
+    p = torch.exp(s - torch.where(empty, 0.0, lse).unsqueeze(-1))  # normalised: l = 1
+    m = torch.exp(torch.where(empty, 0.0, s.amax(-1) - lse))  # the row max's p: 1 / l of the kernel's scale
+    keep = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.to(p.device).expand_as(p)
+    step = torch.where(keep, 2.0 ** -4 * p + 2.0 ** -10 / FP8_MAX * m.unsqueeze(-1), 0.0)
+    bound = torch.einsum("bhqk,bhkd->bhqd", step, v.abs()).masked_fill(empty.unsqueeze(-1), 0.0)
+    return out, lse + fp8.lse_shift.double(), bound

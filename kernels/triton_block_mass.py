@@ -20,7 +20,7 @@ def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, qk_scale
             BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
     """Scaled base-2 scores [BLOCK_M, BLOCK_N] of keys [start_n, start_n + BLOCK_N); -inf past
     kv_valid (the batch's real keys, <= the key length), whose rows are never loaded."""
-    k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, BLOCK_N, False, False)
+    k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, BLOCK_N, False, False, False)
     in_bounds = (start_n + tl.arange(0, BLOCK_N)) < kv_valid
     return tl.where(in_bounds[None, :], dot_qk(q, k, DOT_FP32) * qk_scale, float("-inf"))
 

@@ -3,6 +3,10 @@
 One kernel loop, specialised by constexpr flags:
     IS_FULL   the block needs no element mask (and lies inside the key bounds, a BlockLayout invariant)
     DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
+    FP8       inputs quantised by ``kernels.fp8.quantize_qkv``: Q and K float8 e4m3 with a scale per
+              token, V float8 stored transposed ([D, S], the K-major operand FP8 tensor cores need)
+              with a scale per channel; P is rounded to float8 (times FP8_MAX) for P x V, and the
+              accumulator stays float32
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
 its key blocks come from the layout's full list, then its partial list. Heads of different
 patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
@@ -24,6 +28,8 @@ LN2 = 0.6931471805599453  # ln(2): log(x) == log2(x) * LN2
 # The same, readable inside @triton.jit code (compiled kernels may only read constexpr globals).
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(LN2)
+FP8_MAX = 448.0  # the largest finite float8 e4m3 (torch.float8_e4m3fn / tl.float8e4nv) value
+FP8_MAX_C = tl.constexpr(FP8_MAX)
 
 
 def interpreting() -> bool:
@@ -33,16 +39,21 @@ def interpreting() -> bool:
 
 @triton.jit
 def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
-              BLOCK_N: tl.constexpr, IN_BOUNDS: tl.constexpr, USE_TMA: tl.constexpr):
+              BLOCK_N: tl.constexpr, IN_BOUNDS: tl.constexpr, USE_TMA: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Rows [start_n, start_n + BLOCK_N) x HEAD_DIM of one (batch, head)'s K or V.
 
     ``src`` is a tensor descriptor (USE_TMA: the copy engine zero-fills rows past n_len) or the
     base pointer; IN_BOUNDS promises every row is < n_len, so no bounds mask is built.
+    TRANSPOSED: the rows are stored as columns ([HEAD_DIM, n] in memory, the FP8 V); the
+    descriptor then has that shape and the tile is transposed in registers.
     """
     # One return at the end: triton 3.6 rejects early returns from constexpr branches here.
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if USE_TMA:
-        rows = src.load([start_n, 0])
+        if TRANSPOSED:
+            rows = src.load([0, start_n]).T
+        else:
+            rows = src.load([start_n, 0])
     elif IN_BOUNDS:
         rows = tl.load(src + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d)
     else:
@@ -66,22 +77,32 @@ def _attend_block(
     acc, l_i, m_i, q,
     k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
-    tile_base, tile_id, col_in_tile,
+    tile_base, tile_id, col_in_tile, k_scales,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr, ZERO_PADDED_V: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
 
     kv_len bounds memory; kv_valid <= kv_len bounds the keys this batch attends (padded keys past
     it are masked). ZERO_PADDED_V zeroes V rows in [kv_valid, kv_len), so a NaN there cannot reach
     the output through 0 * NaN; IS_FULL promises the whole block lies below kv_valid.
+    FP8: ``qk_scale`` is the rows' [BLOCK_M] scale (the softmax scale times each Q row's
+    quantisation scale) and ``k_scales`` points at this (batch, head)'s [kv_len] key scales.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = load_rows(k_src, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
-    v = load_rows(v_src, stride_vn, stride_vd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA)
+    k = load_rows(k_src, stride_kn, stride_kd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA, False)
+    v = load_rows(v_src, stride_vn, stride_vd, offs_d, start_n, kv_len, BLOCK_N, IS_FULL, USE_TMA, FP8)
     if ZERO_PADDED_V and not IS_FULL:
         v = tl.where((offs_n < kv_valid)[:, None], v, tl.zeros_like(v))
-    s = dot_qk(q, k, DOT_FP32) * qk_scale
+    if FP8:
+        if IS_FULL:
+            k_scale = tl.load(k_scales + offs_n)
+        else:
+            k_scale = tl.load(k_scales + offs_n, mask=offs_n < kv_len, other=0.0)
+        s = dot_qk(q, k, DOT_FP32) * (qk_scale[:, None] * k_scale[None, :])
+    else:
+        s = dot_qk(q, k, DOT_FP32) * qk_scale
     if not IS_FULL:
         keep = (offs_n < kv_valid)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
         # tile_id < 0 (NO_TILE): only the bounds apply; tile 0 always exists, so read it harmlessly.
@@ -101,7 +122,14 @@ def _attend_block(
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if DOT_FP32:
+    if FP8:
+        # P in [0, 1] is scaled to float8's range; the kernel's end divides FP8_MAX out again. Under
+        # the CPU interpreter (DOT_FP32) P stays float32: its float32 -> float8 cast rounds wrongly.
+        if DOT_FP32:
+            acc = tl.dot(p * FP8_MAX_C, v.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot((p * FP8_MAX_C).to(v.dtype), v, acc)
+    elif DOT_FP32:
         acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
     else:
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -115,18 +143,20 @@ def block_sparse_attention_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, TILE_IDS, TILES, KV_LENS, HEAD_PATTERNS, Q_SCALES, K_SCALES, V_SCALES,
     layout_stride_b, layout_stride_p, full_width, part_width, head_pattern_stride,
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr, FP8: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
     p*layout_stride_p + m, p = HEAD_PATTERNS[h * head_pattern_stride] (HAS_HEAD_PATTERNS) or h
     (strides are 0 on broadcast dims); its full list holds full_width entries, its partial list and tile ids part_width.
     Index lists may be int8 / int16 / int32. KV_LENS (HAS_KV_LENS): [B] int32 in [0, kv_len], keys
-    of batch b at or past KV_LENS[b] are padding."""
+    of batch b at or past KV_LENS[b] are padding. FP8: Q_SCALES [B, H, q_len], K_SCALES [B, H, kv_len]
+    and V_SCALES [B, H, HEAD_DIM] float32, contiguous; V is given as its [S, D] view of the
+    [B, H, D, S'] float8 tensor (stride_vn == 1)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -146,10 +176,20 @@ def block_sparse_attention_kernel(
         q_desc = tl.make_tensor_descriptor(q_base, [q_len, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
         q = q_desc.load([pid_m * BLOCK_M, 0])
         k_base = tl.make_tensor_descriptor(k_base, [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
-        v_base = tl.make_tensor_descriptor(v_base, [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+        if FP8:
+            v_base = tl.make_tensor_descriptor(v_base, [HEAD_DIM, kv_len], [stride_vd, 1], [HEAD_DIM, BLOCK_N])
+        else:
+            v_base = tl.make_tensor_descriptor(v_base, [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
     else:
         q_ptrs = q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
         q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)
+
+    if FP8:
+        row_scale = qk_scale * tl.load(Q_SCALES + pid_bh.to(tl.int64) * q_len + offs_m, mask=offs_m < q_len, other=0.0)
+        k_scales = K_SCALES + pid_bh.to(tl.int64) * kv_len
+    else:
+        row_scale = qk_scale
+        k_scales = K_SCALES
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -161,13 +201,13 @@ def block_sparse_attention_kernel(
         for j in range(n_full):
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m_local, offs_d, j * BLOCK_N, kv_len, kv_valid, qk_scale, TILES, -1, 0,
-                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                offs_m_local, offs_d, j * BLOCK_N, kv_len, kv_valid, row_scale, TILES, -1, 0, k_scales,
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
         if n_full * BLOCK_N < kv_valid:
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, qk_scale, TILES,
-                tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, row_scale, TILES,
+                tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
     else:
         if HAS_HEAD_PATTERNS:
             pattern = tl.load(HEAD_PATTERNS + h * head_pattern_stride).to(tl.int32)
@@ -184,19 +224,19 @@ def block_sparse_attention_kernel(
                 if start_n + BLOCK_N <= kv_valid:
                     acc, l_i, m_i = _attend_block(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                        offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
-                        TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                        offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
+                        TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
                 elif start_n < kv_valid:
                     acc, l_i, m_i = _attend_block(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                        offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
-                        TILES, tl.full([], -1, tl.int32), 0, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32,
-                        USE_TMA, HAS_KV_LENS)
+                        offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
+                        TILES, tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32,
+                        USE_TMA, HAS_KV_LENS, FP8)
             else:
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m_local, offs_d, start_n, kv_len, kv_valid, qk_scale,
-                    TILES, -1, 0, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                    offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
+                    TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
             part_idx = PART_IDX + row.to(tl.int64) * part_width
@@ -207,9 +247,11 @@ def block_sparse_attention_kernel(
                 sub = (j % SUBS) * BLOCK_N
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, kv_valid, qk_scale,
-                    TILES, tile, sub, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS)
+                    offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, kv_valid, row_scale,
+                    TILES, tile, sub, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
 
+    if FP8:  # V's per-channel scales, and the FP8_MAX that P was multiplied by
+        acc = acc * (tl.load(V_SCALES + pid_bh.to(tl.int64) * HEAD_DIM + offs_d) * (1.0 / FP8_MAX_C))[None, :]
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2_C)

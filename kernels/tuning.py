@@ -1,11 +1,12 @@
 """Kernel tile configurations per GPU: (BLOCK_N, num_warps, num_stages) by compute capability.
 
 Tables live in ``tuning_tables.json`` beside this module, written by the sweep of
-``benchmarks/bench_attention.py --sweep`` (never pasted by hand). Three tables per GPU:
+``benchmarks/bench_attention.py --sweep`` (never pasted by hand). Five tables per GPU:
 
     attention   the indexed (block-list) loop of block_sparse_attention, keyed (head_dim, Q_BLOCK)
     dense       the index-free dense loop (attention_with_lse, complete layouts), keyed (head_dim,)
     mass        block_attention_mass, keyed (head_dim, block)
+    attention_fp8, dense_fp8   the same loops with precision="fp8" (kernels.fp8)
 
 Fallback, for a GPU or key that was never swept: the table of the same compute capability; else
 the nearest lower capability with a table (a newer GPU runs what an older one measured: same
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 Config = tuple[int, int, int]  # (BLOCK_N, num_warps, num_stages)
-KINDS = ("attention", "dense", "mass")
+KINDS = ("attention", "dense", "mass", "attention_fp8", "dense_fp8")
 TABLE_FILE = Path(__file__).with_name("tuning_tables.json")
 GENERIC: Config = (64, 4, 2)
 INTERPRETER: Config = (32, 1, 1)

@@ -1,0 +1,175 @@
+"""precision="fp8" against our bf16 kernel on the same layouts (issue 19 item 2: >= 1.6x), in one run.
+
+Per case (shape:block:density; density 1 is the all-blocks layout, which runs the dense loop), with
+``triton.testing.do_bench`` medians, B = 1, random bf16 inputs (keys offset by a shared vector, as
+DiT keys are):
+
+    bf16                  block_sparse_attention(q, k, v, layout): the baseline
+    fp8, kernel only      the FP8 kernel on inputs quantised beforehand (what the kernel costs)
+    fp8, whole call       block_sparse_attention(..., precision="fp8"): quantisation (eager
+                          PyTorch ops) + kernel, what a caller pays without torch.compile
+    quantise, eager / compiled   kernels.fp8.quantize_qkv alone, eager and torch.compile'd (a compiled
+                          model fuses it into few passes)
+    cuDNN SDPA dense      the dense bar, same run
+
+Accuracy of each FP8 output against the bf16 kernel's on the same layout: cosine similarity of
+each (head, query row) output vector (the minimum and the mean), and the relative L2 error.
+``--sweep`` first times FP8 tile configurations (BLOCK_N x warps x stages) on each case and uses
+the fastest for that case's rows (``--write-tables`` stores the winners in kernels/tuning_tables.json).
+
+    python benchmarks/bench_fp8.py                                   # the four default cases
+    python benchmarks/bench_fp8.py --sweep --cases wan480:128:1.0,wan720:128:0.2
+    python benchmarks/bench_fp8.py --smoke                           # tiny shapes, CPU interpreter
+
+Time on one H100, ESTIMATED, not measured: ~30 s a case, ~40 s more a case with --sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import torch  # noqa: E402
+
+DEFAULT_CASES = ("wan480:128:1.0", "wan720:128:0.2", "hunyuan720:128:0.1", "wan480:64:0.1")
+SMOKE_CASES = ("wan480:64:1.0", "wan720:64:0.4")
+SWEEP = [(bn, w, st) for bn in (64, 128) for w in (4, 8) for st in (2, 3)]
+KEY_OFFSET = 2.0  # keys get KEY_OFFSET x a random shared vector (per head): what smoothing removes
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=None, help=f"comma list of shape:block:density (default {','.join(DEFAULT_CASES)})")
+    p.add_argument("--sweep", action="store_true", help="time FP8 tile configs per case first and use the fastest")
+    p.add_argument("--write-tables", action="store_true", help="with --sweep: store the winners in the tuning tables")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes; CPU interpreter without CUDA")
+    p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
+    p.add_argument("--rep", type=float, default=150, help="do_bench rep, ms")
+    return p.parse_args(argv)
+
+
+def inputs(shape: common.Shape, device: torch.device):
+    q, k, v = common.random_qkv(shape, device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    offset = KEY_OFFSET * torch.randn(1, shape.h, 1, shape.d, generator=gen, device=device, dtype=k.dtype)
+    return q, (k + offset), v  # k + offset is contiguous [B, H, S, D]
+
+
+def accuracy(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    cos = torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1)  # [B, H, S]
+    return {"cos min": float(cos.min()), "cos mean": float(cos.mean()), "rel err": common.rel_err(out, ref)}
+
+
+def run_case(spec: str, args, device: torch.device) -> list[dict]:
+    from kernels import attention as ops
+    from kernels import tuning
+    from kernels.block_layout import BlockLayout
+    from kernels.fp8 import quantize_qkv
+
+    name, block, density = spec.split(":")
+    block, density = int(block), float(density)
+    shape = common.shapes_for(args.smoke)[name]
+    q, k, v = inputs(shape, device)
+    if density >= 1.0:
+        layout = BlockLayout.dense(shape.s, block, device=device)
+        flops = common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d)
+    else:
+        layout = common.random_block_layout(shape, block, density, device)
+        flops = common.layout_flops(layout, shape.b, shape.h, shape.d)
+    bench = dict(warmup=args.warmup, rep=args.rep)
+    scale = shape.d ** -0.5
+    rows: list[dict] = []
+    print(f"\n== {spec}: {shape.describe()}, {block}-token blocks, density {layout.density():.3f}", flush=True)
+
+    fp8 = quantize_qkv(q, k, v, None, scale=scale)
+    kind = "dense_fp8" if layout.is_dense else "attention_fp8"
+    key = (shape.d,) if layout.is_dense else (shape.d, block)
+    tensors = (layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices,
+               layout.tile_ids, layout.tile_masks_i8, None)
+
+    def kernel_only():
+        return ops._block_sparse_attention_fp8_op(
+            fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift, *tensors, None,
+            block, block, scale, layout.has_partial, layout.is_dense, q.dtype)[0]
+
+    best = None
+    if args.sweep and device.type == "cuda":
+        timings = []
+        for cfg in SWEEP:
+            if not layout.is_dense and cfg[0] > block:
+                continue
+            tuning.override(kind, key, cfg)
+            m = common.measure(lambda: kernel_only, device, label=f"fp8 {cfg}", **bench)
+            timings.append((m.ms if m.ms is not None else float("inf"), cfg))
+            print(f"  sweep {kind} {key} {cfg}: {common.fmt(m.ms, 3)} ms {m.status()}", flush=True)
+        tuning.override(kind, key, None)
+        ms, best = min(timings)
+        if ms == float("inf"):
+            best = None
+        else:
+            tuning.override(kind, key, best)
+            print(f"  fastest: {best} ({ms:.3f} ms)", flush=True)
+
+    def timed(what: str, make, count_flops: bool = True, keep_out: bool = False, **extra) -> common.Measured:
+        t0 = time.time()
+        m = common.measure(make, device, keep_out=keep_out, label=what, **bench)
+        row = {"case": spec, "what": what, "density": layout.density(), "ms": m.ms,
+               "TFLOP/s": common.tflops(flops, m.ms) if count_flops else None, "note": m.status(), **extra}
+        rows.append(row)
+        print(f"  {what}: {common.fmt(m.ms, 3)} ms {m.status()} ({time.time() - t0:.1f} s)", flush=True)
+        return m
+
+    base = timed("bf16", lambda: lambda: ops.block_sparse_attention(q, k, v, layout), keep_out=True)
+    kern = timed("fp8, kernel only", lambda: kernel_only, keep_out=True,
+                 config=None if best is None else str(best))
+    whole = timed("fp8, whole call", lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
+                  keep_out=True)
+    timed("quantise, eager", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
+    if device.type == "cuda":
+        compiled = torch.compile(lambda q, k, v: quantize_qkv(q, k, v, None, scale=scale))
+        timed("quantise, compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
+    timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), count_flops=False)
+    rows[-1]["TFLOP/s"] = common.tflops(common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d), rows[-1]["ms"])
+    if base.out is not None:
+        for m, row in ((kern, rows[1]), (whole, rows[2])):
+            if m.out is not None:
+                row.update(accuracy(m.out, base.out))
+                print(f"    {row['what']} vs bf16: cos min {row['cos min']:.5f}, mean {row['cos mean']:.6f}, "
+                      f"rel err {row['rel err']:.2e}", flush=True)
+    for row in rows:
+        if row["what"].startswith("fp8") and row["ms"] and base.ms:
+            row["x bf16"] = base.ms / row["ms"]
+    if best is not None:
+        tuning.override(kind, key, None)
+        if args.write_tables:
+            cap = torch.cuda.get_device_capability(device)
+            tuning.write_tables(cap, torch.cuda.get_device_name(device), {kind: {key: best}},
+                                f"bench_fp8.py --sweep, {time.strftime('%Y-%m-%d')} (benchmarks/RESULTS.md)")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    device = common.setup()
+    cases = args.cases.split(",") if args.cases else list(SMOKE_CASES if args.smoke else DEFAULT_CASES)
+    info = common.env_header(device, smoke=args.smoke, extra={"cases": cases, "sweep": args.sweep,
+                                                              "warmup": args.warmup, "rep": args.rep})
+    common.print_header(info, "FP8 attention (precision='fp8') against the bf16 kernel, same layouts")
+    rows: list[dict] = []
+    for spec in cases:
+        rows += run_case(spec.strip(), args, device)
+    common.write_json("bench_fp8", {"env": info, "rows": rows})
+    common.print_table(rows, [("case", "case"), ("what", "call"), ("density", "density"), ("ms", "ms"),
+                              ("TFLOP/s", "TFLOP/s (computed blocks)"), ("x bf16", "x bf16 kernel"),
+                              ("cos min", "cos min vs bf16"), ("cos mean", "cos mean"), ("rel err", "rel L2 err"),
+                              ("config", "fp8 tile"), ("note", "note")],
+                       title="FP8 vs bf16 (goal: >= 1.6x the bf16 kernel on the same layout)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""FP8 inputs of the attention kernels: quantisation as SageAttention does it, in PyTorch.
+
+``quantize_qkv(q, k, v, kv_lens)`` turns bf16 / fp16 / fp32 q, k, v [B, H, S, D] into what the
+kernels' FP8 loop reads (``Fp8Inputs``):
+
+    q8 [B, H, Sq, D] float8 e4m3, q_scale [B, H, Sq]   q ~= q8 * q_scale (one scale per token)
+    k8 [B, H, Skv, D], k_scale [B, H, Skv]             k - mean(k) ~= k8 * k_scale
+    v8t [B, H, D, Skv'] (Skv' = Skv rounded up to 16), v_scale [B, H, D]   v ~= v8t^T * v_scale
+    lse_shift [B, H, Sq]                               scale * q . mean(k), added back to the LSE
+
+Invariants the kernel relies on:
+- K is smoothed by its mean over the real keys of each (batch, head) before it is quantised: one
+  vector subtracted from every key shifts each row's scores by a constant, so the softmax and the
+  output are unchanged, while the keys' shared offset (large in DiTs) no longer eats the float8
+  range. The LSE moves by that constant; ``lse_shift`` restores the LSE of the unsmoothed keys.
+- V is stored transposed, [D, S] with S contiguous: FP8 tensor cores take their second operand
+  K-major only, and for P x V the reduction runs over the keys.
+- Keys at or past ``kv_lens[b]`` are padding: they are left out of K's mean and V's scales and
+  their V rows are zeroed before quantising, so a NaN there changes nothing.
+- Scales are amax / FP8_MAX (every quantised value is within float8's finite range); an all-zero
+  token or channel gets scale 0 and zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.helpers import cdiv
+from kernels.limits import FP8_HEAD_DIMS, FP8_MIN_KV_BLOCK, FP8_Q_BLOCK_SIZES
+
+__all__ = ["FP8_MAX", "FP8_DTYPE", "Fp8Inputs", "quantize_qkv", "fp8_error", "FP8_V_ALIGN"]
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448: the kernel's FP8_MAX must agree
+FP8_V_ALIGN = 16  # V's key dim is padded to this many tokens (16-byte rows for the copy engine)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass(frozen=True)
+class Fp8Inputs:
+    """Quantised q, k, v and their scales (shapes in the module docstring)."""
+
+    q8: torch.Tensor
+    q_scale: torch.Tensor
+    k8: torch.Tensor
+    k_scale: torch.Tensor
+    v8t: torch.Tensor
+    v_scale: torch.Tensor
+    lse_shift: torch.Tensor
+
+    @property
+    def v8(self) -> torch.Tensor:
+        """V's float8 values as a [B, H, Skv, D] view (strides (.., 1, Skv'): no copy)."""
+        return self.v8t[..., : self.k8.shape[2]].transpose(2, 3)
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k - mean(k), v) as float64 [B, H, S, D]: what the FP8 kernel attends over (its
+        reference twin's inputs)."""
+        q = self.q8.double() * self.q_scale.double().unsqueeze(-1)
+        k = self.k8.double() * self.k_scale.double().unsqueeze(-1)
+        v = self.v8.double() * self.v_scale.double().unsqueeze(-2)
+        return q, k, v
+
+
+def _quantize_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / scale as float8, scale float32) with scale = amax(|x|) / FP8_MAX along ``dim``."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=dim, keepdim=True) / FP8_MAX
+    x8 = (xf / scale.clamp_min(_TINY)).to(FP8_DTYPE)
+    return x8, scale.squeeze(dim)
+
+
+def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None = None, *,
+                 scale: float) -> Fp8Inputs:
+    """q [B, H, Sq, D], k / v [B, H, Skv, D] (one float dtype, checked by the caller) -> ``Fp8Inputs``.
+
+    ``kv_lens``: [B] int32 on q's device (already clamped to [0, Skv]) or None; ``scale``: the
+    softmax scale (for ``lse_shift``). q8 keeps q's strides, so the output (made like q8) does.
+    """
+    sk = k.shape[2]
+    if kv_lens is None:
+        real = None
+        kf = k.float()
+        mean = kf.mean(dim=2, keepdim=True)  # [B, H, 1, D]
+        vf = v.float()
+    else:
+        real = (torch.arange(sk, device=k.device) < kv_lens.view(-1, 1)).view(-1, 1, sk, 1)  # [B, 1, Skv, 1]
+        kf = torch.where(real, k.float(), 0.0)
+        count = kv_lens.view(-1, 1, 1, 1).clamp_min(1).float()
+        mean = kf.sum(dim=2, keepdim=True) / count
+        vf = torch.where(real, v.float(), 0.0)
+    smoothed = kf - mean
+    if real is not None:
+        smoothed = torch.where(real, smoothed, 0.0)
+    q8, q_scale = _quantize_rows(q, dim=-1)
+    k8, k_scale = _quantize_rows(smoothed, dim=-1)
+    v_scale = vf.abs().amax(dim=2) / FP8_MAX  # [B, H, D]
+    v8 = (vf / v_scale.clamp_min(_TINY).unsqueeze(2)).to(FP8_DTYPE)
+    padded = cdiv(max(sk, 1), FP8_V_ALIGN) * FP8_V_ALIGN
+    v8t = torch.zeros(*v.shape[:2], v.shape[3], padded, dtype=FP8_DTYPE, device=v.device)
+    v8t[..., :sk] = v8.transpose(2, 3)
+    lse_shift = torch.einsum("bhqd,bhkd->bhq", q.float(), mean) * scale
+    return Fp8Inputs(q8, q_scale.contiguous(), k8.contiguous(), k_scale.contiguous(), v8t,
+                     v_scale.contiguous(), lse_shift)
+
+
+def fp8_error(q: torch.Tensor, block_size: tuple[int, int] | None = None, *, interpreter: bool = False) -> str | None:
+    """Why the FP8 kernels cannot serve q [B, H, S, D] (and a layout of ``block_size``), or None.
+
+    FP8 runs on NVIDIA GPUs with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper;
+    measured on Hopper), and under the CPU interpreter for tests."""
+    fallback = "; use the default precision (precision=None: the inputs' dtype, e.g. bf16)"
+    if q.is_cuda:
+        cap = torch.cuda.get_device_capability(q.device)
+        if cap < (8, 9):
+            return (f"precision='fp8' needs FP8 tensor cores (compute capability 8.9+, e.g. H100), "
+                    f"but {torch.cuda.get_device_name(q.device)} is sm_{cap[0]}{cap[1]}{fallback}")
+    elif not interpreter:
+        return f"precision='fp8' runs only in the Triton kernels on a CUDA GPU, not on {q.device.type}{fallback}"
+    d = q.shape[-1]
+    if d not in FP8_HEAD_DIMS:
+        return f"precision='fp8' serves head dims {FP8_HEAD_DIMS}, not {d}{fallback}"
+    if block_size is not None:
+        q_block, kv_block = block_size
+        if q_block not in FP8_Q_BLOCK_SIZES or kv_block < FP8_MIN_KV_BLOCK:
+            return (f"precision='fp8' needs a layout with Q_BLOCK in {FP8_Q_BLOCK_SIZES} and KV_BLOCK >= "
+                    f"{FP8_MIN_KV_BLOCK} (float8 tensor-core tiles), not {tuple(block_size)}{fallback}")
+    return None

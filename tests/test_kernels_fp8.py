@@ -1,0 +1,193 @@
+"""precision="fp8": the quantisation (kernels.fp8) and the FP8 kernel loop against float64 twins.
+
+The kernel is checked against ``fp8_attention_ref``: float64 attention on the dequantized inputs,
+so the tolerance is PyTorch's own error at the output dtype (2x, as every kernel test), plus, on a
+GPU, the bound on what rounding P to float8 can change (the CPU interpreter keeps P in float32:
+its float32 -> float8 cast rounds wrongly, see kernels/triton_block_sparse.py). The quantisation
+itself is checked against e4m3's rounding bound, and the whole path against exact attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import assert_close_to_reference, diffusers_qkv, fresh_generator, lse_lowp, token_layout_for
+from kernels.attention import attention_with_lse, block_sparse_attention
+from kernels.block_layout import BlockLayout
+from kernels.fp8 import FP8_MAX, FP8_V_ALIGN, quantize_qkv
+from kernels.reference import attention_ref, fp8_attention_ref, key_padding_ref
+from test_kernels import DEVICE, random_layout
+
+E4M3_HALF_ULP = 2.0 ** -4  # relative, normal values
+E4M3_HALF_SUBNORMAL = 2.0 ** -10  # absolute, in units of the quantised value
+
+
+def _dev(*ts):
+    return tuple(t.to(DEVICE) for t in ts)
+
+
+def _check(q, k, v, mask, kv_lens, out, lse, name):
+    """out / lse of the FP8 kernel against the twin (dequantized inputs), as the module says."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    kv = None if kv_lens is None else kv_lens.to(q.device).clamp(0, k.shape[2]).to(torch.int32)
+    fp8 = quantize_qkv(q, k, v, kv, scale=scale)
+    fp8 = type(fp8)(*(t.cpu() for t in (fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift)))
+    keys = key_padding_ref(kv_lens, k.shape[2])
+    full = keys if mask is None else (mask.cpu() if keys is None else mask.cpu() & keys)
+    ref, ref_lse, bound = fp8_attention_ref(fp8, full, scale=scale)
+    dq, dk, dv = fp8.dequantized()
+    lowp, _ = attention_ref(dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), full, scale=scale, upcast=False)
+    p_rounding = float(bound.max()) if out.is_cuda else 0.0
+    lowp_err = float((lowp.double() - ref).abs().max())
+    floor = 4 * torch.finfo(torch.float32).eps + p_rounding
+    assert_close_to_reference(out.cpu(), ref, lowp, atol_floor=floor, name=f"{name} out")
+    if out.is_cuda:  # elementwise: each entry within its own P-rounding bound (+ 2x PyTorch's error)
+        excess = (out.cpu().double() - ref).abs() - bound - 2 * lowp_err
+        assert float(excess.max()) <= 1e-6, f"{name}: an entry exceeds its P-rounding bound by {float(excess.max()):.3e}"
+    lse_ref_lowp = lse_lowp(attention_ref, dq, dk, dv, full, scale=scale) + fp8.lse_shift
+    assert_close_to_reference(lse.cpu(), ref_lse, lse_ref_lowp, name=f"{name} lse")
+    return ref
+
+
+# --------------------------------------------------------------------------- quantisation
+@pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])
+def test_quantize_qkv_rounding_and_invariants(request, with_lens):
+    gen = fresh_generator(request)
+    B, H, S, D = 3, 2, 75, 64
+    q, k, v = diffusers_qkv(B, S, H, D, torch.bfloat16, gen=gen)
+    k = (k.float() + 3.0 * torch.randn(1, H, 1, D, generator=gen)).bfloat16()  # a shared key offset, as in DiTs
+    kv_lens = torch.tensor([75, 40, 0], dtype=torch.int32) if with_lens else None
+    if with_lens:  # garbage in the padding must not reach a scale or the mean
+        k[1, :, 40:] = float("nan")
+        v[1, :, 40:] = float("inf")
+    scale = 1.0 / math.sqrt(D)
+    fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale)
+    assert fp8.q8.dtype == fp8.k8.dtype == fp8.v8t.dtype == torch.float8_e4m3fn
+    assert fp8.q8.stride() == q.stride(), "q8 keeps q's strides (the output is made like it)"
+    assert fp8.v8t.shape == (B, H, D, -(-S // FP8_V_ALIGN) * FP8_V_ALIGN) and fp8.v8t.is_contiguous()
+    assert bool(fp8.v8t[..., S:].float().eq(0).all()), "V's alignment padding is zero"
+    for t in (fp8.q_scale, fp8.k_scale, fp8.v_scale, fp8.lse_shift):
+        assert bool(torch.isfinite(t).all())
+    dq, dk, dv = fp8.dequantized()
+    real = torch.ones(B, 1, S, 1, dtype=torch.bool) if kv_lens is None else (
+        torch.arange(S) < kv_lens.view(-1, 1)).view(B, 1, S, 1)
+    count = real.sum(2, keepdim=True).clamp_min(1)
+    mean = torch.where(real, k.double(), 0.0).sum(2, keepdim=True) / count
+    smoothed = torch.where(real, k.double() - mean, 0.0)
+    vz = torch.where(real, v.double(), 0.0)
+    for name, x, deq, amax in (
+        ("q", q.double(), dq, q.double().abs().amax(-1, keepdim=True)),
+        ("k", smoothed, dk, smoothed.abs().amax(-1, keepdim=True)),
+        ("v", vz, dv, vz.abs().amax(2, keepdim=True)),
+    ):
+        bound = E4M3_HALF_ULP * x.abs() + E4M3_HALF_SUBNORMAL / FP8_MAX * amax + 1e-6 * amax
+        err = (deq - x).abs() - bound
+        assert float(err.max()) <= 0, f"{name}: dequantized differs from the input by more than e4m3 rounding"
+        assert float((deq - x).abs().max()) > 0, f"{name}: nothing was quantised"
+    residual = (torch.where(real, dk, 0.0).sum(2, keepdim=True) / count).abs().max()
+    assert float(residual) < 0.02 * float(dk.abs().max()), "K's shared offset is smoothed away (column means ~0)"
+    shift = torch.einsum("bhqd,bhkd->bhq", q.double(), mean) * scale
+    torch.testing.assert_close(fp8.lse_shift.double(), shift, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("block", [(64, 32), (64, 64)], ids=["64x32", "64x64"])
+def test_block_sparse_fp8_random_layout(request, dtype, D, block):
+    """Full and partial blocks with tiles, a length that is not a multiple of the block, keys
+    offset by a shared vector (the smoothing), rows with no block (empty)."""
+    gen = fresh_generator(request)
+    B, H, S = 2, 2, 200
+    layout = random_layout(gen, B, H, S, block, p_full=0.35, p_part=0.3)
+    q, k, v = diffusers_qkv(B, S, H, D, dtype, gen=gen, scale=1.5)
+    k = (k.float() + 2.0 * torch.randn(1, H, 1, D, generator=gen)).to(dtype)
+    q, k, v = _dev(q, k, v)
+    out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
+    assert out.dtype == dtype and out.shape == q.shape and out.stride() == q.stride()
+    _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 {block}")
+
+
+@pytest.mark.parametrize("text_position", ["after", "before"])
+def test_block_sparse_fp8_video_text_layout(request, text_position):
+    """A BlockLayout from a mask_mod over video + text (text dense, video windowed)."""
+    from helpers import video_text_mask_mod
+
+    gen = fresh_generator(request)
+    S, text = 113, 7
+    tokens = token_layout_for(S, text, text_position)
+    layout = BlockLayout.from_mask_mod(video_text_mask_mod(tokens), None, None, S, S, block_size=(64, 32))
+    q, k, v = _dev(*diffusers_qkv(1, S, 2, 128, torch.bfloat16, gen=gen))
+    out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
+    _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 text {text_position}")
+
+
+def test_fp8_key_lengths_and_dense_loops(request):
+    """kv_lens (inside a block, on its edge, none, past the end) in the dense op and a dense
+    layout; NaN stored in padded keys stays out; kv_lens 0 gives zeros and lse = -inf."""
+    gen = fresh_generator(request)
+    kv_lens = torch.tensor([150, 37, 128, 0, 999])
+    B, S = len(kv_lens), 200
+    q, k, v = diffusers_qkv(B, S, 2, 64, torch.bfloat16, gen=gen)
+    k, v = k.clone(), v.clone()
+    k[1, :, 37:] = float("nan")
+    v[1, :, 37:] = float("nan")
+    q, k, v = _dev(q, k, v)
+    kv = kv_lens.to(DEVICE)
+    out, lse = attention_with_lse(q, k, v, kv_lens=kv, precision="fp8")
+    _check(q, k, v, None, kv_lens, out, lse, "fp8 attention_with_lse")
+    assert torch.equal(out[3].cpu(), torch.zeros_like(out[3].cpu())) and bool(torch.isneginf(lse[3]).all())
+    out2, lse2 = block_sparse_attention(q, k, v, BlockLayout.dense(S, 64), kv_lens=kv, return_lse=True, precision="fp8")
+    _check(q, k, v, None, kv_lens, out2, lse2, "fp8 dense layout")
+
+
+def test_fp8_close_to_exact_attention(request):
+    """The whole FP8 path against exact float64 attention of the unquantised inputs: SageAttention's
+    measure (cosine similarity per row-flattened output) on inputs with a DiT-like key offset."""
+    gen = fresh_generator(request)
+    S, D = 256, 128
+    q, k, v = diffusers_qkv(2, S, 2, D, torch.bfloat16, gen=gen)
+    k = (k.float() + 4.0 * torch.randn(1, 2, 1, D, generator=gen)).bfloat16()
+    q, k, v = _dev(q, k, v)
+    out, lse = attention_with_lse(q, k, v, precision="fp8")
+    ref, ref_lse = attention_ref(q.cpu(), k.cpu(), v.cpu())
+    cos = torch.nn.functional.cosine_similarity(out.cpu().double().flatten(2), ref.flatten(2), dim=-1)
+    assert float(cos.min()) >= 0.995, f"cosine similarity to exact attention {float(cos.min()):.5f} < 0.995"
+    # The LSE is the unsmoothed keys' (lse_shift added back), up to the scores' quantisation error.
+    assert float((lse.cpu().double() - ref_lse).abs().max()) < 0.1
+
+
+# --------------------------------------------------------------------------- errors
+def test_fp8_refusals(monkeypatch):
+    q, k, v = diffusers_qkv(1, 64, 1, 64, torch.bfloat16)
+    layout = BlockLayout.dense(64, 64)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        block_sparse_attention(q, k, v, layout, precision="int8")
+    q96 = torch.zeros(1, 1, 64, 96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head dims .* not 96.*precision=None"):
+        attention_with_lse(q96, q96, q96, precision="fp8")
+    small = BlockLayout.dense(64, 16)
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="KV_BLOCK >= 32"):
+        block_sparse_attention(*_dev(q, k, v), small, precision="fp8")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="only in the Triton kernels on a CUDA GPU"):
+        attention_with_lse(q, k, v, precision="fp8")
+
+
+def test_fp8_under_torch_compile(request):
+    """The FP8 op's fake implementation: a compiled call keeps one graph and the same result."""
+    gen = fresh_generator(request)
+    q, k, v = _dev(*diffusers_qkv(1, 128, 2, 64, torch.bfloat16, gen=gen))
+    layout = random_layout(gen, 1, 2, 128, (64, 32), p_full=0.5, p_part=0.3).to(DEVICE)
+
+    def f(q, k, v):
+        return block_sparse_attention(q, k, v, layout, precision="fp8")
+
+    eager = f(q, k, v)
+    compiled = torch.compile(f, backend="eager", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
