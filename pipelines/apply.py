@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from kernels.limits import FP8_HEAD_DIMS, PRECISIONS
 from pipelines.context_parallel import ulysses_group
 from pipelines.families import Family, family_of, model_info
 from pipelines.processors import ProcessorConfig
@@ -87,7 +88,8 @@ class AttachedAttention:
         delattr(self.transformer, _ATTACHED_ATTR)
 
 
-def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMethod) -> AttachedAttention:
+def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMethod, *,
+                            precision: str | None = None) -> AttachedAttention:
     """Validate ``method`` against ``transformer``, hook a step tracker on it and build our processors.
 
     Nothing is swapped: pass ``.processors()`` to ``transformer.set_attn_processor`` (or use
@@ -106,6 +108,7 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
         )
     _check_method(method)
     info = model_info(transformer, family)
+    check_precision(precision, info.head_dim)
     method.validate(info)
     ulysses_group(getattr(transformer, "_parallel_config", None), info.num_heads)  # heads that do not split: raise now
     originals = attention_processors(transformer)
@@ -116,7 +119,8 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
         if key not in originals:
             tracker.remove()
             raise RuntimeError(f"{name} has no attention processor slot ({key} is not among its attention processors)")
-        config = ProcessorConfig(layer_index=index, layer_name=name, num_heads=info.num_heads, head_dim=info.head_dim)
+        config = ProcessorConfig(layer_index=index, layer_name=name, num_heads=info.num_heads, head_dim=info.head_dim,
+                                 precision=precision)
         processor = family.processor_cls(config, method, tracker)
         stock = originals[key]
         # Keep the user's attention backend / context-parallel settings of the stock processor.
@@ -126,6 +130,15 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
     attached = AttachedAttention(transformer, info, tracker, ours, originals)
     setattr(transformer, _ATTACHED_ATTR, attached)
     return attached
+
+
+def check_precision(precision, head_dim: int) -> None:
+    """Raise ``ValueError`` for a ``precision`` the kernels cannot serve on this model (the GPU and
+    the layout's blocks are checked by the kernels at the first call)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (None: the model's dtype), got {precision!r}")
+    if precision == "fp8" and head_dim not in FP8_HEAD_DIMS:
+        raise ValueError(f"precision='fp8' serves head dims {FP8_HEAD_DIMS}; this model's is {head_dim}: use precision=None")
 
 
 def attention_processors(transformer: torch.nn.Module) -> dict:
@@ -226,8 +239,14 @@ def _transformers_of(obj) -> tuple[list[torch.nn.Module], Any]:
     return found, components.get("scheduler")
 
 
-def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod) -> SparseAttentionHandle:
+def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod, *,
+                           precision: str | None = None) -> SparseAttentionHandle:
     """Install ``method`` on a pipeline's transformer(s) (Wan 2.2: both) or on one transformer.
+
+    ``precision``: None (default) computes attention in the model's dtype; "fp8" quantises every
+    self-attention call to float8 as SageAttention does (``kernels.fp8``; a GPU with FP8 tensor
+    cores, head dim 64 or 128): the method's sparse calls, and its dense ones through our dense
+    kernel instead of diffusers' (so ``FullAttention()`` with "fp8" is dense FP8 attention).
 
     Our processors replace the stock ones on the video self-attention layers only (the record's
     ``patterns``: Wan ``attn1``; HunyuanVideo dual and single blocks; CogVideoX ``attn1``; ...);
@@ -245,7 +264,7 @@ def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod) -> Spar
     attached: list[AttachedAttention] = []
     try:
         for t in transformers:
-            a = attach_sparse_attention(t, method)
+            a = attach_sparse_attention(t, method, precision=precision)
             attached.append(a)
             set_attention_processors(a.transformer, a.processors())
     except Exception:

@@ -70,6 +70,7 @@ class ProcessorConfig:
     layer_name: str
     num_heads: int
     head_dim: int
+    precision: str | None = None  # the kernels' precision (apply_sparse_attention's precision)
 
 
 class SparseAttnProcessorBase:
@@ -187,11 +188,18 @@ class SparseAttnProcessorBase:
             num_heads=num_heads,
             head_dim=self.config.head_dim,
             forward=forward,
+            precision=self.config.precision,
         )
         q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         out = self.method(call, q, k, v)
         if out is None:
-            return None
+            if call.precision is None:
+                return None  # dense through diffusers' dispatch (the caller)
+            # A quantised precision covers the dense calls too (a method's dense steps, FullAttention):
+            # our dense kernel over the real keys, padded rows zeroed where the stock mask zeroes them.
+            out, _ = call.attention_with_lse(q, k, v)
+            if self.dense_zeroes_padded_rows and forward.key_padding_mask is not None:
+                out = out.masked_fill(~forward.key_padding_mask[:, None, :, None], 0.0)
         if isinstance(out, BlockLayout):
             self._check_layout_servable(q)
             if forward.head_shard is not None:

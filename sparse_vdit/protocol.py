@@ -260,6 +260,9 @@ class AttentionCall:
             process's share of them under Ulysses context parallelism).
         head_dim: of this layer.
         forward: the ``ForwardContext`` of the transformer forward this call belongs to.
+        precision: the kernels' precision for this call's attention (``apply_sparse_attention``'s
+            ``precision``): None computes in the inputs' dtype, "fp8" quantises (``kernels.fp8``);
+            the bound kernel ops below pass it on.
     """
 
     layer_index: int
@@ -267,6 +270,7 @@ class AttentionCall:
     num_heads: int
     head_dim: int
     forward: ForwardContext
+    precision: str | None = None
 
     @property
     def step_index(self) -> int:
@@ -316,14 +320,16 @@ class AttentionCall:
         """What ``method.begin_forward`` returned for this forward."""
         return self.forward.prepared
 
-    # The kernel ops with this forward's key padding applied (``kernels.attention``, kv_lens bound).
+    # The kernel ops with this forward's key padding and the processors' precision applied
+    # (``kernels.attention``, kv_lens and precision bound).
     def block_sparse_attention(self, q, k, v, layout, *, return_lse: bool = False):
         """``kernels.attention.block_sparse_attention`` on [B, H, S, D] q, k, v, padded keys excluded."""
-        return kernel_ops.block_sparse_attention(q, k, v, layout, return_lse=return_lse, kv_lens=self.kv_lens)
+        return kernel_ops.block_sparse_attention(q, k, v, layout, return_lse=return_lse, kv_lens=self.kv_lens,
+                                                 precision=self.precision)
 
     def attention_with_lse(self, q, k, v):
         """``kernels.attention.attention_with_lse``, padded keys excluded: (out [B, H, S, D], lse [B, H, S])."""
-        return kernel_ops.attention_with_lse(q, k, v, kv_lens=self.kv_lens)
+        return kernel_ops.attention_with_lse(q, k, v, kv_lens=self.kv_lens, precision=self.precision)
 
     def block_attention_mass(self, q, k, lse, block_size: int, *, return_lse: bool = False):
         """``kernels.attention.block_attention_mass``, padded keys excluded: mass [B, H, QB, KB]."""
