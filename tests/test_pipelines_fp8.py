@@ -106,3 +106,19 @@ def test_fp8_layout_blocks_too_small_says_so():
     finally:
         handle.remove()
 
+
+
+@torch.no_grad()
+def test_evaluate_at_fp8_measures_full_attention_against_the_stock_reference(monkeypatch):
+    """evaluate(precision="fp8"): FullAttention's row is dense FP8 against the stock (bf16-path)
+    reference, so its PSNR is finite and high; the report says the precision."""
+    from pipelines.proxy import SMOKE_CONFIG, build_proxy_pipeline
+    from sparse_vdit.cli.evaluation import evaluate
+
+    pipe = build_proxy_pipeline(SMOKE_CONFIG)
+    report = evaluate(pipe, {"full": FullAttention()}, ["a red circle moves right"], num_inference_steps=2,
+                      warmup=0, videos=False, progress=False, precision="fp8",
+                      height=16, width=32, num_frames=9, max_sequence_length=16, guidance_scale=5.0)
+    full = [r for r in report.rows if r.method == "full"]
+    assert len(full) == 1 and report.meta["precision"] == "fp8"
+    assert 30.0 < full[0].psnr < float("inf"), f"FP8 dense PSNR against stock: {full[0].psnr}"

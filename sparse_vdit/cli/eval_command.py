@@ -77,6 +77,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="diffusers' compile_repeated_blocks() on the transformer before dense and every method run "
                         "(fair speedups where kernel launches bound the step, as on the proxy); needs the full warm-up")
+    p.add_argument("--precision", choices=("fp8",), default=None,
+                   help="run every method with FP8 attention (apply_sparse_attention's precision; a GPU with FP8 "
+                        "tensor cores) and add 'full' (FullAttention: dense FP8) to the methods; the dense reference "
+                        "stays in the model's dtype (default: every method in the model's dtype)")
     p.add_argument("--no-videos", action="store_true", help="do not write the side-by-side videos")
     p.add_argument("--no-plots", action="store_true", help="do not write the plots")
     p.set_defaults(func=run)
@@ -128,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
             search_prompts=args.search_prompt or defaults.search_prompts, num_inference_steps=args.search_steps or steps,
             candidates=SMALL_CANDIDATES if small else DEFAULT_CANDIDATES, cost=args.cost, **settings, **kwargs,
         )
+    if args.precision is not None:  # dense attention at that precision, against the stock reference
+        from sparse_vdit.static_methods import FullAttention
+
+        methods = {"full": FullAttention(), **methods}
     for setting, plan in methods.get("plan", {}).items():
         note = dense_plan_note(plan)
         if note:
@@ -137,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(
         pipe, methods, prompts, seeds, num_inference_steps=steps, out_dir=args.out, warmup=warmup,
         videos=not args.no_videos, meta=dict(session.meta(args.model), compiled=args.compile),
-        compile=args.compile, **kwargs,
+        compile=args.compile, precision=args.precision, **kwargs,
     )
     print(report.table())
     print(legend(report))

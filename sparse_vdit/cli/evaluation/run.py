@@ -80,11 +80,14 @@ def _quiet_pipeline_bar(pipe):
         pipe._progress_bar_config = saved
 
 
-def _generate(pipe, metered: MeteredMethod | None, prompt: str, seed: int, steps: int, on_step, call_kwargs):
-    """(video [F, C, H, W] float on the CPU, StepClock) of one generation with ``metered`` applied."""
+def _generate(pipe, metered: MeteredMethod | None, prompt: str, seed: int, steps: int, on_step, call_kwargs,
+              precision: str | None = None):
+    """(video [F, C, H, W] float on the CPU, StepClock) of one generation with ``metered`` applied
+    at ``precision`` (``apply_sparse_attention``'s)."""
     from pipelines.apply import apply_sparse_attention
 
-    applied = apply_sparse_attention(pipe, metered) if metered is not None else contextlib.nullcontext()
+    applied = (apply_sparse_attention(pipe, metered, precision=precision) if metered is not None
+               else contextlib.nullcontext())
     with applied, torch.no_grad():
         if metered is not None:
             metered.reset()
@@ -129,6 +132,7 @@ def evaluate(
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
     compile: Any = False,
+    precision: str | None = None,
     **call_kwargs: Any,
 ) -> EvalReport:
     """Evaluate ``methods`` against dense on every (prompt, seed); returns an ``EvalReport``.
@@ -152,6 +156,9 @@ def evaluate(
             kernel launches (small models), this is how the speedups are fair. Needs the full-length
             warm-up (``warmup=True``): each method's phases (dense steps, searches, sparse steps)
             compile at their first step, which must not be a timed one.
+        precision: every method runs at this ``apply_sparse_attention`` precision ("fp8": FP8
+            attention, dense calls included; a ``FullAttention()`` method then measures FP8 alone);
+            the dense reference stays stock (the model's dtype).
         call_kwargs: passed to every pipeline call (height, width, num_frames, guidance_scale, ...).
     """
     if not prompts or not seeds:
@@ -176,6 +183,7 @@ def evaluate(
         "num_inference_steps": num_inference_steps, "prompts": list(prompts), "seeds": [int(s) for s in seeds],
         "warmup_steps": warm_steps, "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str))},
         "methods": {f"{n} ({s})" if s else n: repr(m) for n, s, m in settings},
+        "precision": precision,
         **dict(meta or {}),
     })
     bar = tqdm(total=total, desc="evaluate", unit="step", disable=not progress)
@@ -184,7 +192,7 @@ def evaluate(
         if warm_steps:
             for name, setting, method in runs:
                 bar.set_postfix_str(f"warm-up {name} {setting}".strip())
-                _generate(pipe, method, combos[0][0], combos[0][1], warm_steps, on_step, call_kwargs)
+                _generate(pipe, method, combos[0][0], combos[0][1], warm_steps, on_step, call_kwargs, precision)
         for prompt, seed in combos:
             bar.set_postfix_str(f"dense, {prompt!r} seed {seed}")
             reference, clock = _generate(pipe, None, prompt, seed, num_inference_steps, on_step, call_kwargs)
@@ -195,7 +203,8 @@ def evaluate(
                 write_video(reference, where / "dense.mp4")
             for name, setting, method in runs[1:]:
                 bar.set_postfix_str(f"{name} {setting}, {prompt!r} seed {seed}".replace("  ", " "))
-                video, clock = _generate(pipe, method, prompt, seed, num_inference_steps, on_step, call_kwargs)
+                video, clock = _generate(pipe, method, prompt, seed, num_inference_steps, on_step, call_kwargs,
+                                         precision)
                 reading = method.reading() if method is not None else None
                 report.rows.append(EvalRow(
                     name, setting, prompt, seed, video_psnr(video, reference), video_ssim(video, reference),
