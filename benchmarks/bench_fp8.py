@@ -53,6 +53,8 @@ def parse(argv=None):
     p.add_argument("--sweep", action="store_true", help="time FP8 tile configs per case first and use the fastest")
     p.add_argument("--write-tables", action="store_true", help="with --sweep: store the winners in the tuning tables")
     p.add_argument("--smoke", action="store_true", help="tiny shapes; CPU interpreter without CUDA")
+    p.add_argument("--no-compiled-quantise", action="store_true",
+                   help="skip timing the torch.compile'd quantiser (its compile takes ~20 s a case)")
     p.add_argument("--proxy", action="store_true", help="per-layer FP8 vs bf16 on the proxy's real activations")
     p.add_argument("--steps", type=int, default=20, help="--proxy: denoising steps")
     p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
@@ -137,7 +139,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     whole = timed("fp8, whole call", lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
                   keep_out=True)
     timed("quantise, eager", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.no_compiled_quantise:
         compiled = torch.compile(lambda q, k, v: quantize_qkv(q, k, v, None, scale=scale))
         timed("quantise, compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
     timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), count_flops=False)
