@@ -6,6 +6,8 @@ DiT keys are):
 
     bf16                  block_sparse_attention(q, k, v, layout): the baseline
     fp8, kernel only      the FP8 kernel on inputs quantised beforehand (what the kernel costs)
+    fp8, kernel only, tile accumulation   the same with SPARSE_VDIT_FP8_ACCUMULATE=tile (each key
+                          tile's P x V added into fp32, SageAttention 2's two-level accumulation)
     fp8, whole call       block_sparse_attention(..., precision="fp8"): quantisation (eager
                           PyTorch ops) + kernel, what a caller pays without torch.compile
     quantise, eager / compiled   kernels.fp8.quantize_qkv alone, eager and torch.compile'd (a compiled
@@ -16,8 +18,8 @@ Accuracy of each FP8 output against the bf16 kernel's on the same layout: cosine
 each (head, query row) output vector (the minimum and the mean), and the relative L2 error.
 ``--proxy`` instead runs the shipped proxy (bf16, its evaluation size 81 x 128 x 192, 20 steps,
 CFG) with a probe on every self-attention call that computes the bf16 kernel's output and the FP8
-one from the same q, k, v (the generation itself stays stock) and reports, per layer over every
-call, the cosine similarity of the whole output tensor (SageAttention's measure; goal >= 0.999)
+one from the same q, k, v, with both FP8 accumulations (the generation itself stays stock), and
+reports, per layer over every call, the cosine similarity of the whole output tensor (SageAttention's measure; goal >= 0.999)
 and of the worst (head, row) vector.
 ``--sweep`` first times FP8 tile configurations (BLOCK_N x warps x stages) on each case and uses
 the fastest for that case's rows (``--write-tables`` stores the winners in kernels/tuning_tables.json).
@@ -57,6 +59,7 @@ def parse(argv=None):
                    help="skip timing the torch.compile'd quantiser (its compile takes ~20 s a case)")
     p.add_argument("--proxy", action="store_true", help="per-layer FP8 vs bf16 on the proxy's real activations")
     p.add_argument("--steps", type=int, default=20, help="--proxy: denoising steps")
+    p.add_argument("--size", default=None, help="--proxy: FRAMESxHEIGHTxWIDTH (default: the proxy's evaluation size)")
     p.add_argument("--warmup", type=float, default=25, help="do_bench warmup, ms")
     p.add_argument("--rep", type=float, default=150, help="do_bench rep, ms")
     return p.parse_args(argv)
@@ -136,6 +139,11 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     base = timed("bf16", lambda: lambda: ops.block_sparse_attention(q, k, v, layout), keep_out=True)
     kern = timed("fp8, kernel only", lambda: kernel_only, keep_out=True,
                  config=None if best is None else str(best))
+    tile = None
+    if device.type == "cuda":
+        ops.FP8_ACCUMULATE = "tile"
+        tile = timed("fp8, kernel only, tile accumulation", lambda: kernel_only, keep_out=True)
+        ops.FP8_ACCUMULATE = "mma"
     whole = timed("fp8, whole call", lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
                   keep_out=True)
     timed("quantise, eager", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
@@ -145,8 +153,11 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), count_flops=False)
     rows[-1]["TFLOP/s"] = common.tflops(common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d), rows[-1]["ms"])
     if base.out is not None:
-        for m, row in ((kern, rows[1]), (whole, rows[2])):
-            if m.out is not None:
+        by_what = {r["what"]: r for r in rows}
+        for m, what in ((kern, "fp8, kernel only"), (tile, "fp8, kernel only, tile accumulation"),
+                        (whole, "fp8, whole call")):
+            if m is not None and m.out is not None:
+                row = by_what[what]
                 row.update(accuracy(m.out, base.out))
                 print(f"    {row['what']} vs bf16: cos min {row['cos min']:.5f}, mean {row['cos mean']:.6f}, "
                       f"rel err {row['rel err']:.2e}", flush=True)
@@ -175,18 +186,24 @@ def proxy_layers(args, device: torch.device) -> list[dict]:
 
         def __call__(self, call, q, k, v):
             ref, _ = call.attention_with_lse(q, k, v)
-            out, _ = kernel_ops.attention_with_lse(q, k, v, kv_lens=call.kv_lens, precision="fp8")
-            whole = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0)
-            rows = torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1)
-            self.calls.append((call.layer_index, float(whole), float(rows.min()), common.rel_err(out, ref)))
+            reading = [call.layer_index]
+            for accumulate in ("mma", "tile"):  # kernels.attention.FP8_ACCUMULATE
+                kernel_ops.FP8_ACCUMULATE = accumulate
+                out, _ = kernel_ops.attention_with_lse(q, k, v, kv_lens=call.kv_lens, precision="fp8")
+                whole = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0)
+                rows = torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1)
+                reading += [float(whole), float(rows.min()), common.rel_err(out, ref)]
+            kernel_ops.FP8_ACCUMULATE = "mma"
+            self.calls.append(tuple(reading))
             return None
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pipe = load_proxy_pipeline(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     config = pipe.proxy_config
-    size = dict(num_frames=config.frames, height=config.height, width=config.width) if not args.smoke else \
-        dict(num_frames=9, height=32, width=48)
+    frames, height, width = ((config.frames, config.height, config.width) if args.size is None and not args.smoke
+                             else (9, 32, 48) if args.size is None else (int(x) for x in args.size.lower().split("x")))
+    size = dict(num_frames=frames, height=height, width=width)
     probe = Probe()
     t0 = time.time()
     with apply_sparse_attention(pipe, probe), torch.no_grad():
@@ -196,9 +213,13 @@ def proxy_layers(args, device: torch.device) -> list[dict]:
     rows = []
     for layer in sorted({c[0] for c in probe.calls}):
         mine = [c for c in probe.calls if c[0] == layer]
-        rows.append({"layer": layer, "calls": len(mine), "cos whole min": min(c[1] for c in mine),
-                     "cos whole mean": sum(c[1] for c in mine) / len(mine), "cos worst row": min(c[2] for c in mine),
-                     "rel err max": max(c[3] for c in mine)})
+        row = {"layer": layer, "calls": len(mine)}
+        for i, accumulate in ((1, "mma"), (4, "tile")):
+            row |= {f"cos whole min {accumulate}": min(c[i] for c in mine),
+                    f"cos whole mean {accumulate}": sum(c[i] for c in mine) / len(mine),
+                    f"cos worst row {accumulate}": min(c[i + 1] for c in mine),
+                    f"rel err max {accumulate}": max(c[i + 2] for c in mine)}
+        rows.append(row)
     return rows
 
 
@@ -211,9 +232,11 @@ def main(argv=None) -> int:
         rows = proxy_layers(args, device)
         common.write_json("bench_fp8_proxy", {"env": info, "rows": rows})
         rows = [{k: f"{v:.5f}" if k.startswith("cos") else v for k, v in r.items()} for r in rows]
-        common.print_table(rows, [("layer", "layer"), ("calls", "calls"), ("cos whole min", "cos (whole output), min"),
-                                  ("cos whole mean", "mean"), ("cos worst row", "cos, worst (head, row)"),
-                                  ("rel err max", "rel L2 err, max")],
+        columns = [("layer", "layer"), ("calls", "calls")]
+        for a in ("mma", "tile"):
+            columns += [(f"cos whole min {a}", f"{a}: cos (whole output), min"), (f"cos whole mean {a}", "mean"),
+                        (f"cos worst row {a}", "cos, worst (head, row)"), (f"rel err max {a}", "rel L2 err, max")]
+        common.print_table(rows, columns,
                            title="FP8 vs bf16 per layer (goal: cos >= 0.999 per layer)")
         return 0
     cases = args.cases.split(",") if args.cases else list(SMOKE_CASES if args.smoke else DEFAULT_CASES)

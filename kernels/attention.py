@@ -73,6 +73,10 @@ DEFAULT_DENSE_BLOCK_M = 128
 MASS_ROW_GROUP = int(os.environ.get("SPARSE_VDIT_MASS_ROW_GROUP", "16"))
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
+# FP8 accumulation on the tensor cores: "mma" (default, measured 2026-12-07) keeps the output's
+# running sum in the MMA's own accumulator; "tile" adds each key tile's P x V (and every 32 products
+# of Q K^T) into fp32 (SageAttention 2's two-level accumulation; not yet measured on a GPU).
+FP8_ACCUMULATE = os.environ.get("SPARSE_VDIT_FP8_ACCUMULATE", "mma")
 # Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
 
 
@@ -238,7 +242,8 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
             HEAD_DIM=d, BLOCK_M=q_block, KV_BLOCK=kv_block, BLOCK_N=min(block_n, kv_block),
             DENSE=dense, HAS_PARTIAL=has_partial and not dense,
             DOT_FP32=_dot_fp32(q), USE_TMA=use_tma, HAS_KV_LENS=kv_lens is not None,
-            HAS_HEAD_PATTERNS=head_patterns is not None, FP8=fp8 is not None, num_warps=warps, num_stages=stages,
+            HAS_HEAD_PATTERNS=head_patterns is not None, FP8=fp8 is not None,
+            FP8_TILE_ACC=fp8 is not None and FP8_ACCUMULATE == "tile", num_warps=warps, num_stages=stages,
         )
 
     kind = ("dense" if dense else "attention") + ("" if fp8 is None else "_fp8")

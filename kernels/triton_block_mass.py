@@ -22,7 +22,7 @@ def _scores(q, k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, qk_scale
     kv_valid (the batch's real keys, <= the key length), whose rows are never loaded."""
     k = load_rows(k_base, stride_kn, stride_kd, offs_d, start_n, kv_valid, BLOCK_N, False, False, False)
     in_bounds = (start_n + tl.arange(0, BLOCK_N)) < kv_valid
-    return tl.where(in_bounds[None, :], dot_qk(q, k, DOT_FP32) * qk_scale, float("-inf"))
+    return tl.where(in_bounds[None, :], dot_qk(q, k, DOT_FP32, False) * qk_scale, float("-inf"))
 
 
 @triton.jit

@@ -30,6 +30,7 @@ LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(LN2)
 FP8_MAX = 448.0  # the largest finite float8 e4m3 (torch.float8_e4m3fn / tl.float8e4nv) value
 FP8_MAX_C = tl.constexpr(FP8_MAX)
+FP8_PROMOTE_EVERY = tl.constexpr(32)  # products per FP8 MMA instruction (K = 32)
 
 
 def interpreting() -> bool:
@@ -63,10 +64,14 @@ def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
 
 
 @triton.jit
-def dot_qk(q, k, DOT_FP32: tl.constexpr):
-    """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32)."""
+def dot_qk(q, k, DOT_FP32: tl.constexpr, FP8_PROMOTE: tl.constexpr):
+    """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32).
+    FP8_PROMOTE (float8 operands): add the tensor core's partial sums into fp32 every
+    FP8_PROMOTE_EVERY products (Hopper's FP8 MMA accumulates with fewer bits than fp32)."""
     if DOT_FP32:
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    elif FP8_PROMOTE:
+        s = tl.dot(q, tl.trans(k), max_num_imprecise_acc=FP8_PROMOTE_EVERY)
     else:
         s = tl.dot(q, tl.trans(k))
     return s
@@ -80,7 +85,7 @@ def _attend_block(
     tile_base, tile_id, col_in_tile, k_scales,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr, ZERO_PADDED_V: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, FP8_TILE_ACC: tl.constexpr,
 ):
     """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
 
@@ -100,9 +105,9 @@ def _attend_block(
             k_scale = tl.load(k_scales + offs_n)
         else:
             k_scale = tl.load(k_scales + offs_n, mask=offs_n < kv_len, other=0.0)
-        s = dot_qk(q, k, DOT_FP32) * (qk_scale[:, None] * k_scale[None, :])
+        s = dot_qk(q, k, DOT_FP32, FP8_TILE_ACC) * (qk_scale[:, None] * k_scale[None, :])
     else:
-        s = dot_qk(q, k, DOT_FP32) * qk_scale
+        s = dot_qk(q, k, DOT_FP32, False) * qk_scale
     if not IS_FULL:
         keep = (offs_n < kv_valid)[None, :] & (offs_m_local >= 0)[:, None]  # [BLOCK_M, BLOCK_N]
         # tile_id < 0 (NO_TILE): only the bounds apply; tile 0 always exists, so read it harmlessly.
@@ -125,8 +130,12 @@ def _attend_block(
     if FP8:
         # P in [0, 1] is scaled to float8's range; the kernel's end divides FP8_MAX out again. Under
         # the CPU interpreter (DOT_FP32) P stays float32: its float32 -> float8 cast rounds wrongly.
+        # FP8_TILE_ACC: each key tile's P x V is summed on the tensor core, then added to acc in
+        # fp32 (SageAttention 2's two-level accumulation); else acc itself is the MMA's accumulator.
         if DOT_FP32:
             acc = tl.dot(p * FP8_MAX_C, v.to(tl.float32), acc, input_precision="ieee")
+        elif FP8_TILE_ACC:
+            acc = tl.dot((p * FP8_MAX_C).to(v.dtype), v, acc, max_num_imprecise_acc=BLOCK_N)
         else:
             acc = tl.dot((p * FP8_MAX_C).to(v.dtype), v, acc)
     elif DOT_FP32:
@@ -148,7 +157,7 @@ def block_sparse_attention_kernel(
     H, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr, FP8: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr, FP8: tl.constexpr, FP8_TILE_ACC: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
     p*layout_stride_p + m, p = HEAD_PATTERNS[h * head_pattern_stride] (HAS_HEAD_PATTERNS) or h
@@ -202,12 +211,13 @@ def block_sparse_attention_kernel(
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, j * BLOCK_N, kv_len, kv_valid, row_scale, TILES, -1, 0, k_scales,
-                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC)
         if n_full * BLOCK_N < kv_valid:
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, row_scale, TILES,
-                tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
+                tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA,
+                HAS_KV_LENS, FP8, FP8_TILE_ACC)
     else:
         if HAS_HEAD_PATTERNS:
             pattern = tl.load(HEAD_PATTERNS + h * head_pattern_stride).to(tl.int32)
@@ -225,18 +235,20 @@ def block_sparse_attention_kernel(
                     acc, l_i, m_i = _attend_block(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                         offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
-                        TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
+                        TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS,
+                        FP8, FP8_TILE_ACC)
                 elif start_n < kv_valid:
                     acc, l_i, m_i = _attend_block(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                         offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
                         TILES, tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32,
-                        USE_TMA, HAS_KV_LENS, FP8)
+                        USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC)
             else:
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
-                    TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
+                    TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS,
+                    FP8, FP8_TILE_ACC)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
             part_idx = PART_IDX + row.to(tl.int64) * part_width
@@ -248,7 +260,8 @@ def block_sparse_attention_kernel(
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, kv_valid, row_scale,
-                    TILES, tile, sub, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8)
+                    TILES, tile, sub, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA,
+                HAS_KV_LENS, FP8, FP8_TILE_ACC)
 
     if FP8:  # V's per-channel scales, and the FP8_MAX that P was multiplied by
         acc = acc * (tl.load(V_SCALES + pid_bh.to(tl.int64) * HEAD_DIM + offs_d) * (1.0 / FP8_MAX_C))[None, :]
