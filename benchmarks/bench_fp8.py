@@ -12,6 +12,8 @@ DiT keys are):
                           PyTorch ops) + kernel, what a caller pays without torch.compile
     quantise, eager / compiled   kernels.fp8.quantize_qkv alone, eager and torch.compile'd (a compiled
                           model fuses it into few passes)
+    quantise, triton; fp8, whole call, triton quantiser   the same with SPARSE_VDIT_FP8_QUANTISER=triton
+                          (kernels.triton_fp8_quant: two reads of K and V, one of Q)
     cuDNN SDPA dense      the dense bar, same run
 
 Accuracy of each FP8 output against the bf16 kernel's on the same layout: cosine similarity of
@@ -81,6 +83,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     from kernels import attention as ops
     from kernels import tuning
     from kernels.block_layout import BlockLayout
+    from kernels import fp8 as fp8_mod
     from kernels.fp8 import quantize_qkv
 
     name, block, density = spec.split(":")
@@ -147,6 +150,11 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     whole = timed("fp8, whole call", lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
                   keep_out=True)
     timed("quantise, eager", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
+    fp8_mod.FP8_QUANTISER = "triton"
+    timed("quantise, triton", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
+    whole_triton = timed("fp8, whole call, triton quantiser",
+                         lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"), keep_out=True)
+    fp8_mod.FP8_QUANTISER = "torch"
     if device.type == "cuda" and not args.no_compiled_quantise:
         compiled = torch.compile(lambda q, k, v: quantize_qkv(q, k, v, None, scale=scale))
         timed("quantise, compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
@@ -155,7 +163,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     if base.out is not None:
         by_what = {r["what"]: r for r in rows}
         for m, what in ((kern, "fp8, kernel only"), (tile, "fp8, kernel only, tile accumulation"),
-                        (whole, "fp8, whole call")):
+                        (whole, "fp8, whole call"), (whole_triton, "fp8, whole call, triton quantiser")):
             if m is not None and m.out is not None:
                 row = by_what[what]
                 row.update(accuracy(m.out, base.out))

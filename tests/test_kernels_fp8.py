@@ -225,3 +225,46 @@ def test_fp8_tile_accumulation(request, monkeypatch, dense):
         layout = random_layout(gen, B, H, S, (64, 64), p_full=0.35, p_part=0.3)
         out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
         _check(q, k, v, layout.to_dense(), None, out, lse, "fp8 tile, layout")
+
+
+@pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])
+def test_triton_quantiser_equals_the_torch_one(request, monkeypatch, with_lens):
+    """SPARSE_VDIT_FP8_QUANTISER=triton (kernels.triton_fp8_quant) computes quantize_qkv's function:
+    the same float8 values and scales (on the CPU bit for bit; on a GPU K's mean is summed in another
+    order, so a rare value may round to the neighbouring float8), diffusers' strided q kept."""
+    import kernels.fp8 as fp8_mod
+
+    gen = fresh_generator(request)
+    B, H, S, D = 3, 2, 150, 128
+    q, k, v = diffusers_qkv(B, S, H, D, torch.bfloat16, gen=gen)
+    k = (k.float() + 3.0 * torch.randn(1, H, 1, D, generator=gen)).bfloat16()
+    kv_lens = torch.tensor([150, 40, 0], dtype=torch.int32) if with_lens else None
+    if with_lens:
+        v = v.clone()
+        v[1, :, 40:] = float("nan")
+    q, k, v = _dev(q, k, v)
+    lens = None if kv_lens is None else kv_lens.to(DEVICE)
+    monkeypatch.setattr(fp8_mod, "FP8_QUANTISER", "torch")
+    want = quantize_qkv(q, k, v, lens, scale=D ** -0.5)
+    monkeypatch.setattr(fp8_mod, "FP8_QUANTISER", "triton")
+    got = quantize_qkv(q, k, v, lens, scale=D ** -0.5)
+    for name in ("q8", "k8", "v8t"):
+        a, b = getattr(want, name), getattr(got, name)
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), name
+        differ = (a.float() != b.float()).float().mean().item()
+        assert differ <= (1e-3 if DEVICE == "cuda" else 0.0), f"{name}: {differ:.2%} of the float8 values differ"
+        assert float((a.float() - b.float()).abs().max()) <= (32.0 if DEVICE == "cuda" else 0.0), name
+    for name in ("q_scale", "k_scale", "v_scale", "lse_shift"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_fp8_attention_with_the_triton_quantiser(request, monkeypatch):
+    import kernels.fp8 as fp8_mod
+
+    monkeypatch.setattr(fp8_mod, "FP8_QUANTISER", "triton")
+    gen = fresh_generator(request)
+    kv_lens = torch.tensor([200, 77])
+    q, k, v = _dev(*diffusers_qkv(2, 200, 2, 64, torch.bfloat16, gen=gen, scale=1.5))
+    layout = random_layout(gen, 2, 2, 200, (64, 32), p_full=0.35, p_part=0.3)
+    out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8", kv_lens=kv_lens.to(DEVICE))
+    _check(q, k, v, layout.to_dense(), kv_lens, out, lse, "fp8 triton quantiser")
