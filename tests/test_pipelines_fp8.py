@@ -3,7 +3,8 @@ FP8 kernels (its sparse layouts, and its dense calls through our dense kernel), 
 model's own precision; settings the kernels cannot serve are refused at install.
 
 On the CPU the kernels run under the Triton interpreter (conftest), which keeps P in float32 (see
-tests/test_kernels_fp8.py); the quantisation of q, k and v is the real one.
+tests/test_kernels_fp8.py); the quantisation of q, k and v is the real one. With a GPU the models
+run there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import torch
 import kernels.attention as kernel_ops
 from pipelines import FullAttention, StaticMaskAttention, apply_sparse_attention, tiny
 from pipelines.apply import check_precision
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _on_device(model, kwargs):
+    return model.to(DEVICE), {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -41,10 +48,10 @@ def test_full_attention_fp8_is_dense_fp8_close_to_stock(family, quantise_calls):
     padding included (HunyuanVideo's padded text)."""
     if family == "wan":
         model, kwargs = tiny.tiny_wan_transformer(), tiny.wan_inputs(frames=2, height=8, width=8)
-        layers = 2
     else:
         model, kwargs = tiny.tiny_hunyuan_transformer(), tiny.hunyuan_inputs(text_lens=(5, 3))
-        layers = 2
+    layers = 2
+    model, kwargs = _on_device(model, kwargs)
     stock = model(**kwargs)[0]
     handle = apply_sparse_attention(model, FullAttention(), precision="fp8")
     try:
@@ -59,8 +66,8 @@ def test_full_attention_fp8_is_dense_fp8_close_to_stock(family, quantise_calls):
 @torch.no_grad()
 def test_static_pattern_fp8_runs_its_layout_in_fp8(quantise_calls):
     """A method's layouts run the FP8 block-sparse kernel (64 x 64 blocks over 256 tokens)."""
-    model = tiny.tiny_wan_transformer()
-    kwargs = tiny.wan_inputs(frames=4, height=16, width=16)  # 4 x 8 x 8 = 256 tokens
+    # 4 x 8 x 8 = 256 tokens
+    model, kwargs = _on_device(tiny.tiny_wan_transformer(), tiny.wan_inputs(frames=4, height=16, width=16))
 
     def band(b, h, q_idx, kv_idx):
         return (q_idx - kv_idx).abs() < 96
@@ -96,8 +103,7 @@ def test_precision_refusals():
 @torch.no_grad()
 def test_fp8_layout_blocks_too_small_says_so():
     """A layout whose blocks FP8 cannot serve fails at the call with the kernels' message."""
-    model = tiny.tiny_wan_transformer()
-    kwargs = tiny.wan_inputs(frames=2, height=8, width=8)
+    model, kwargs = _on_device(tiny.tiny_wan_transformer(), tiny.wan_inputs(frames=2, height=8, width=8))
     handle = apply_sparse_attention(model, StaticMaskAttention(lambda b, h, q, k: q >= k, block_size=16),
                                     precision="fp8")
     try:
@@ -115,7 +121,7 @@ def test_evaluate_at_fp8_measures_full_attention_against_the_stock_reference(mon
     from pipelines.proxy import SMOKE_CONFIG, build_proxy_pipeline
     from sparse_vdit.cli.evaluation import evaluate
 
-    pipe = build_proxy_pipeline(SMOKE_CONFIG)
+    pipe = build_proxy_pipeline(SMOKE_CONFIG).to(DEVICE)
     report = evaluate(pipe, {"full": FullAttention()}, ["a red circle moves right"], num_inference_steps=2,
                       warmup=0, videos=False, progress=False, precision="fp8",
                       height=16, width=32, num_frames=9, max_sequence_length=16, guidance_scale=5.0)
