@@ -51,14 +51,12 @@ step, the plan's d = 0.2 step throughout: the generation speedup is then the ste
 evaluation of 2026-12-06 23:57 (RESULTS.md) searched its plans at 20 steps with measured costs;
 those plan files were not kept. Pass another share if a GPU-searched plan shows one.
 
-FP8 (``--precision bf16,fp8``, default both): the plan's and AdaSpa's kernel calls take
-``precision=`` (``kernels.attention``'s ``block_sparse_attention``, ``attention_with_lse``,
-``block_attention_mass``, each where it has that parameter; the ops are wrapped for the run's fp8
-rows, so the methods need no option). Builds without that parameter print "fp8: not available in
-this build" and time bf16 only. Under fp8 only the kinds that call our kernels are timed again; the
-dense kinds (stock, the plan's all-Full steps, AdaSpa's warm-up) run diffusers' dense attention in
-bf16 either way, and their bf16 times are reused (said in the row). The stock row is bf16 only:
-diffusers' SDPA has no FP8 path.
+FP8 (``--precision bf16,fp8``, default both): the fp8 rows apply each method with
+``apply_sparse_attention(..., precision="fp8")``, so every attention call of the method runs our FP8
+kernels, its dense steps included (our FP8 dense kernel, not diffusers' SDPA): every kind is timed
+again. A "dense FP8 (FullAttention)" row times ``FullAttention()`` at fp8, the stock generation with
+FP8 attention. Builds whose ``apply_sparse_attention`` has no ``precision`` print "fp8: not
+available in this build" and time bf16 only.
 
 Goals (issue 19): the 14B 720p sparse step at d = 0.2 >= 2.8x over compiled stock, and the whole
 generation >= 2.3x (Sparse VideoGen 2's best reported end-to-end) at the plan's and AdaSpa's own
@@ -95,7 +93,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import inspect
 import json
 import os
@@ -121,7 +118,6 @@ SPARSITY = 0.8
 DENSE_SHARES = (0.156, 0.0)
 STEP_GOAL = 2.8
 GENERATION_GOAL = 2.3
-PRECISION_OPS = ("block_sparse_attention", "attention_with_lse", "block_attention_mass")
 FP8_UNAVAILABLE = "fp8: not available in this build"
 GIB = 2**30
 
@@ -142,30 +138,12 @@ class Kind:
 
 # --------------------------------------------------------------------------- precision
 def fp8_precision() -> tuple[str | None, tuple[str, ...]]:
-    """("fp8", the ops of ``kernels.attention`` that take ``precision=``), or (None, ()) in a build
-    whose kernels have no such option."""
-    from kernels import attention as ops
+    """("fp8", where it is set) when ``apply_sparse_attention`` takes ``precision=``, else (None, ())."""
+    from pipelines import apply_sparse_attention
 
-    names = tuple(n for n in PRECISION_OPS if "precision" in inspect.signature(getattr(ops, n)).parameters)
-    return ("fp8", names) if names else (None, ())
-
-
-@contextlib.contextmanager
-def kernel_precision(precision: str | None, names: tuple[str, ...]):
-    """Our kernel ops called with ``precision=precision`` inside (None: unchanged). The methods
-    reach them through ``kernels.attention``'s module attributes (``AttentionCall``'s bound ops),
-    so wrapping those attributes reaches every call, under torch.compile too (the attention step
-    is an opaque op that runs Python)."""
-    from kernels import attention as ops
-
-    saved = {n: getattr(ops, n) for n in names} if precision else {}
-    try:
-        for name, fn in saved.items():
-            setattr(ops, name, functools.partial(fn, precision=precision))
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(ops, name, fn)
+    if "precision" in inspect.signature(apply_sparse_attention).parameters:
+        return "fp8", ("apply_sparse_attention(precision=)",)
+    return None, ()
 
 
 # --------------------------------------------------------------------------- schedules
@@ -260,12 +238,12 @@ def time_kinds(model, kwargs: dict, kinds: list[Kind], args, device: torch.devic
 
 
 def reuse_dense_times(method: str, kinds: list, timed: list, bf16_ms: dict) -> None:
-    """Kinds without our kernels run diffusers' dense attention, the same at either precision:
-    time them once (bf16) and reuse that time for the other precision's row."""
+    """Kinds without our kernels run diffusers' dense attention: time them once per method and
+    reuse that time (at fp8 every kind is timed: its dense steps run our FP8 dense kernel)."""
     for k in kinds:
         if k not in timed:
             k.ms, k.note = bf16_ms[(method, k.label)], "bf16 time reused (diffusers' dense attention)"
-        elif not k.kernels:
+        elif not k.kernels and (method, k.label) not in bf16_ms:
             bf16_ms[(method, k.label)] = k.ms
 
 
@@ -301,7 +279,7 @@ def model_rows(spec, args, device: torch.device, dtype: torch.dtype, fp8: str | 
     """Every method's kinds on ``spec``, one row per (method, precision, kind); ``done``: the rows
     of the models before (for the partial file)."""
     from adaspa import AdaSpaAttention
-    from pipelines import apply_sparse_attention
+    from pipelines import FullAttention, apply_sparse_attention
 
     model, kwargs, layout = e2e.build(spec, device, dtype, args.quant)
     if args.compile:
@@ -333,6 +311,20 @@ def model_rows(spec, args, device: torch.device, dtype: torch.dtype, fp8: str | 
     kinds, note = run_method("stock", stock, device)
     record("stock", "bf16", kinds, note)
 
+    def at_precision(precision: str) -> dict:
+        """apply_sparse_attention's keyword for a row's precision (none for bf16: older builds)."""
+        return {"precision": fp8} if precision == "fp8" else {}
+
+    if "fp8" in precisions:  # the stock generation with FP8 attention: FullAttention at fp8
+        def dense_fp8():
+            kinds = [Kind("dense FP8 (ours)", None, CFG_FORWARDS * STEPS, kernels=True, density=1.0)]
+            with apply_sparse_attention(model, FullAttention(), **at_precision("fp8")):
+                time_kinds(model, kwargs, kinds, args, device)
+            return kinds
+
+        kinds, note = run_method("dense FP8", dense_fp8, device)
+        record("dense FP8 (FullAttention)", "fp8", kinds, note)
+
     bf16_ms: dict[tuple[str, str], float] = {}
     if "plan" in args.kinds:
         # One plan with the most dense steps any --dense-share asks for; its dense and sparse steps
@@ -347,9 +339,8 @@ def model_rows(spec, args, device: torch.device, dtype: torch.dtype, fp8: str | 
                 for k in kinds:
                     k.density = 1.0 if not k.kernels else density
                     k.note = f"blocks {args.plan_block}: {mix}" if k.kernels else ""
-                timed = [k for k in kinds if k.kernels or ("plan", k.label) not in bf16_ms]
-                with kernel_precision(fp8 if precision == "fp8" else None, fp8_ops), \
-                        apply_sparse_attention(model, plan):
+                timed = [k for k in kinds if k.kernels or precision == "fp8" or ("plan", k.label) not in bf16_ms]
+                with apply_sparse_attention(model, plan, **at_precision(precision)):
                     time_kinds(model, kwargs, timed, args, device)
                 reuse_dense_times("plan", kinds, timed, bf16_ms)
                 return kinds
@@ -371,9 +362,8 @@ def model_rows(spec, args, device: torch.device, dtype: torch.dtype, fp8: str | 
                 for k in kinds:
                     k.density = 1.0 if k.label.startswith(("dense", "first search")) else None  # else: selected
                     k.note = f"blocks {args.adaspa_block}" if k.kernels else ""
-                timed = [k for k in kinds if k.kernels or ("adaspa", k.label) not in bf16_ms]
-                with kernel_precision(fp8 if precision == "fp8" else None, fp8_ops), \
-                        apply_sparse_attention(model, config) as handle:
+                timed = [k for k in kinds if k.kernels or precision == "fp8" or ("adaspa", k.label) not in bf16_ms]
+                with apply_sparse_attention(model, config, **at_precision(precision)) as handle:
                     time_kinds(model, kwargs, timed, args, device, state=lambda: handle.trackers[0].current.state)
                 reuse_dense_times("adaspa", kinds, timed, bf16_ms)
                 return kinds
@@ -463,7 +453,7 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     device = common.setup()
-    cpu_block = 32 if device.type == "cpu" else None  # fp8 needs KV_BLOCK >= 32; the tiny Wan's 72 tokens: 3 blocks
+    cpu_block = 64 if device.type == "cpu" else None  # fp8 needs Q_BLOCK >= 64; the tiny Wan's 72 tokens: 2 blocks
     args.plan_block = args.plan_block or cpu_block or 128
     args.adaspa_block = args.adaspa_block or cpu_block or 64
     table = e2e.models(args.smoke)
@@ -474,7 +464,7 @@ def main(argv=None) -> int:
         print(FP8_UNAVAILABLE, flush=True)
     info = common.env_header(device, smoke=args.smoke, extra={
         "models": [s.name for s in specs], "kinds": ("stock",) + args.kinds, "precision": args.precision,
-        "fp8": f"precision={fp8!r} on {', '.join(fp8_ops)}" if fp8 else FP8_UNAVAILABLE,
+        "fp8": f"{fp8!r} through {', '.join(fp8_ops)}" if fp8 else FP8_UNAVAILABLE,
         "compile": args.compile, "quant": args.quant, "steps": STEPS, "CFG forwards per step": CFG_FORWARDS,
         "plan density": args.density, "dense shares": args.dense_share,
         "dense steps": tuple(dense_steps(x) for x in args.dense_share),
