@@ -414,3 +414,35 @@ def test_object_weight_counts_the_objects_latent_positions_more():
     # Off the object, the error counts less than in the plain MSE.
     off_object = target + 1 - vae.encode(mask[:, None].expand(-1, 3, -1, -1, -1))
     assert object_weighted_mse(off_object, target, vae, mask, 4.0) < object_weighted_mse(off_object, target, vae, mask, 0.0)
+
+
+def test_motion_weight_counts_where_the_object_arrives_and_leaves():
+    """--motion-weight: nothing changes for an object that stays put; for a moving one, an error on
+    the pixels whose coverage changed from the previous frame counts (1 + W) / mean weight times
+    more; a uniform error still gives the plain MSE."""
+    from pipelines.proxy import PROXY_CAPTIONS, SpaceToDepthVideoVAE, procedural_videos
+    from pipelines.proxy.train import object_weighted_mse
+
+    vae = SpaceToDepthVideoVAE()
+    assert parse_args(["--motion-weight", "3"]).motion_weight == 3.0 and parse_args([]).motion_weight == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--motion-weight", "-1"])
+    labels = torch.tensor([i for i, c in enumerate(PROXY_CAPTIONS) if " moves " in c][:4])
+    batch = procedural_videos(4, frames=9, height=16, width=24, generator=torch.Generator().manual_seed(5),
+                              labels=labels, device="cpu")
+    mask = (batch.object_mask > 0.5).float()
+    target = vae.encode(batch.video)
+    assert object_weighted_mse(target + 0.5, target, vae, mask, 0.0, 3.0) == pytest.approx(0.25, rel=1e-5)
+    static = mask[:, :1].expand_as(mask).contiguous()
+    on_static = target + vae.encode(static[:, None].expand(-1, 3, -1, -1, -1))
+    assert object_weighted_mse(on_static, target, vae, static, 0.0, 3.0) == pytest.approx(
+        float(object_weighted_mse(on_static, target, vae, static, 0.0, 0.0)), rel=1e-6)
+    change = torch.cat([torch.zeros_like(mask[:, :1]), (mask[:, 1:] - mask[:, :-1]).abs()], dim=1)
+    assert change.sum() > 0, "the objects should move"
+    changed = vae.encode(change[:, None].expand(-1, 3, -1, -1, -1))
+    on_change = target + changed.sqrt()  # squared error = the changed coverage
+    plain = float(object_weighted_mse(on_change, target, vae, mask, 0.0, 0.0))
+    weighted = float(object_weighted_mse(on_change, target, vae, mask, 0.0, 3.0))
+    assert plain == pytest.approx(float(changed.mean()), rel=1e-5)
+    assert weighted == pytest.approx(float((changed + 3 * changed.square()).sum() / (1 + 3 * changed).sum()), rel=1e-5)
+    assert weighted > 2 * plain

@@ -21,7 +21,9 @@ What a stretch does (the defaults are the shipped model's recipe):
   the sigmas ``FlowMatchEulerDiscreteScheduler(shift=3)`` steps through; timestep input s x 1000 as
   the pipeline passes it. ``--object-weight W`` counts the error on the object's pixels 1 + W
   times (the object covers about 3% of the latent; its error, measured on the stretch-5 checkpoint,
-  was 7-12x the background's); the validation loss stays the plain MSE. Captions through the frozen text encoder exactly as ``WanPipeline``
+  was 7-12x the background's); ``--motion-weight W`` counts W times more where the object's
+  coverage changed from the previous frame (where it arrives and leaves: swapping the direction
+  word cost under 1% of the loss, RESULTS 2026-12-07 23:00); the validation loss stays the plain MSE. Captions through the frozen text encoder exactly as ``WanPipeline``
   encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
 - optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
   on a resumed stretch, whose optimiser moments start afresh) then constant (``--cooldown-steps N``:
@@ -171,8 +173,10 @@ class TrainOptions:
     # high-noise steps at the large sizes, where the layout of the video is decided) rather than
     # config.shift at every size. Validation keeps config.shift, so its losses stay comparable.
     size_shift: bool = False
-    # Loss weight 1 + object_weight on the latent positions the object covers (0: the plain MSE).
+    # Loss weight 1 + object_weight on the latent positions the object covers (0: the plain MSE), plus
+    # motion_weight where its coverage changed from the previous frame (object_weighted_mse).
     object_weight: float = 0.0
+    motion_weight: float = 0.0
     # The range the training videos' object sizes are drawn from; validation and the sample data keep
     # the generator's default (OBJECT_SIZE), so losses stay comparable across stretches.
     object_size: tuple[float, float] = OBJECT_SIZE
@@ -254,16 +258,24 @@ def flow_matching_example(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Te
 
 # ------------------------------------------------------------------------------ pieces
 def object_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, vae, object_mask: torch.Tensor,
-                        object_weight: float) -> torch.Tensor:
-    """MSE with the object's latent positions counted 1 + ``object_weight`` times, normalised by the
-    weights' sum (so a uniform error gives the plain MSE). prediction, target: [B, C, T, h, w]
-    latents; object_mask: [B, F, H, W] pixel coverage in [0, 1], mapped to the latent's layout by
-    the same space-to-depth as the video (each latent channel holds one pixel)."""
+                        object_weight: float, motion_weight: float = 0.0) -> torch.Tensor:
+    """MSE with the object's latent positions counted 1 + ``object_weight`` times, and the pixels its
+    coverage changes on from the previous frame (where it arrives and leaves: what its direction
+    decides) ``motion_weight`` times more, normalised by the weights' sum (so a uniform error gives
+    the plain MSE). prediction, target: [B, C, T, h, w] latents; object_mask: [B, F, H, W] pixel
+    coverage in [0, 1], mapped to the latent's layout by the same space-to-depth as the video (each
+    latent channel holds one pixel)."""
     error = (prediction.float() - target.float()).square()
-    if object_weight == 0:
+    if object_weight == 0 and motion_weight == 0:
         return error.mean()
-    coverage = vae.encode(object_mask[:, None].expand(-1, vae.config.in_channels, -1, -1, -1).to(error.dtype))
-    weight = 1 + object_weight * coverage
+
+    def to_latent(mask: torch.Tensor) -> torch.Tensor:
+        return vae.encode(mask[:, None].expand(-1, vae.config.in_channels, -1, -1, -1).to(error.dtype))
+
+    weight = 1 + object_weight * to_latent(object_mask)
+    if motion_weight:
+        change = (object_mask[:, 1:] - object_mask[:, :-1]).abs()
+        weight = weight + motion_weight * to_latent(torch.cat([torch.zeros_like(object_mask[:, :1]), change], dim=1))
     return (weight * error).sum() / weight.sum()
 
 
@@ -611,7 +623,7 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
         x_t, timestep, target = flow_matching_example(x0, noise, sigma)
         with autocast:
             prediction = model(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
-        loss = object_weighted_mse(prediction, target, vae, batch.object_mask, opts.object_weight)
+        loss = object_weighted_mse(prediction, target, vae, batch.object_mask, opts.object_weight, opts.motion_weight)
 
         lr = stretch_lr(opts, step, warmup)
         for group in optimizer.param_groups:
@@ -769,6 +781,9 @@ def parse_args(argv=None) -> TrainOptions:
                         help="draw each size's training sigmas with the sampler's shift for that size (proxy_flow_shift)")
     parser.add_argument("--object-weight", type=float,
                         help="count the loss on the object's pixels 1 + W times (default 0: the plain MSE)")
+    parser.add_argument("--motion-weight", type=float,
+                        help="also count the loss where the object's coverage changed from the previous frame "
+                             "(where it arrives and leaves) W times more (default 0)")
     parser.add_argument("--object-size", type=_object_size,
                         help=f"LOW,HIGH: draw the training objects' size (frame heights) from this range (default {OBJECT_SIZE[0]},{OBJECT_SIZE[1]})")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
@@ -781,8 +796,9 @@ def parse_args(argv=None) -> TrainOptions:
         base = replace(base, **SMOKE_OPTIONS)
     if args.cooldown_steps is not None and args.cooldown_steps < 1:
         parser.error(f"--cooldown-steps {args.cooldown_steps}: give the stretch's last step, >= 1")
-    if args.object_weight is not None and not args.object_weight >= 0:
-        parser.error(f"--object-weight {args.object_weight}: give a weight >= 0 (0: the plain MSE)")
+    for flag, value in (("--object-weight", args.object_weight), ("--motion-weight", args.motion_weight)):
+        if value is not None and not value >= 0:
+            parser.error(f"{flag} {value}: give a weight >= 0 (0: the plain MSE)")
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if getattr(args, f.name, None) is not None}
     given.pop("smoke", None)
     given["samples"] = not args.no_samples
