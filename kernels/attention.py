@@ -35,12 +35,11 @@ import torch
 
 from kernels import torch_paths, tuning
 from kernels.block_layout import BlockLayout
-from kernels.fp8 import Fp8Inputs, fp8_error, quantize_qkv
+from kernels.fp8 import Fp8Inputs, fp8_error, precision_error, quantize_qkv
 from kernels.helpers import cdiv
 from kernels.limits import (
     KV_BLOCK_SIZES,
     MASS_BLOCK_SIZES,
-    PRECISIONS,
     Q_BLOCK_SIZES,
     SUPPORTED_DTYPES,
     dtype_names,
@@ -279,15 +278,19 @@ def _(q, k, v, full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, hea
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+def _no_layout(device) -> tuple:
+    """Stand-ins for the layout tensors of a dense launch (the dense loop reads none of them)."""
+    empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=device)
+    return (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
+
+
 @torch.library.custom_op("sparse_vdit::attention_with_lse", mutates_args=())
 def _attention_with_lse_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(q):
-        empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
-        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
-        return _launch_attention(q, k, v, tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale, kv_lens,
-                                 dense=True)
+        return _launch_attention(q, k, v, _no_layout(q.device), DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
+                                 kv_lens, dense=True)
     return torch_paths.attention(q, k, v, None, scale, kv_lens)
 
 
@@ -307,10 +310,9 @@ def _block_sparse_attention_fp8_op(
     """The FP8 kernel on ``kernels.fp8.quantize_qkv``'s tensors (checked by ``_fp8_attention``)."""
     fp8 = Fp8Inputs(q8, q_scale, k8, k_scale, v8t, v_scale, lse_shift)
     layout_tensors = (full_num, full_idx, part_num, part_idx, tile_ids, tile_masks, head_patterns)
-    if dense:
-        return _launch_attention(q8, k8, None, layout_tensors, DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M, scale,
-                                 kv_lens, dense=True, fp8=fp8, out_dtype=out_dtype)
-    return _launch_attention(q8, k8, None, layout_tensors, q_block, kv_block, scale, kv_lens,
+    if dense:  # every block computed unmasked: the index-free dense loop at its own tile
+        q_block = kv_block = DEFAULT_DENSE_BLOCK_M
+    return _launch_attention(q8, k8, None, layout_tensors, q_block, kv_block, scale, kv_lens, dense=dense,
                              has_partial=has_partial, fp8=fp8, out_dtype=out_dtype)
 
 
@@ -322,11 +324,10 @@ def _(q8, q_scale, k8, k_scale, v8t, v_scale, lse_shift, full_num, full_idx, par
 
 def _check_precision(precision, q: torch.Tensor, block_size: tuple[int, int] | None) -> bool:
     """True for precision="fp8" (after checking the kernels can serve it), False for None."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} (None: the inputs' dtype), got {precision!r}")
-    if precision is None:
+    error = precision_error(precision)
+    if error is None and precision is None:
         return False
-    error = fp8_error(q, block_size, interpreter=HAS_TRITON and interpreting())
+    error = error or fp8_error(q, block_size, interpreter=HAS_TRITON and interpreting())
     if error is not None:
         raise ValueError(error)
     return True
@@ -336,8 +337,7 @@ def _fp8_attention(q, k, v, layout: BlockLayout | None, scale: float, kv_lens: t
     """Quantise (PyTorch ops: torch.compile fuses them) and run the FP8 kernel; layout None: dense."""
     fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale)
     if layout is None:
-        empty = torch.empty(1, 1, 1, 1, dtype=torch.int32, device=q.device)
-        tensors = (empty[..., 0], empty, empty[..., 0], empty, empty, empty.to(torch.int8), None)
+        tensors = _no_layout(q.device)
         block, has_partial, dense = (DEFAULT_DENSE_BLOCK_M, DEFAULT_DENSE_BLOCK_M), False, True
     else:
         tensors = (layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices,

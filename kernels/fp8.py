@@ -29,12 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from kernels.helpers import cdiv
-from kernels.limits import FP8_HEAD_DIMS, FP8_MIN_KV_BLOCK, FP8_Q_BLOCK_SIZES
+from kernels.limits import FP8_HEAD_DIMS, FP8_MAX, FP8_MIN_KV_BLOCK, FP8_Q_BLOCK_SIZES, PRECISIONS
 
-__all__ = ["FP8_MAX", "FP8_DTYPE", "Fp8Inputs", "quantize_qkv", "fp8_error", "FP8_V_ALIGN"]
+__all__ = ["FP8_MAX", "FP8_DTYPE", "Fp8Inputs", "quantize_qkv", "fp8_error", "precision_error", "FP8_V_ALIGN"]
 
 FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448: the kernel's FP8_MAX must agree
 FP8_V_ALIGN = 16  # V's key dim is padded to this many tokens (16-byte rows for the copy engine)
 _TINY = torch.finfo(torch.float32).tiny
 # Which quantiser runs: "torch" (PyTorch ops, default, measured 2026-12-07: 22.6 ms at Wan 720p eager)
@@ -67,6 +66,11 @@ class Fp8Inputs:
         k = self.k8.double() * self.k_scale.double().unsqueeze(-1)
         v = self.v8.double() * self.v_scale.double().unsqueeze(-2)
         return q, k, v
+
+
+def _v_columns(sk: int) -> int:
+    """V's stored key dim: ``sk`` rounded up to FP8_V_ALIGN (at least one group)."""
+    return cdiv(max(sk, 1), FP8_V_ALIGN) * FP8_V_ALIGN
 
 
 def _quantize_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +110,7 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: tor
     k8, k_scale = _quantize_rows(smoothed, dim=-1)
     v_scale = vf.abs().amax(dim=2) / FP8_MAX  # [B, H, D]
     v8 = (vf / v_scale.clamp_min(_TINY).unsqueeze(2)).to(FP8_DTYPE)
-    padded = cdiv(max(sk, 1), FP8_V_ALIGN) * FP8_V_ALIGN
-    v8t = torch.zeros(*v.shape[:2], v.shape[3], padded, dtype=FP8_DTYPE, device=v.device)
+    v8t = torch.zeros(*v.shape[:2], v.shape[3], _v_columns(sk), dtype=FP8_DTYPE, device=v.device)
     v8t[..., :sk] = v8.transpose(2, 3)
     lse_shift = torch.einsum("bhqd,bhkd->bhq", q.float(), mean) * scale
     return Fp8Inputs(q8, q_scale.contiguous(), k8.contiguous(), k_scale.contiguous(), v8t,
@@ -134,8 +137,7 @@ def _quantize_triton(q, k, v, kv_lens, scale: float) -> Fp8Inputs:
     dtype = FP8_DTYPE if cast else torch.float32
     q8 = torch.empty_like(q, dtype=dtype)
     k8 = torch.empty(b, h, sk, d, dtype=dtype, device=q.device)
-    padded = cdiv(max(sk, 1), FP8_V_ALIGN) * FP8_V_ALIGN
-    v8t = torch.zeros(b, h, d, padded, dtype=dtype, device=q.device)
+    v8t = torch.zeros(b, h, d, _v_columns(sk), dtype=dtype, device=q.device)
     q_scale, shift = torch.empty(b, h, sq, **f32), torch.empty(b, h, sq, **f32)
     k_scale = torch.empty(b, h, sk, **f32)
     v_out = v8t.transpose(2, 3)  # [B, H, S', D] view: the V role stores its rows as columns
@@ -150,25 +152,35 @@ def _quantize_triton(q, k, v, kv_lens, scale: float) -> Fp8Inputs:
     return Fp8Inputs(q8, q_scale, k8, k_scale, v8t, v_scale.view(b, h, d), shift)
 
 
+_FALLBACK = "; use the default precision (precision=None: the inputs' dtype, e.g. bf16)"
+
+
+def precision_error(precision, head_dim: int | None = None) -> str | None:
+    """Why ``precision`` (for heads of ``head_dim``, when given) cannot be served, or None: the
+    checks that need no tensor (``apply_sparse_attention`` runs them at install)."""
+    if precision not in PRECISIONS:
+        return f"precision must be one of {PRECISIONS} (None: the inputs' dtype), got {precision!r}"
+    if precision == "fp8" and head_dim is not None and head_dim not in FP8_HEAD_DIMS:
+        return f"precision='fp8' serves head dims {FP8_HEAD_DIMS}, not {head_dim}{_FALLBACK}"
+    return None
+
+
 def fp8_error(q: torch.Tensor, block_size: tuple[int, int] | None = None, *, interpreter: bool = False) -> str | None:
     """Why the FP8 kernels cannot serve q [B, H, S, D] (and a layout of ``block_size``), or None.
 
     FP8 runs on NVIDIA GPUs with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper;
     measured on Hopper), and under the CPU interpreter for tests."""
-    fallback = "; use the default precision (precision=None: the inputs' dtype, e.g. bf16)"
     if q.is_cuda:
         cap = torch.cuda.get_device_capability(q.device)
         if cap < (8, 9):
             return (f"precision='fp8' needs FP8 tensor cores (compute capability 8.9+, e.g. H100), "
-                    f"but {torch.cuda.get_device_name(q.device)} is sm_{cap[0]}{cap[1]}{fallback}")
+                    f"but {torch.cuda.get_device_name(q.device)} is sm_{cap[0]}{cap[1]}{_FALLBACK}")
     elif not interpreter:
-        return f"precision='fp8' runs only in the Triton kernels on a CUDA GPU, not on {q.device.type}{fallback}"
-    d = q.shape[-1]
-    if d not in FP8_HEAD_DIMS:
-        return f"precision='fp8' serves head dims {FP8_HEAD_DIMS}, not {d}{fallback}"
-    if block_size is not None:
+        return f"precision='fp8' runs only in the Triton kernels on a CUDA GPU, not on {q.device.type}{_FALLBACK}"
+    error = precision_error("fp8", q.shape[-1])
+    if error is None and block_size is not None:
         q_block, kv_block = block_size
         if q_block not in FP8_Q_BLOCK_SIZES or kv_block < FP8_MIN_KV_BLOCK:
-            return (f"precision='fp8' needs a layout with Q_BLOCK in {FP8_Q_BLOCK_SIZES} and KV_BLOCK >= "
-                    f"{FP8_MIN_KV_BLOCK} (float8 tensor-core tiles), not {tuple(block_size)}{fallback}")
-    return None
+            error = (f"precision='fp8' needs a layout with Q_BLOCK in {FP8_Q_BLOCK_SIZES} and KV_BLOCK >= "
+                     f"{FP8_MIN_KV_BLOCK} (float8 tensor-core tiles), not {tuple(block_size)}{_FALLBACK}")
+    return error

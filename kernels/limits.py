@@ -21,6 +21,7 @@ PRECISIONS = (None, "fp8")
 FP8_HEAD_DIMS = (64, 128)
 FP8_Q_BLOCK_SIZES = (64, 128)
 FP8_MIN_KV_BLOCK = 32
+FP8_MAX = 448.0  # the largest finite float8 e4m3 value (torch.float8_e4m3fn, tl.float8e4nv)
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
 # proxy models the CPU runs.
 DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run

@@ -23,12 +23,13 @@ import os
 import triton
 import triton.language as tl
 
+from kernels.limits import FP8_MAX
+
 LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
 LN2 = 0.6931471805599453  # ln(2): log(x) == log2(x) * LN2
 # The same, readable inside @triton.jit code (compiled kernels may only read constexpr globals).
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(LN2)
-FP8_MAX = 448.0  # the largest finite float8 e4m3 (torch.float8_e4m3fn / tl.float8e4nv) value
 FP8_MAX_C = tl.constexpr(FP8_MAX)
 FP8_PROMOTE_EVERY = tl.constexpr(32)  # products per FP8 MMA instruction (K = 32)
 

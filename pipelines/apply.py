@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from kernels.limits import FP8_HEAD_DIMS, PRECISIONS
+from kernels.fp8 import precision_error
 from pipelines.context_parallel import ulysses_group
 from pipelines.families import Family, family_of, model_info
 from pipelines.processors import ProcessorConfig
@@ -135,10 +135,9 @@ def attach_sparse_attention(transformer: torch.nn.Module, method: AttentionMetho
 def check_precision(precision, head_dim: int) -> None:
     """Raise ``ValueError`` for a ``precision`` the kernels cannot serve on this model (the GPU and
     the layout's blocks are checked by the kernels at the first call)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} (None: the model's dtype), got {precision!r}")
-    if precision == "fp8" and head_dim not in FP8_HEAD_DIMS:
-        raise ValueError(f"precision='fp8' serves head dims {FP8_HEAD_DIMS}; this model's is {head_dim}: use precision=None")
+    error = precision_error(precision, head_dim)
+    if error is not None:
+        raise ValueError(error)
 
 
 def attention_processors(transformer: torch.nn.Module) -> dict:

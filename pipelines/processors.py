@@ -174,7 +174,12 @@ class SparseAttnProcessorBase:
         else:
             out = torch.cat([self._dense(query[b:b + 1], key[b:b + 1, :n], value[b:b + 1, :n], None)
                              for b, n in enumerate(ends)])
-        if self.dense_zeroes_padded_rows:
+        return self._zero_padded_rows(out, forward)
+
+    def _zero_padded_rows(self, out: torch.Tensor, forward: ForwardContext) -> torch.Tensor:
+        """[B, S, H, D] dense output with the padded query rows zeroed where the stock mask zeroes
+        them (``dense_zeroes_padded_rows``)."""
+        if self.dense_zeroes_padded_rows and forward.key_padding_mask is not None:
             out = out.masked_fill(~forward.key_padding_mask[:, :, None, None], 0.0)
         return out
 
@@ -197,9 +202,7 @@ class SparseAttnProcessorBase:
                 return None  # dense through diffusers' dispatch (the caller)
             # A quantised precision covers the dense calls too (a method's dense steps, FullAttention):
             # our dense kernel over the real keys, padded rows zeroed where the stock mask zeroes them.
-            out, _ = call.attention_with_lse(q, k, v)
-            if self.dense_zeroes_padded_rows and forward.key_padding_mask is not None:
-                out = out.masked_fill(~forward.key_padding_mask[:, None, :, None], 0.0)
+            return self._zero_padded_rows(call.attention_with_lse(q, k, v)[0].transpose(1, 2), forward)
         if isinstance(out, BlockLayout):
             self._check_layout_servable(q)
             if forward.head_shard is not None:

@@ -83,6 +83,7 @@ def test_quantize_qkv_rounding_and_invariants(request, with_lens):
         v[1, :, 40:] = float("inf")
     scale = 1.0 / math.sqrt(D)
     fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale)
+    assert FP8_MAX == torch.finfo(torch.float8_e4m3fn).max, "kernels.limits.FP8_MAX is e4m3's largest value"
     assert fp8.q8.dtype == fp8.k8.dtype == fp8.v8t.dtype == torch.float8_e4m3fn
     assert fp8.q8.stride() == q.stride(), "q8 keeps q's strides (the output is made like it)"
     assert fp8.v8t.shape == (B, H, D, -(-S // FP8_V_ALIGN) * FP8_V_ALIGN) and fp8.v8t.is_contiguous()

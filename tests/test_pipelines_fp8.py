@@ -94,7 +94,7 @@ def test_precision_refusals():
     with pytest.raises(ValueError, match="precision must be one of"):
         apply_sparse_attention(model, FullAttention(), precision="int8")
     assert not any(type(p).__module__.startswith("pipelines") for p in model.attn_processors.values())
-    with pytest.raises(ValueError, match="head dims .* this model's is 96"):
+    with pytest.raises(ValueError, match="head dims .* not 96.*precision=None"):
         check_precision("fp8", 96)
     check_precision(None, 96)
     check_precision("fp8", 128)
