@@ -5,22 +5,25 @@ Per case (shape:block:density; density 1 is the all-blocks layout, which runs th
 DiT keys are):
 
     bf16                  block_sparse_attention(q, k, v, layout): the baseline
-    fp8, kernel only      the FP8 kernel on inputs quantised beforehand (what the kernel costs)
-    fp8, kernel only, tile accumulation   the same with SPARSE_VDIT_FP8_ACCUMULATE=tile (each key
-                          tile's P x V added into fp32, SageAttention 2's two-level accumulation)
-    fp8, whole call       block_sparse_attention(..., precision="fp8"): quantisation (eager
-                          PyTorch ops) + kernel, what a caller pays without torch.compile
-    quantise, eager / compiled   kernels.fp8.quantize_qkv alone, eager and torch.compile'd (a compiled
-                          model fuses it into few passes)
-    quantise, triton; fp8, whole call, triton quantiser   the same with SPARSE_VDIT_FP8_QUANTISER=triton
-                          (kernels.triton_fp8_quant: two reads of K and V, one of Q)
+    fp8 kernel only, {e4m3,int8} QK, {mma,tile} accumulation   the FP8 kernel on inputs quantised
+                          beforehand (what the kernel costs), with Q and K as float8 e4m3 or int8
+                          (SPARSE_VDIT_FP8_QK) and the output's running sum in the MMA's accumulator
+                          or each key tile's P x V added into fp32 (SPARSE_VDIT_FP8_ACCUMULATE=tile,
+                          SageAttention 2's two-level accumulation); tile only on a GPU
+    fp8 whole call, int8 QK, tile accumulation, {torch,triton} quantiser
+                          block_sparse_attention(..., precision="fp8") at SageAttention's choices:
+                          quantisation (eager PyTorch ops, or SPARSE_VDIT_FP8_QUANTISER=triton:
+                          kernels.triton_fp8_quant, two reads of K and V, one of Q) + kernel
+    quantise, torch / triton / torch compiled   kernels.fp8.quantize_qkv alone (a compiled model
+                          fuses the torch ops into few passes)
     cuDNN SDPA dense      the dense bar, same run
 
 Accuracy of each FP8 output against the bf16 kernel's on the same layout: cosine similarity of
 each (head, query row) output vector (the minimum and the mean), and the relative L2 error.
 ``--proxy`` instead runs the shipped proxy (bf16, its evaluation size 81 x 128 x 192, 20 steps,
 CFG) with a probe on every self-attention call that computes the bf16 kernel's output and the FP8
-one from the same q, k, v, with both FP8 accumulations (the generation itself stays stock), and
+one from the same q, k, v, for each of PROXY_VARIANTS (Q/K format, accumulation; the generation
+itself stays stock), and
 reports, per layer over every call, the cosine similarity of the whole output tensor (SageAttention's measure; goal >= 0.999)
 and of the worst (head, row) vector.
 ``--sweep`` first times FP8 tile configurations (BLOCK_N x warps x stages) on each case and uses
@@ -47,6 +50,8 @@ import torch  # noqa: E402
 
 DEFAULT_CASES = ("wan480:128:1.0", "wan720:128:0.2", "hunyuan720:128:0.1", "wan480:64:0.1")
 SMOKE_CASES = ("wan480:64:1.0", "wan720:64:0.4")
+# --proxy: (Q and K's format, accumulation) pairs compared on the same activations
+PROXY_VARIANTS = (("e4m3", "mma"), ("e4m3", "tile"), ("int8", "mma"), ("int8", "tile"))
 SWEEP = [(bn, w, st) for bn in (64, 128) for w in (4, 8) for st in (2, 3)]
 KEY_OFFSET = 2.0  # keys get KEY_OFFSET x a random shared vector (per head): what smoothing removes
 
@@ -101,25 +106,30 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     rows: list[dict] = []
     print(f"\n== {spec}: {shape.describe()}, {block}-token blocks, density {layout.density():.3f}", flush=True)
 
-    fp8 = quantize_qkv(q, k, v, None, scale=scale)
+    # Q and K's formats (kernels.fp8.FP8_QK): float8 e4m3, or int8 as SageAttention
+    quantised = {qk: quantize_qkv(q, k, v, None, scale=scale, qk=qk) for qk in ("e4m3", "int8")}
     kind = "dense_fp8" if layout.is_dense else "attention_fp8"
     key = (shape.d,) if layout.is_dense else (shape.d, block)
     tensors = (layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices,
                layout.tile_ids, layout.tile_masks_i8, None)
 
-    def kernel_only():
-        return ops._block_sparse_attention_fp8_op(
-            fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift, *tensors, None,
-            block, block, scale, layout.has_partial, layout.is_dense, q.dtype)[0]
+    def kernel_only(qk: str):
+        fp8 = quantised[qk]
+
+        def run():
+            return ops._block_sparse_attention_fp8_op(
+                fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift, *tensors, None,
+                block, block, scale, layout.has_partial, layout.is_dense, q.dtype)[0]
+        return run
 
     best = None
-    if args.sweep and device.type == "cuda":
+    if args.sweep and device.type == "cuda":  # on the int8-QK kernel; the tables do not tell formats apart
         timings = []
         for cfg in SWEEP:
             if not layout.is_dense and cfg[0] > block:
                 continue
             tuning.override(kind, key, cfg)
-            m = common.measure(lambda: kernel_only, device, label=f"fp8 {cfg}", **bench)
+            m = common.measure(lambda: kernel_only("int8"), device, label=f"fp8 {cfg}", **bench)
             timings.append((m.ms if m.ms is not None else float("inf"), cfg))
             print(f"  sweep {kind} {key} {cfg}: {common.fmt(m.ms, 3)} ms {m.status()}", flush=True)
         tuning.override(kind, key, None)
@@ -139,32 +149,36 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
         print(f"  {what}: {common.fmt(m.ms, 3)} ms {m.status()} ({time.time() - t0:.1f} s)", flush=True)
         return m
 
+    defaults = fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER
     base = timed("bf16", lambda: lambda: ops.block_sparse_attention(q, k, v, layout), keep_out=True)
-    kern = timed("fp8, kernel only", lambda: kernel_only, keep_out=True,
-                 config=None if best is None else str(best))
-    tile = None
-    if device.type == "cuda":
-        ops.FP8_ACCUMULATE = "tile"
-        tile = timed("fp8, kernel only, tile accumulation", lambda: kernel_only, keep_out=True)
-        ops.FP8_ACCUMULATE = "mma"
-    whole = timed("fp8, whole call", lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
-                  keep_out=True)
-    timed("quantise, eager", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
-    fp8_mod.FP8_QUANTISER = "triton"
-    timed("quantise, triton", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
-    whole_triton = timed("fp8, whole call, triton quantiser",
-                         lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"), keep_out=True)
+    compared = []  # (measurement, its row's name): accuracy against the bf16 kernel's output
+    accumulations = ("mma", "tile") if device.type == "cuda" else ("mma",)  # the interpreter has one
+    for qk in ("e4m3", "int8"):
+        for accumulate in accumulations:
+            ops.FP8_ACCUMULATE = accumulate
+            what = f"fp8 kernel only, {qk} QK, {accumulate} accumulation"
+            compared.append((timed(what, lambda: kernel_only(qk), keep_out=True,
+                                   config=None if best is None else str(best)), what))
+    # The whole call at SageAttention's choices (int8 Q K, P x V summed per key tile in fp32)
+    fp8_mod.FP8_QK, ops.FP8_ACCUMULATE = "int8", accumulations[-1]
+    whole_call = f"fp8 whole call, int8 QK, {accumulations[-1]} accumulation"
+    for quantiser in ("torch", "triton"):
+        fp8_mod.FP8_QUANTISER = quantiser
+        what = f"{whole_call}, {quantiser} quantiser"
+        compared.append((timed(what, lambda: lambda: ops.block_sparse_attention(q, k, v, layout, precision="fp8"),
+                               keep_out=True), what))
+        timed(f"quantise, {quantiser}", lambda: lambda: quantize_qkv(q, k, v, None, scale=scale), count_flops=False)
     fp8_mod.FP8_QUANTISER = "torch"
     if device.type == "cuda" and not args.no_compiled_quantise:
         compiled = torch.compile(lambda q, k, v: quantize_qkv(q, k, v, None, scale=scale))
-        timed("quantise, compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
+        timed("quantise, torch compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
+    fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER = defaults
     timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), count_flops=False)
     rows[-1]["TFLOP/s"] = common.tflops(common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d), rows[-1]["ms"])
     if base.out is not None:
         by_what = {r["what"]: r for r in rows}
-        for m, what in ((kern, "fp8, kernel only"), (tile, "fp8, kernel only, tile accumulation"),
-                        (whole, "fp8, whole call"), (whole_triton, "fp8, whole call, triton quantiser")):
-            if m is not None and m.out is not None:
+        for m, what in compared:
+            if m.out is not None:
                 row = by_what[what]
                 row.update(accuracy(m.out, base.out))
                 print(f"    {row['what']} vs bf16: cos min {row['cos min']:.5f}, mean {row['cos mean']:.6f}, "
@@ -184,6 +198,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
 def proxy_layers(args, device: torch.device) -> list[dict]:
     """Per layer: cosine similarity of FP8 to bf16 attention outputs on the proxy's own q, k, v."""
     from kernels import attention as kernel_ops
+    from kernels import fp8 as fp8_mod
     from pipelines.apply import apply_sparse_attention
     from pipelines.proxy.model import PROXY_GENERATION, load_proxy_pipeline
     from sparse_vdit.protocol import AttentionMethod
@@ -195,13 +210,14 @@ def proxy_layers(args, device: torch.device) -> list[dict]:
         def __call__(self, call, q, k, v):
             ref, _ = call.attention_with_lse(q, k, v)
             reading = [call.layer_index]
-            for accumulate in ("mma", "tile"):  # kernels.attention.FP8_ACCUMULATE
-                kernel_ops.FP8_ACCUMULATE = accumulate
+            defaults = fp8_mod.FP8_QK, kernel_ops.FP8_ACCUMULATE
+            for qk, accumulate in PROXY_VARIANTS:
+                fp8_mod.FP8_QK, kernel_ops.FP8_ACCUMULATE = qk, accumulate
                 out, _ = kernel_ops.attention_with_lse(q, k, v, kv_lens=call.kv_lens, precision="fp8")
                 whole = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0)
                 rows = torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1)
                 reading += [float(whole), float(rows.min()), common.rel_err(out, ref)]
-            kernel_ops.FP8_ACCUMULATE = "mma"
+            fp8_mod.FP8_QK, kernel_ops.FP8_ACCUMULATE = defaults
             self.calls.append(tuple(reading))
             return None
 
@@ -222,11 +238,12 @@ def proxy_layers(args, device: torch.device) -> list[dict]:
     for layer in sorted({c[0] for c in probe.calls}):
         mine = [c for c in probe.calls if c[0] == layer]
         row = {"layer": layer, "calls": len(mine)}
-        for i, accumulate in ((1, "mma"), (4, "tile")):
-            row |= {f"cos whole min {accumulate}": min(c[i] for c in mine),
-                    f"cos whole mean {accumulate}": sum(c[i] for c in mine) / len(mine),
-                    f"cos worst row {accumulate}": min(c[i + 1] for c in mine),
-                    f"rel err max {accumulate}": max(c[i + 2] for c in mine)}
+        for n, variant in enumerate(PROXY_VARIANTS):
+            i, name = 1 + 3 * n, "/".join(variant)
+            row |= {f"cos whole min {name}": min(c[i] for c in mine),
+                    f"cos whole mean {name}": sum(c[i] for c in mine) / len(mine),
+                    f"cos worst row {name}": min(c[i + 1] for c in mine),
+                    f"rel err max {name}": max(c[i + 2] for c in mine)}
         rows.append(row)
     return rows
 
@@ -241,9 +258,9 @@ def main(argv=None) -> int:
         common.write_json("bench_fp8_proxy", {"env": info, "rows": rows})
         rows = [{k: f"{v:.5f}" if k.startswith("cos") else v for k, v in r.items()} for r in rows]
         columns = [("layer", "layer"), ("calls", "calls")]
-        for a in ("mma", "tile"):
-            columns += [(f"cos whole min {a}", f"{a}: cos (whole output), min"), (f"cos whole mean {a}", "mean"),
-                        (f"cos worst row {a}", "cos, worst (head, row)"), (f"rel err max {a}", "rel L2 err, max")]
+        for a in ("/".join(variant) for variant in PROXY_VARIANTS):
+            columns += [(f"cos whole min {a}", f"{a}: cos, min"), (f"cos whole mean {a}", "mean"),
+                        (f"cos worst row {a}", "worst (head, row)")]
         common.print_table(rows, columns,
                            title="FP8 vs bf16 per layer (goal: cos >= 0.999 per layer)")
         return 0

@@ -3,10 +3,14 @@
 ``quantize_qkv(q, k, v, kv_lens)`` turns bf16 / fp16 / fp32 q, k, v [B, H, S, D] into what the
 kernels' FP8 loop reads (``Fp8Inputs``):
 
-    q8 [B, H, Sq, D] float8 e4m3, q_scale [B, H, Sq]   q ~= q8 * q_scale (one scale per token)
-    k8 [B, H, Skv, D], k_scale [B, H, Skv]             k - mean(k) ~= k8 * k_scale
+    q8 [B, H, Sq, D] float8 e4m3 or int8, q_scale [B, H, Sq]   q ~= q8 * q_scale (one scale per token)
+    k8 [B, H, Skv, D] (q8's dtype), k_scale [B, H, Skv]       k - mean(k) ~= k8 * k_scale
     v8t [B, H, D, Skv'] (Skv' = Skv rounded up to 16), v_scale [B, H, D]   v ~= v8t^T * v_scale
     lse_shift [B, H, Sq]                               scale * q . mean(k), added back to the LSE
+
+Q and K are float8 e4m3 (``qk="e4m3"``, FlashAttention-3's format) or int8 (``qk="int8"``,
+SageAttention's: 7 bits of magnitude where e4m3 has 3 of mantissa, and products the tensor cores sum
+exactly in int32); ``FP8_QK`` (``SPARSE_VDIT_FP8_QK``) is the default. V (and P) are e4m3 either way.
 
 Invariants the kernel relies on:
 - K is smoothed by its mean over the real keys of each (batch, head) before it is quantised: one
@@ -17,8 +21,9 @@ Invariants the kernel relies on:
   K-major only, and for P x V the reduction runs over the keys.
 - Keys at or past ``kv_lens[b]`` are padding: they are left out of K's mean and V's scales and
   their V rows are zeroed before quantising, so a NaN there changes nothing.
-- Scales are amax / FP8_MAX (every quantised value is within float8's finite range); an all-zero
-  token or channel gets scale 0 and zeros.
+- Scales are amax / FP8_MAX, or amax / INT8_MAX for int8 (every quantised value is within the
+  format's finite range); an all-zero token or channel gets scale 0 and zeros. int8 values are
+  rounded half up (floor(x + 0.5)), the same in the PyTorch and the Triton quantiser.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from kernels.helpers import cdiv
-from kernels.limits import FP8_HEAD_DIMS, FP8_MAX, FP8_MIN_KV_BLOCK, FP8_Q_BLOCK_SIZES, PRECISIONS
+from kernels.limits import (FP8_HEAD_DIMS, FP8_MAX, FP8_MIN_KV_BLOCK, FP8_Q_BLOCK_SIZES, FP8_QK_FORMATS, INT8_MAX,
+                            PRECISIONS)
 
 __all__ = ["FP8_MAX", "FP8_DTYPE", "Fp8Inputs", "quantize_qkv", "fp8_error", "precision_error", "FP8_V_ALIGN"]
 
@@ -40,6 +46,9 @@ _TINY = torch.finfo(torch.float32).tiny
 # or "triton" (kernels.triton_fp8_quant: two reads of K and V, one of Q; not yet timed on a GPU).
 FP8_QUANTISER = os.environ.get("SPARSE_VDIT_FP8_QUANTISER", "torch")
 QUANT_BLOCK_S = 64  # tokens per program of the Triton quantiser
+# Q and K's format (kernels.limits.FP8_QK_FORMATS): "e4m3" (measured 2026-12-07) or "int8".
+FP8_QK = os.environ.get("SPARSE_VDIT_FP8_QK", "e4m3")
+QK_DTYPES = {"e4m3": FP8_DTYPE, "int8": torch.int8}
 
 
 @dataclass(frozen=True)
@@ -73,24 +82,36 @@ def _v_columns(sk: int) -> int:
     return cdiv(max(sk, 1), FP8_V_ALIGN) * FP8_V_ALIGN
 
 
-def _quantize_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / scale as float8, scale float32) with scale = amax(|x|) / FP8_MAX along ``dim``."""
+def _qk_format(qk: str | None) -> str:
+    qk = FP8_QK if qk is None else qk
+    if qk not in FP8_QK_FORMATS:
+        raise ValueError(f"the FP8 path's Q/K format must be one of {FP8_QK_FORMATS} "
+                         f"(SPARSE_VDIT_FP8_QK / kernels.fp8.FP8_QK), got {qk!r}")
+    return qk
+
+
+def _quantize_rows(x: torch.Tensor, dim: int, qk: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / scale in ``qk``'s format, scale float32) with scale = amax(|x|) / the format's largest
+    value along ``dim`` (int8: rounded half up)."""
     xf = x.float()
-    scale = xf.abs().amax(dim=dim, keepdim=True) / FP8_MAX
-    x8 = (xf / scale.clamp_min(_TINY)).to(FP8_DTYPE)
+    scale = xf.abs().amax(dim=dim, keepdim=True) / (INT8_MAX if qk == "int8" else FP8_MAX)
+    scaled = xf / scale.clamp_min(_TINY)
+    x8 = torch.floor(scaled + 0.5).to(torch.int8) if qk == "int8" else scaled.to(FP8_DTYPE)
     return x8, scale.squeeze(dim)
 
 
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None = None, *,
-                 scale: float) -> Fp8Inputs:
+                 scale: float, qk: str | None = None) -> Fp8Inputs:
     """q [B, H, Sq, D], k / v [B, H, Skv, D] (one float dtype, checked by the caller) -> ``Fp8Inputs``.
 
     ``kv_lens``: [B] int32 on q's device (already clamped to [0, Skv]) or None; ``scale``: the
-    softmax scale (for ``lse_shift``). q8 keeps q's strides, so the output (made like q8) does.
+    softmax scale (for ``lse_shift``); ``qk``: Q and K's format (None: ``FP8_QK``). q8 keeps q's
+    strides, so the output (made like q8) does.
     ``FP8_QUANTISER`` picks the PyTorch ops (below) or the Triton passes (``_quantize_triton``).
     """
+    qk = _qk_format(qk)
     if FP8_QUANTISER == "triton":
-        return _quantize_triton(q, k, v, kv_lens, scale)
+        return _quantize_triton(q, k, v, kv_lens, scale, qk)
     sk = k.shape[2]
     if kv_lens is None:
         real = None
@@ -106,8 +127,8 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: tor
     smoothed = kf - mean
     if real is not None:
         smoothed = torch.where(real, smoothed, 0.0)
-    q8, q_scale = _quantize_rows(q, dim=-1)
-    k8, k_scale = _quantize_rows(smoothed, dim=-1)
+    q8, q_scale = _quantize_rows(q, -1, qk)
+    k8, k_scale = _quantize_rows(smoothed, -1, qk)
     v_scale = vf.abs().amax(dim=2) / FP8_MAX  # [B, H, D]
     v8 = (vf / v_scale.clamp_min(_TINY).unsqueeze(2)).to(FP8_DTYPE)
     v8t = torch.zeros(*v.shape[:2], v.shape[3], _v_columns(sk), dtype=FP8_DTYPE, device=v.device)
@@ -117,7 +138,7 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: tor
                      v_scale.contiguous(), lse_shift)
 
 
-def _quantize_triton(q, k, v, kv_lens, scale: float) -> Fp8Inputs:
+def _quantize_triton(q, k, v, kv_lens, scale: float, qk: str) -> Fp8Inputs:
     """``quantize_qkv`` by ``kernels.triton_fp8_quant``'s kernels (the same function)."""
     from kernels.triton_block_sparse import interpreting
     from kernels.triton_fp8_quant import ROLE_K, ROLE_Q, ROLE_V, fp8_kv_stats_kernel, fp8_quantize_kernel
@@ -134,10 +155,10 @@ def _quantize_triton(q, k, v, kv_lens, scale: float) -> Fp8Inputs:
     mean = ksum.sum(1) / count.repeat_interleave(h).unsqueeze(1)  # [B * H, D]
     v_scale = vmax.amax(1) / FP8_MAX  # [B * H, D]
     cast = not interpreting()  # the interpreter's float32 -> float8 cast rounds wrongly: torch casts there
-    dtype = FP8_DTYPE if cast else torch.float32
-    q8 = torch.empty_like(q, dtype=dtype)
-    k8 = torch.empty(b, h, sk, d, dtype=dtype, device=q.device)
-    v8t = torch.zeros(b, h, d, _v_columns(sk), dtype=dtype, device=q.device)
+    qk_dtype = QK_DTYPES[qk] if cast else torch.float32
+    q8 = torch.empty_like(q, dtype=qk_dtype)
+    k8 = torch.empty(b, h, sk, d, dtype=qk_dtype, device=q.device)
+    v8t = torch.zeros(b, h, d, _v_columns(sk), dtype=FP8_DTYPE if cast else torch.float32, device=q.device)
     q_scale, shift = torch.empty(b, h, sq, **f32), torch.empty(b, h, sq, **f32)
     k_scale = torch.empty(b, h, sk, **f32)
     v_out = v8t.transpose(2, 3)  # [B, H, S', D] view: the V role stores its rows as columns
@@ -145,10 +166,11 @@ def _quantize_triton(q, k, v, kv_lens, scale: float) -> Fp8Inputs:
                                             (ROLE_V, v, v_out, k_scale, v_scale, sk)):
         fp8_quantize_kernel[(cdiv(max(n, 1), QUANT_BLOCK_S), b * h)](
             x, out, scales, column, shift, lens, *x.stride(), *out.stride(), h, n, scale,
-            HEAD_DIM=d, BLOCK_S=QUANT_BLOCK_S, ROLE=role, HAS_KV_LENS=kv_lens is not None, CAST=cast, FP8_MAX=FP8_MAX,
+            HEAD_DIM=d, BLOCK_S=QUANT_BLOCK_S, ROLE=role, HAS_KV_LENS=kv_lens is not None, CAST=cast,
+            ROW_MAX=INT8_MAX if qk == "int8" else FP8_MAX, ROUND=qk == "int8",
         )
     if not cast:
-        q8, k8, v8t = q8.to(FP8_DTYPE), k8.to(FP8_DTYPE), v8t.to(FP8_DTYPE)
+        q8, k8, v8t = q8.to(QK_DTYPES[qk]), k8.to(QK_DTYPES[qk]), v8t.to(FP8_DTYPE)
     return Fp8Inputs(q8, q_scale, k8, k_scale, v8t, v_scale.view(b, h, d), shift)
 
 

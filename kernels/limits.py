@@ -22,6 +22,10 @@ FP8_HEAD_DIMS = (64, 128)
 FP8_Q_BLOCK_SIZES = (64, 128)
 FP8_MIN_KV_BLOCK = 32
 FP8_MAX = 448.0  # the largest finite float8 e4m3 value (torch.float8_e4m3fn, tl.float8e4nv)
+# Q and K of the FP8 path: "e4m3" (float8, as FlashAttention-3) or "int8" (as SageAttention: int8
+# values in [-INT8_MAX, INT8_MAX], exact int32 accumulation on the tensor cores); V and P are e4m3.
+FP8_QK_FORMATS = ("e4m3", "int8")
+INT8_MAX = 127.0
 # Layout block size when none is given: the tuned kernel tile on a GPU; small blocks for the tiny
 # proxy models the CPU runs.
 DEVICE_KINDS = ("cuda", "cpu")  # where the kernels (CUDA) or their PyTorch path (CPU) run

@@ -3,8 +3,8 @@
 One kernel loop, specialised by constexpr flags:
     IS_FULL   the block needs no element mask (and lies inside the key bounds, a BlockLayout invariant)
     DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
-    FP8       inputs quantised by ``kernels.fp8.quantize_qkv``: Q and K float8 e4m3 with a scale per
-              token, V float8 stored transposed ([D, S], the K-major operand FP8 tensor cores need)
+    FP8       inputs quantised by ``kernels.fp8.quantize_qkv``: Q and K float8 e4m3 or int8 (the
+              operands' dtype decides) with a scale per token, V float8 stored transposed ([D, S], the K-major operand FP8 tensor cores need)
               with a scale per channel; P is rounded to float8 (times FP8_MAX) for P x V, and the
               accumulator stays float32
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
@@ -67,10 +67,14 @@ def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
 @triton.jit
 def dot_qk(q, k, DOT_FP32: tl.constexpr, FP8_PROMOTE: tl.constexpr):
     """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32).
+    int8 operands (the FP8 path's SageAttention format) are summed exactly in int32: |sum| <=
+    127^2 * 256 < 2^24, so the float32 result is exact too (and so is DOT_FP32's on int8 values).
     FP8_PROMOTE (float8 operands): add the tensor core's partial sums into fp32 every
     FP8_PROMOTE_EVERY products (Hopper's FP8 MMA accumulates with fewer bits than fp32)."""
     if DOT_FP32:
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    elif q.dtype == tl.int8:
+        s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
     elif FP8_PROMOTE:
         s = tl.dot(q, tl.trans(k), max_num_imprecise_acc=FP8_PROMOTE_EVERY)
     else:

@@ -4,11 +4,12 @@ one of Q, instead of the PyTorch path's separate element-wise passes and copies.
     fp8_kv_stats_kernel   per (batch, head, token block): K's column sums and V's column abs-max
                           over the real keys (the launcher reduces the blocks: K's mean, V's scales)
     fp8_quantize_kernel   per (batch, head, token block), one of three roles (ROLE):
-                          Q   per-token scale, float8 rows, and lse_shift = scale * q . mean(k)
-                          K   k - mean over real keys, per-token scale, float8 rows
+                          Q   per-token scale, float8 (or int8) rows, and lse_shift = scale * q . mean(k)
+                          K   k - mean over real keys, per-token scale, float8 (or int8) rows
                           V   real rows / per-channel scale, float8, stored transposed [D, S']
 
-Under the CPU interpreter, whose float32 -> float8 cast rounds wrongly, the kernels store the
+Q and K rows are scaled to ROW_MAX (FP8_MAX, or INT8_MAX for int8, which also rounds them half up:
+ROUND). Under the CPU interpreter, whose float32 -> float8 cast rounds wrongly, the kernels store the
 scaled values in float32 (CAST False) and the launcher casts them with torch.
 """
 
@@ -56,7 +57,7 @@ def fp8_quantize_kernel(
     stride_ob, stride_oh, stride_os, stride_od,
     H, S, softmax_scale,
     HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, ROLE: tl.constexpr, HAS_KV_LENS: tl.constexpr,
-    CAST: tl.constexpr, FP8_MAX: tl.constexpr,
+    CAST: tl.constexpr, ROW_MAX: tl.constexpr, ROUND: tl.constexpr,
 ):
     """Grid (cdiv(S, BLOCK_S), B * H). COLUMN: [B * H, HEAD_DIM] float32, K's mean (roles Q and K)
     or V's per-channel scales (role V). OUT (strides given, so V's [D, S'] store is a stride swap):
@@ -85,9 +86,11 @@ def fp8_quantize_kernel(
     if ROLE == 2:
         x = tl.math.div_rn(tl.where(keep, x, 0.0), tl.where(column > 0, column, 1.0)[None, :])
     else:
-        scale = tl.max(tl.abs(x), 1) / FP8_MAX
+        scale = tl.max(tl.abs(x), 1) / ROW_MAX
         tl.store(SCALES + row, scale, mask=in_seq)
         x = tl.math.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # IEEE division, as torch's
+        if ROUND:
+            x = tl.floor(x + 0.5)
     o_ptrs = (OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
               + offs_s[:, None].to(tl.int64) * stride_os + offs_d[None, :] * stride_od)
     if CAST:

@@ -30,6 +30,15 @@ E4M3_HALF_SUBNORMAL = 2.0 ** -10  # absolute, in units of the quantised value
 FP8_ACCUMULATION_BITS = 9
 
 
+@pytest.fixture(params=["e4m3", "int8"])
+def qk(request, monkeypatch):
+    """Q and K's format (kernels.fp8.FP8_QK): float8 e4m3, or int8 as SageAttention."""
+    import kernels.fp8 as fp8_mod
+
+    monkeypatch.setattr(fp8_mod, "FP8_QK", request.param)
+    return request.param
+
+
 def _dev(*ts):
     return tuple(t.to(DEVICE) for t in ts)
 
@@ -58,7 +67,7 @@ def _check(q, k, v, mask, kv_lens, out, lse, name):
     # from the twin at D = 64, where fp32 gives 1e-5): a score errs by a share of sum_d |q_d k_d|
     # (times the scale), and the LSE, a softmax-weighted mean of the scores, by the row's largest.
     accumulation = 0.0
-    if out.is_cuda:
+    if out.is_cuda and fp8.q8.dtype == torch.float8_e4m3fn:  # int8 Q K^T is summed exactly (int32)
         terms = torch.einsum("bhqd,bhkd->bhqk", dq.abs(), dk.abs()) * scale
         if full is not None:
             terms = terms.masked_fill(~full.expand_as(terms), 0.0)
@@ -112,11 +121,47 @@ def test_quantize_qkv_rounding_and_invariants(request, with_lens):
     torch.testing.assert_close(fp8.lse_shift.double(), shift, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])
+def test_quantize_qk_int8(request, with_lens):
+    """qk="int8": Q and K as int8 in [-127, 127], each within half a step (its scale / 2) of the
+    input (K smoothed as for e4m3); V stays e4m3; the same lse_shift."""
+    from kernels.limits import INT8_MAX
+
+    gen = fresh_generator(request)
+    B, H, S, D = 2, 2, 75, 128
+    q, k, v = diffusers_qkv(B, S, H, D, torch.bfloat16, gen=gen)
+    k = (k.float() + 3.0 * torch.randn(1, H, 1, D, generator=gen)).bfloat16()
+    kv_lens = torch.tensor([75, 30], dtype=torch.int32) if with_lens else None
+    scale = 1.0 / math.sqrt(D)
+    e4m3 = quantize_qkv(q, k, v, kv_lens, scale=scale, qk="e4m3")
+    int8 = quantize_qkv(q, k, v, kv_lens, scale=scale, qk="int8")
+    assert int8.q8.dtype == int8.k8.dtype == torch.int8 and int8.v8t.dtype == torch.float8_e4m3fn
+    assert int8.q8.stride() == q.stride()
+    for name in ("v8t", "v_scale", "lse_shift"):
+        assert torch.equal(getattr(int8, name).float(), getattr(e4m3, name).float()), f"{name} does not depend on qk"
+    dq, dk, _ = int8.dequantized()
+    real = torch.ones(B, 1, S, 1, dtype=torch.bool) if kv_lens is None else (
+        torch.arange(S) < kv_lens.view(-1, 1)).view(B, 1, S, 1)
+    mean = torch.where(real, k.double(), 0.0).sum(2, keepdim=True) / real.sum(2, keepdim=True)
+    smoothed = torch.where(real, k.double() - mean, 0.0)
+    for name, x8, scales, deq, x in (("q", int8.q8, int8.q_scale, dq, q.double()),
+                                     ("k", int8.k8, int8.k_scale, dk, smoothed)):
+        amax = x.abs().amax(-1)
+        assert torch.equal(x8.abs().amax(-1).double(), torch.where(amax > 0, INT8_MAX, 0.0)), \
+            f"{name}: each row's largest value maps to +-127"
+        # half a step, plus float32's error in the scale and the (float32) smoothing
+        bound = scales.double().unsqueeze(-1) * 0.5 + 1e-5 * amax.unsqueeze(-1)
+        assert float(((deq - x).abs() - bound).max()) <= 0, f"{name}: differs from the input by more than half a step"
+        assert float(((deq - x).abs() - 0.25 * scales.double().unsqueeze(-1)).max()) > 0, f"{name}: rounded at all"
+    with pytest.raises(ValueError, match="one of .*e4m3.*int8"):
+        quantize_qkv(q, k, v, scale=scale, qk="int4")
+
+
 # --------------------------------------------------------------------------- the kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("block", [(64, 32), (64, 64)], ids=["64x32", "64x64"])
-def test_block_sparse_fp8_random_layout(request, dtype, D, block):
+def test_block_sparse_fp8_random_layout(request, dtype, D, block, qk):
     """Full and partial blocks with tiles, a length that is not a multiple of the block, keys
     offset by a shared vector (the smoothing), rows with no block (empty)."""
     gen = fresh_generator(request)
@@ -127,7 +172,7 @@ def test_block_sparse_fp8_random_layout(request, dtype, D, block):
     q, k, v = _dev(q, k, v)
     out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
     assert out.dtype == dtype and out.shape == q.shape and out.stride() == q.stride()
-    _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 {block}")
+    _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 {block} {qk}")
 
 
 @pytest.mark.parametrize("text_position", ["after", "before"])
@@ -144,7 +189,7 @@ def test_block_sparse_fp8_video_text_layout(request, text_position):
     _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 text {text_position}")
 
 
-def test_fp8_key_lengths_and_dense_loops(request):
+def test_fp8_key_lengths_and_dense_loops(request, qk):
     """kv_lens (inside a block, on its edge, none, past the end) in the dense op and a dense
     layout; NaN stored in padded keys stays out; kv_lens 0 gives zeros and lse = -inf."""
     gen = fresh_generator(request)
@@ -163,7 +208,7 @@ def test_fp8_key_lengths_and_dense_loops(request):
     _check(q, k, v, None, kv_lens, out2, lse2, "fp8 dense layout")
 
 
-def test_fp8_close_to_exact_attention(request):
+def test_fp8_close_to_exact_attention(request, qk):
     """The whole FP8 path against exact float64 attention of the unquantised inputs: SageAttention's
     measure (cosine similarity per row-flattened output) on inputs with a DiT-like key offset."""
     gen = fresh_generator(request)
@@ -232,7 +277,7 @@ def test_fp8_tile_accumulation(request, monkeypatch, dense):
 
 
 @pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])
-def test_triton_quantiser_equals_the_torch_one(request, monkeypatch, with_lens):
+def test_triton_quantiser_equals_the_torch_one(request, monkeypatch, with_lens, qk):
     """SPARSE_VDIT_FP8_QUANTISER=triton (kernels.triton_fp8_quant) computes quantize_qkv's function:
     the same float8 values and scales (on the CPU bit for bit; on a GPU K's mean is summed in another
     order, so a rare value may round to the neighbouring float8), diffusers' strided q kept."""
@@ -256,8 +301,10 @@ def test_triton_quantiser_equals_the_torch_one(request, monkeypatch, with_lens):
         a, b = getattr(want, name), getattr(got, name)
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), name
         differ = (a.float() != b.float()).float().mean().item()
-        assert differ <= (1e-3 if DEVICE == "cuda" else 0.0), f"{name}: {differ:.2%} of the float8 values differ"
-        assert float((a.float() - b.float()).abs().max()) <= (32.0 if DEVICE == "cuda" else 0.0), name
+        assert differ <= (1e-3 if DEVICE == "cuda" else 0.0), f"{name}: {differ:.2%} of the quantised values differ"
+        # a neighbouring value: float8's step at its largest binade, or int8's 1
+        step = 1.0 if a.dtype == torch.int8 else 32.0
+        assert float((a.float() - b.float()).abs().max()) <= (step if DEVICE == "cuda" else 0.0), name
     for name in ("q_scale", "k_scale", "v_scale", "lse_shift"):
         torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, msg=name)
 
