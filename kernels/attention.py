@@ -12,9 +12,10 @@ more compute than a native 96 kernel would do). The softmax scale is 1/sqrt(D) o
 (or ``scale``), never the padded one. Dtypes bf16, fp16 or fp32 (fp32 is computed exactly,
 slowly: cast to bf16 for speed). LSE is float32, natural log.
 
-``precision="fp8"`` (block_sparse_attention, attention_with_lse) quantises q, k, v to float8 e4m3
-as SageAttention does (``kernels.fp8``: per-token Q and K scales, K smoothed by its mean, per-channel
-V scales, P rounded to float8 for P x V, float32 accumulation) and returns the inputs' dtype. It
+``precision="fp8"`` (block_sparse_attention, attention_with_lse) quantises q, k, v as SageAttention
+does (``kernels.fp8``: Q and K int8 with per-token scales, K smoothed by its mean; V float8 e4m3 with
+per-channel scales; P rounded to e4m3 for P x V, each key tile's product added into fp32) and
+returns the inputs' dtype. It
 needs a GPU with FP8 tensor cores (sm_89+), head dim 64 or 128, Q_BLOCK 64 / 128 and KV_BLOCK >= 32;
 anything else is refused with an error naming the default precision as the fallback.
 
@@ -72,10 +73,13 @@ DEFAULT_DENSE_BLOCK_M = 128
 MASS_ROW_GROUP = int(os.environ.get("SPARSE_VDIT_MASS_ROW_GROUP", "16"))
 # Load q/k/v tiles with the copy engine (TMA tensor descriptors) where the GPU has one (sm_90+).
 TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0: pointer loads
-# FP8 accumulation on the tensor cores: "mma" (default, measured 2026-12-07) keeps the output's
-# running sum in the MMA's own accumulator; "tile" adds each key tile's P x V (and every 32 products
-# of Q K^T) into fp32 (SageAttention 2's two-level accumulation; not yet measured on a GPU).
-FP8_ACCUMULATE = os.environ.get("SPARSE_VDIT_FP8_ACCUMULATE", "mma")
+# FP8 accumulation on the tensor cores: "tile" (default) adds each key tile's P x V (and, for e4m3
+# Q K^T, every 32 products) into fp32, SageAttention 2's two-level accumulation; "mma" keeps the
+# output's running sum in the MMA's own accumulator, which on Hopper holds fewer bits than fp32.
+# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-08): on the proxy's activations the per-layer
+# cosine to bf16 is >= 0.9996 with tile (int8 Q K) and 0.979-0.994 with mma; tile costs 2-9% of the
+# kernel's time with int8 Q K.
+FP8_ACCUMULATE = os.environ.get("SPARSE_VDIT_FP8_ACCUMULATE", "tile")
 # Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
 
 

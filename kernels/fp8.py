@@ -42,12 +42,15 @@ __all__ = ["FP8_MAX", "FP8_DTYPE", "Fp8Inputs", "quantize_qkv", "fp8_error", "pr
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_V_ALIGN = 16  # V's key dim is padded to this many tokens (16-byte rows for the copy engine)
 _TINY = torch.finfo(torch.float32).tiny
-# Which quantiser runs: "torch" (PyTorch ops, default, measured 2026-12-07: 22.6 ms at Wan 720p eager)
-# or "triton" (kernels.triton_fp8_quant: two reads of K and V, one of Q; not yet timed on a GPU).
-FP8_QUANTISER = os.environ.get("SPARSE_VDIT_FP8_QUANTISER", "torch")
+# Which quantiser runs: "triton" (default; kernels.triton_fp8_quant: two reads of K and V, one of Q)
+# or "torch" (PyTorch ops). Measured on an H100 (benchmarks/RESULTS.md, 2026-12-08): 0.61 against
+# 3.64 ms at Wan 480p, 2.03 against 27.4 ms at Wan 720p (eager).
+FP8_QUANTISER = os.environ.get("SPARSE_VDIT_FP8_QUANTISER", "triton")
 QUANT_BLOCK_S = 64  # tokens per program of the Triton quantiser
-# Q and K's format (kernels.limits.FP8_QK_FORMATS): "e4m3" (measured 2026-12-07) or "int8".
-FP8_QK = os.environ.get("SPARSE_VDIT_FP8_QK", "e4m3")
+# Q and K's format (kernels.limits.FP8_QK_FORMATS): "int8" (default) or "e4m3". Measured on the
+# proxy's activations on an H100 (RESULTS.md, 2026-12-08), with tile accumulation: the per-layer
+# cosine to bf16 is >= 0.9996 with int8, 0.997-0.9999 with e4m3; int8 runs at 0.95-0.97x e4m3's speed.
+FP8_QK = os.environ.get("SPARSE_VDIT_FP8_QK", "int8")
 QK_DTYPES = {"e4m3": FP8_DTYPE, "int8": torch.int8}
 
 
@@ -111,7 +114,7 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: tor
     """
     qk = _qk_format(qk)
     if FP8_QUANTISER == "triton":
-        return _quantize_triton(q, k, v, kv_lens, scale, qk)
+        return Fp8Inputs(*_quantize_triton_op(q, k, v, kv_lens, scale, qk))
     sk = k.shape[2]
     if kv_lens is None:
         real = None
@@ -136,6 +139,32 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: tor
     lse_shift = torch.einsum("bhqd,bhkd->bhq", q.float(), mean) * scale
     return Fp8Inputs(q8, q_scale.contiguous(), k8.contiguous(), k_scale.contiguous(), v8t,
                      v_scale.contiguous(), lse_shift)
+
+
+def _quantized_like(q: torch.Tensor, k: torch.Tensor, qk: str) -> tuple[torch.Tensor, ...]:
+    """Empty ``Fp8Inputs`` fields for q [B, H, Sq, D] and k [B, H, Skv, D] (q8 keeps q's strides)."""
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (torch.empty_like(q, dtype=QK_DTYPES[qk]), torch.empty(b, h, sq, **f32),
+            torch.empty(b, h, sk, d, dtype=QK_DTYPES[qk], device=q.device), torch.empty(b, h, sk, **f32),
+            torch.empty(b, h, d, _v_columns(sk), dtype=FP8_DTYPE, device=q.device), torch.empty(b, h, d, **f32),
+            torch.empty(b, h, sq, **f32))
+
+
+# A custom op (with a fake), so a torch.compile'd model keeps one graph around the Triton launches.
+@torch.library.custom_op("sparse_vdit::quantize_qkv_fp8", mutates_args=())
+def _quantize_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None,
+                        scale: float, qk: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Fp8Inputs``' fields, in order, by ``_quantize_triton``."""
+    fp8 = _quantize_triton(q, k, v, kv_lens, scale, qk)
+    return fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift
+
+
+@_quantize_triton_op.register_fake
+def _(q, k, v, kv_lens, scale, qk):
+    return _quantized_like(q, k, qk)
 
 
 def _quantize_triton(q, k, v, kv_lens, scale: float, qk: str) -> Fp8Inputs:

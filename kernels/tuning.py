@@ -128,7 +128,9 @@ def shrink(cfg: Config) -> Config | None:
 def write_tables(capability: tuple[int, int], gpu_name: str, entries: dict[str, dict[tuple[int, ...], Config]],
                  source: str, path: Path = TABLE_FILE) -> Path:
     """Merge ``entries`` ({kind: {key: config}}) into the table of ``capability`` in ``path``
-    (other GPUs' tables and other keys are kept) and clear the cache so the new values apply."""
+    (other GPUs' tables and other keys are kept) and clear the cache so the new values apply.
+    ``gpu`` and ``source`` say who wrote last; ``sources`` keeps, per kind, which sweep on which
+    GPU wrote its rows (one capability serves several GPUs: H100 and H200 are both sm_90)."""
     raw = json.loads(path.read_text()) if path.exists() else {"format": FORMAT_VERSION, "gpus": {}}
     entry = raw["gpus"].setdefault(capability_key(capability), {"capability": list(capability)})
     entry["gpu"] = gpu_name
@@ -136,6 +138,7 @@ def write_tables(capability: tuple[int, int], gpu_name: str, entries: dict[str, 
     for kind, values in entries.items():
         if kind not in KINDS:
             raise ValueError(f"unknown table kind {kind!r}; kinds are {KINDS}")
+        entry.setdefault("sources", {})[kind] = f"{source}, {gpu_name}"
         table = entry.setdefault(kind, {})
         for key, cfg in values.items():
             table[",".join(str(int(x)) for x in key)] = [int(x) for x in cfg]

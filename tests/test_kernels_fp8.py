@@ -91,7 +91,7 @@ def test_quantize_qkv_rounding_and_invariants(request, with_lens):
         k[1, :, 40:] = float("nan")
         v[1, :, 40:] = float("inf")
     scale = 1.0 / math.sqrt(D)
-    fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale)
+    fp8 = quantize_qkv(q, k, v, kv_lens, scale=scale, qk="e4m3")
     assert FP8_MAX == torch.finfo(torch.float8_e4m3fn).max, "kernels.limits.FP8_MAX is e4m3's largest value"
     assert fp8.q8.dtype == fp8.k8.dtype == fp8.v8t.dtype == torch.float8_e4m3fn
     assert fp8.q8.stride() == q.stride(), "q8 keeps q's strides (the output is made like it)"
@@ -257,23 +257,25 @@ def test_fp8_under_torch_compile(request):
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("accumulate", ["tile", "mma"])
 @pytest.mark.parametrize("dense", [False, True], ids=["layout", "dense"])
-def test_fp8_tile_accumulation(request, monkeypatch, dense):
-    """SPARSE_VDIT_FP8_ACCUMULATE=tile (each key tile's P x V added into fp32; on the CPU
-    interpreter the same fp32 dots as the default) against the same twin."""
+def test_fp8_accumulations(request, monkeypatch, dense, accumulate, qk):
+    """SPARSE_VDIT_FP8_ACCUMULATE: tile (the default: each key tile's P x V added into fp32) and
+    mma (the running sum in the MMA's accumulator), both Q/K formats, against the same twin (on
+    the CPU interpreter both are the same fp32 dots)."""
     import kernels.attention as ops
 
-    monkeypatch.setattr(ops, "FP8_ACCUMULATE", "tile")
+    monkeypatch.setattr(ops, "FP8_ACCUMULATE", accumulate)
     gen = fresh_generator(request)
     B, H, S, D = 1, 2, 200, 128
     q, k, v = _dev(*diffusers_qkv(B, S, H, D, torch.bfloat16, gen=gen, scale=1.5))
     if dense:
         out, lse = attention_with_lse(q, k, v, precision="fp8")
-        _check(q, k, v, None, None, out, lse, "fp8 tile, dense")
+        _check(q, k, v, None, None, out, lse, f"fp8 {accumulate} {qk}, dense")
     else:
         layout = random_layout(gen, B, H, S, (64, 64), p_full=0.35, p_part=0.3)
         out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
-        _check(q, k, v, layout.to_dense(), None, out, lse, "fp8 tile, layout")
+        _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 {accumulate} {qk}, layout")
 
 
 @pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])

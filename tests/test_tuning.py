@@ -57,6 +57,7 @@ def test_write_tables_merges(table_file):
     assert raw["format"] == tuning.FORMAT_VERSION
     assert raw["gpus"]["sm_90"]["attention"] == {"128,128": [64, 4, 2], "64,64": [64, 4, 3]}
     assert raw["gpus"]["sm_90"]["source"] == "second" and "sm_80" in raw["gpus"]
+    assert raw["gpus"]["sm_90"]["sources"] == {"attention": "second, H200"}, "each kind's provenance kept"
     with pytest.raises(ValueError, match="unknown table kind"):
         tuning.write_tables((9, 0), "H200", {"attn": {}}, source="x", path=table_file)
 
