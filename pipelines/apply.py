@@ -243,7 +243,7 @@ def apply_sparse_attention(pipe_or_transformer, method: AttentionMethod, *,
     """Install ``method`` on a pipeline's transformer(s) (Wan 2.2: both) or on one transformer.
 
     ``precision``: None (default) computes attention in the model's dtype; "fp8" quantises every
-    self-attention call to float8 as SageAttention does (``kernels.fp8``; a GPU with FP8 tensor
+    self-attention call as SageAttention does (``kernels.fp8``: int8 Q and K, float8 V and P; a GPU with FP8 tensor
     cores, head dim 64 or 128): the method's sparse calls, and its dense ones through our dense
     kernel instead of diffusers' (so ``FullAttention()`` with "fp8" is dense FP8 attention).
 
