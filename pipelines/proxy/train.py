@@ -268,15 +268,23 @@ def object_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, vae, obj
     error = (prediction.float() - target.float()).square()
     if object_weight == 0 and motion_weight == 0:
         return error.mean()
-
-    def to_latent(mask: torch.Tensor) -> torch.Tensor:
-        return vae.encode(mask[:, None].expand(-1, vae.config.in_channels, -1, -1, -1).to(error.dtype))
-
-    weight = 1 + object_weight * to_latent(object_mask)
+    weight = 1 + object_weight * mask_to_latent(vae, object_mask)
     if motion_weight:
-        change = (object_mask[:, 1:] - object_mask[:, :-1]).abs()
-        weight = weight + motion_weight * to_latent(torch.cat([torch.zeros_like(object_mask[:, :1]), change], dim=1))
+        weight = weight + motion_weight * mask_to_latent(vae, coverage_change(object_mask))
     return (weight * error).sum() / weight.sum()
+
+
+def mask_to_latent(vae, mask: torch.Tensor) -> torch.Tensor:
+    """[B, F, H, W] pixel mask -> [B, C, T, h, w] float32 latent layout, by the video's own
+    space-to-depth (each latent channel holds one pixel)."""
+    return vae.encode(mask[:, None].expand(-1, vae.config.in_channels, -1, -1, -1).float())
+
+
+def coverage_change(object_mask: torch.Tensor) -> torch.Tensor:
+    """[B, F, H, W]: |coverage - the previous frame's| (0 in the first frame): where the object
+    arrives and leaves, which its direction decides."""
+    change = (object_mask[:, 1:] - object_mask[:, :-1]).abs()
+    return torch.cat([torch.zeros_like(object_mask[:, :1]), change], dim=1)
 
 
 def latent_statistics(config: ProxyConfig, seed: int, batch_size: int, device,
