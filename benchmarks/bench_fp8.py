@@ -10,6 +10,8 @@ DiT keys are):
                           (SPARSE_VDIT_FP8_QK) and the output's running sum in the MMA's accumulator
                           or each key tile's P x V added into fp32 (SPARSE_VDIT_FP8_ACCUMULATE=tile,
                           SageAttention 2's two-level accumulation); tile only on a GPU
+    fp8 kernel only, int8 QK, tile accumulation, exp2 {half,poly}   the softmax's exponentials half
+                          or wholly by a polynomial on the FMA pipe (SPARSE_VDIT_FP8_EXP2)
     fp8 whole call, int8 QK, tile accumulation, {torch,triton} quantiser
                           block_sparse_attention(..., precision="fp8") at SageAttention's choices:
                           quantisation (eager PyTorch ops, or SPARSE_VDIT_FP8_QUANTISER=triton:
@@ -149,7 +151,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
         print(f"  {what}: {common.fmt(m.ms, 3)} ms {m.status()} ({time.time() - t0:.1f} s)", flush=True)
         return m
 
-    defaults = fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER
+    defaults = fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER, ops.FP8_EXP2
     base = timed("bf16", lambda: lambda: ops.block_sparse_attention(q, k, v, layout), keep_out=True)
     compared = []  # (measurement, its row's name): accuracy against the bf16 kernel's output
     accumulations = ("mma", "tile") if device.type == "cuda" else ("mma",)  # the interpreter has one
@@ -159,6 +161,15 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
             what = f"fp8 kernel only, {qk} QK, {accumulate} accumulation"
             compared.append((timed(what, lambda: kernel_only(qk), keep_out=True,
                                    config=None if best is None else str(best)), what))
+    # The softmax's exponentials partly or wholly on the FMA pipe (kernels.attention.FP8_EXP2), at
+    # the default formats
+    ops.FP8_ACCUMULATE = accumulations[-1]
+    for exp2 in ("half", "poly"):
+        ops.FP8_EXP2 = exp2
+        what = f"fp8 kernel only, int8 QK, {accumulations[-1]} accumulation, exp2 {exp2}"
+        compared.append((timed(what, lambda: kernel_only("int8"), keep_out=True,
+                               config=None if best is None else str(best)), what))
+    ops.FP8_EXP2 = defaults[3]
     # The whole call at SageAttention's choices (int8 Q K, P x V summed per key tile in fp32)
     fp8_mod.FP8_QK, ops.FP8_ACCUMULATE = "int8", accumulations[-1]
     whole_call = f"fp8 whole call, int8 QK, {accumulations[-1]} accumulation"
@@ -172,7 +183,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
     if device.type == "cuda" and not args.no_compiled_quantise:
         compiled = torch.compile(lambda q, k, v: quantize_qkv(q, k, v, None, scale=scale))
         timed("quantise, torch compiled", lambda: lambda: compiled(q, k, v), count_flops=False)
-    fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER = defaults
+    fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER, ops.FP8_EXP2 = defaults
     timed("cuDNN SDPA, dense", lambda: common.sdpa_fn("CUDNN_ATTENTION", q, k, v), count_flops=False)
     rows[-1]["TFLOP/s"] = common.tflops(common.dense_flops(shape.b, shape.h, shape.s, shape.s, shape.d), rows[-1]["ms"])
     if base.out is not None:

@@ -80,6 +80,11 @@ TMA_ENABLED = os.environ.get("SPARSE_VDIT_TMA", "1") != "0"  # SPARSE_VDIT_TMA=0
 # cosine to bf16 is >= 0.9996 with tile (int8 Q K) and 0.979-0.994 with mma; tile costs 2-9% of the
 # kernel's time with int8 Q K.
 FP8_ACCUMULATE = os.environ.get("SPARSE_VDIT_FP8_ACCUMULATE", "tile")
+# The FP8 loop's softmax exponentials (kernels.triton_block_sparse.softmax_exp2): "mufu" (default,
+# the special-function unit), "half" (half the columns by a polynomial on the FMA pipe, so both
+# pipes work at once) or "poly" (all by the polynomial). Not yet timed on a GPU.
+FP8_EXP2 = os.environ.get("SPARSE_VDIT_FP8_EXP2", "mufu")
+FP8_EXP2_MODES = {"mufu": 0, "half": 1, "poly": 2}
 # Tile configurations per GPU: kernels.tuning (tables written by benchmarks/bench_attention.py --sweep).
 
 
@@ -198,6 +203,13 @@ def _unpadded(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(q).copy_(out[..., : q.shape[-1]])
 
 
+def _fp8_exp2_mode() -> int:
+    if FP8_EXP2 not in FP8_EXP2_MODES:
+        raise ValueError(f"SPARSE_VDIT_FP8_EXP2 / kernels.attention.FP8_EXP2 must be one of {tuple(FP8_EXP2_MODES)}, "
+                         f"got {FP8_EXP2!r}")
+    return FP8_EXP2_MODES[FP8_EXP2]
+
+
 def _dot_fp32(q: torch.Tensor) -> bool:
     # The Triton CPU interpreter multiplies bf16 tl.dot operands as their integer bit patterns
     # (wrong products), so the dot is upcast to fp32 there.
@@ -246,7 +258,8 @@ def _launch_attention(q, k, v, layout_tensors, q_block: int, kv_block: int, scal
             DENSE=dense, HAS_PARTIAL=has_partial and not dense,
             DOT_FP32=_dot_fp32(q), USE_TMA=use_tma, HAS_KV_LENS=kv_lens is not None,
             HAS_HEAD_PATTERNS=head_patterns is not None, FP8=fp8 is not None,
-            FP8_TILE_ACC=fp8 is not None and FP8_ACCUMULATE == "tile", num_warps=warps, num_stages=stages,
+            FP8_TILE_ACC=fp8 is not None and FP8_ACCUMULATE == "tile",
+            FP8_EXP2=_fp8_exp2_mode() if fp8 is not None else 0, num_warps=warps, num_stages=stages,
         )
 
     kind = ("dense" if dense else "attention") + ("" if fp8 is None else "_fp8")

@@ -98,7 +98,7 @@ def block_attention_mass_ref(
 
 
 def fp8_attention_ref(
-    fp8, mask: torch.Tensor | None = None, *, scale: float | None = None,
+    fp8, mask: torch.Tensor | None = None, *, scale: float | None = None, p_rel_error: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Twin of the kernels' ``precision="fp8"`` path, on ``kernels.fp8.quantize_qkv``'s output.
 
@@ -108,6 +108,9 @@ def fp8_attention_ref(
     change: |out - out_ref| <= bound elementwise, with bound = sum_j (2^-4 p_j + 2^-10 / FP8_MAX) |v_jd| / l
     (e4m3 keeps 3 mantissa bits: half an ulp is 2^-4 of a normal value, and 2^-10 is half the
     subnormal step, both in units of P x FP8_MAX <= FP8_MAX).
+    ``p_rel_error``: a relative error the kernel makes in each p before rounding (its polynomial
+    exp2, ``kernels.triton_block_sparse.EXP2_POLY_ERROR``); it enters P x V and the row sum l, so
+    the bound gains 2 * p_rel_error * sum_j p_j |v_jd| / l (first order).
     ``mask``: bool broadcastable to [B, H, Sq, Skv], True = keep (layout and key padding).
     Returns (out [B, H, Sq, D] float64, lse [B, H, Sq] float64, bound [B, H, Sq, D] float64).
     """
@@ -122,6 +125,6 @@ def fp8_attention_ref(
     p = torch.exp(s - torch.where(empty, 0.0, lse).unsqueeze(-1))  # normalised: l = 1
     m = torch.exp(torch.where(empty, 0.0, s.amax(-1) - lse))  # the row max's p: 1 / l of the kernel's scale
     keep = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.to(p.device).expand_as(p)
-    step = torch.where(keep, 2.0 ** -4 * p + 2.0 ** -10 / FP8_MAX * m.unsqueeze(-1), 0.0)
+    step = torch.where(keep, (2.0 ** -4 + 2.0 * p_rel_error) * p + 2.0 ** -10 / FP8_MAX * m.unsqueeze(-1), 0.0)
     bound = torch.einsum("bhqk,bhkd->bhqd", step, v.abs()).masked_fill(empty.unsqueeze(-1), 0.0)
     return out, lse + fp8.lse_shift.double(), bound

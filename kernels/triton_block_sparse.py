@@ -64,17 +64,64 @@ def load_rows(src, stride_n, stride_d, offs_d, start_n, n_len,
     return rows
 
 
+MAGIC_C = tl.constexpr(12582912.0)  # 1.5 * 2^23: a float32 whose last mantissa bits hold a small integer
+MAGIC_BITS_C = tl.constexpr(0x4B400000)  # its bit pattern
+# exp2_poly: 2^f on [-0.5, 0.5] by a degree-3 polynomial (fitted to the relative error: at most
+# 2.2e-4, against the 2^-4 of P's float8 rounding); EXP2_POLY_ERROR is that bound (the twin's).
+EXP2_POLY_C0, EXP2_POLY_C1 = tl.constexpr(0.9999627470970154), tl.constexpr(0.6935867667198181)
+EXP2_POLY_C2, EXP2_POLY_C3 = tl.constexpr(0.2421518862247467), tl.constexpr(0.05286743491888046)
+EXP2_POLY_ERROR = 2.3e-4
+
+
+@triton.jit
+def int_to_float(x):
+    """int32 x with |x| < 2^22 -> float32, exactly, on the integer and FMA pipes: the float whose
+    bits are MAGIC_BITS + x is MAGIC + x (the conversion instruction runs at a quarter of their rate)."""
+    return (x + MAGIC_BITS_C).to(tl.float32, bitcast=True) - MAGIC_C
+
+
+@triton.jit
+def exp2_poly(x):
+    """2^x for x <= 0 (or -inf) on the FMA and integer pipes instead of the special-function unit:
+    x = n + f with n = round(x) (by the MAGIC rounding, no conversion) and |f| <= 1/2; 2^f by the
+    polynomial, 2^n added to its exponent bits. Relative error <= EXP2_POLY_ERROR; 0 for x <= -125
+    (where 2^x nears float32's subnormals, whose exponent bits the addition cannot make, and lies
+    far below anything float8 P can hold or the row sum can notice: the row's largest p is 1)."""
+    x = tl.maximum(x, -127.0)
+    t = x + MAGIC_C
+    n = t.to(tl.int32, bitcast=True) - MAGIC_BITS_C
+    f = x - (t - MAGIC_C)
+    poly = EXP2_POLY_C0 + f * (EXP2_POLY_C1 + f * (EXP2_POLY_C2 + f * EXP2_POLY_C3))
+    y = (poly.to(tl.int32, bitcast=True) + (n << 23)).to(tl.float32, bitcast=True)
+    return tl.where(x > -125.0, y, 0.0)
+
+
+@triton.jit
+def softmax_exp2(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP2: tl.constexpr):
+    """2^x [BLOCK_M, BLOCK_N] (x <= 0). EXP2 0: the special-function unit (MUFU) for every entry;
+    1: half the columns (the odd ones) by ``exp2_poly``, so both pipes work at once; 2: all by
+    ``exp2_poly``. At FP8's MMA rate the MUFU's exp2 takes as long as the two MMAs of a tile."""
+    if EXP2 == 0:
+        p = tl.math.exp2(x)
+    elif EXP2 == 1:
+        even, odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_N // 2, 2)))
+        p = tl.reshape(tl.join(tl.math.exp2(even), exp2_poly(odd)), (BLOCK_M, BLOCK_N))
+    else:
+        p = exp2_poly(x)
+    return p
+
+
 @triton.jit
 def dot_qk(q, k, DOT_FP32: tl.constexpr, FP8_PROMOTE: tl.constexpr):
     """q [BLOCK_M, D] . k [BLOCK_N, D]^T in fp32 (exact fp32 operands when DOT_FP32).
-    int8 operands (the FP8 path's SageAttention format) are summed exactly in int32: |sum| <=
-    127^2 * 256 < 2^24, so the float32 result is exact too (and so is DOT_FP32's on int8 values).
+    int8 operands (the FP8 path's SageAttention format) are summed exactly in int32 (|sum| <=
+    127^2 * 256 < 2^22), and ``int_to_float`` makes that float32 exactly.
     FP8_PROMOTE (float8 operands): add the tensor core's partial sums into fp32 every
     FP8_PROMOTE_EVERY products (Hopper's FP8 MMA accumulates with fewer bits than fp32)."""
-    if DOT_FP32:
+    if q.dtype == tl.int8:  # exact on the tensor cores and under the interpreter alike
+        s = int_to_float(tl.dot(q, tl.trans(k), out_dtype=tl.int32))
+    elif DOT_FP32:
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    elif q.dtype == tl.int8:
-        s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
     elif FP8_PROMOTE:
         s = tl.dot(q, tl.trans(k), max_num_imprecise_acc=FP8_PROMOTE_EVERY)
     else:
@@ -90,7 +137,7 @@ def _attend_block(
     tile_base, tile_id, col_in_tile, k_scales,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FULL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr, ZERO_PADDED_V: tl.constexpr,
-    FP8: tl.constexpr, FP8_TILE_ACC: tl.constexpr,
+    FP8: tl.constexpr, FP8_TILE_ACC: tl.constexpr, FP8_EXP2: tl.constexpr,
 ):
     """Fold key/value columns [start_n, start_n + BLOCK_N) into the running softmax state.
 
@@ -128,7 +175,10 @@ def _attend_block(
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_sub = m_new
-    p = tl.math.exp2(s - m_sub[:, None])
+    if FP8:
+        p = softmax_exp2(s - m_sub[:, None], BLOCK_M, BLOCK_N, FP8_EXP2)
+    else:
+        p = tl.math.exp2(s - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -163,6 +213,7 @@ def block_sparse_attention_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     DENSE: tl.constexpr, HAS_PARTIAL: tl.constexpr, DOT_FP32: tl.constexpr, USE_TMA: tl.constexpr,
     HAS_KV_LENS: tl.constexpr, HAS_HEAD_PATTERNS: tl.constexpr, FP8: tl.constexpr, FP8_TILE_ACC: tl.constexpr,
+    FP8_EXP2: tl.constexpr,
 ):
     """Grid: (ceil(q_len / BLOCK_M), B * H). Layout row of (b, h, m): b*layout_stride_b +
     p*layout_stride_p + m, p = HEAD_PATTERNS[h * head_pattern_stride] (HAS_HEAD_PATTERNS) or h
@@ -216,13 +267,13 @@ def block_sparse_attention_kernel(
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, j * BLOCK_N, kv_len, kv_valid, row_scale, TILES, -1, 0, k_scales,
-                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC)
+                BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC, FP8_EXP2)
         if n_full * BLOCK_N < kv_valid:
             acc, l_i, m_i = _attend_block(
                 acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 offs_m_local, offs_d, n_full * BLOCK_N, kv_len, kv_valid, row_scale, TILES,
                 tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA,
-                HAS_KV_LENS, FP8, FP8_TILE_ACC)
+                HAS_KV_LENS, FP8, FP8_TILE_ACC, FP8_EXP2)
     else:
         if HAS_HEAD_PATTERNS:
             pattern = tl.load(HEAD_PATTERNS + h * head_pattern_stride).to(tl.int32)
@@ -241,19 +292,19 @@ def block_sparse_attention_kernel(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                         offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
                         TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS,
-                        FP8, FP8_TILE_ACC)
+                        FP8, FP8_TILE_ACC, FP8_EXP2)
                 elif start_n < kv_valid:
                     acc, l_i, m_i = _attend_block(
                         acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                         offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
                         TILES, tl.full([], -1, tl.int32), 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32,
-                        USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC)
+                        USE_TMA, HAS_KV_LENS, FP8, FP8_TILE_ACC, FP8_EXP2)
             else:
                 acc, l_i, m_i = _attend_block(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m_local, offs_d, start_n, kv_len, kv_valid, row_scale,
                     TILES, -1, 0, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, True, DOT_FP32, USE_TMA, HAS_KV_LENS,
-                    FP8, FP8_TILE_ACC)
+                    FP8, FP8_TILE_ACC, FP8_EXP2)
         if HAS_PARTIAL:
             n_part = tl.load(PART_NUM + row)
             part_idx = PART_IDX + row.to(tl.int64) * part_width
@@ -266,7 +317,7 @@ def block_sparse_attention_kernel(
                     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                     offs_m_local, offs_d, kb * KV_BLOCK + sub, kv_len, kv_valid, row_scale,
                     TILES, tile, sub, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA,
-                HAS_KV_LENS, FP8, FP8_TILE_ACC)
+                HAS_KV_LENS, FP8, FP8_TILE_ACC, FP8_EXP2)
 
     if FP8:  # V's per-channel scales, and the FP8_MAX that P was multiplied by
         acc = acc * (tl.load(V_SCALES + pid_bh.to(tl.int64) * HEAD_DIM + offs_d) * (1.0 / FP8_MAX_C))[None, :]

@@ -13,12 +13,15 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from helpers import assert_close_to_reference, diffusers_qkv, fresh_generator, lse_lowp, token_layout_for
 from kernels.attention import attention_with_lse, block_sparse_attention
 from kernels.block_layout import BlockLayout
 from kernels.fp8 import FP8_MAX, FP8_V_ALIGN, quantize_qkv
 from kernels.reference import attention_ref, fp8_attention_ref, key_padding_ref
+from kernels.triton_block_sparse import EXP2_POLY_ERROR, int_to_float, softmax_exp2
 from test_kernels import DEVICE, random_layout
 
 E4M3_HALF_ULP = 2.0 ** -4  # relative, normal values
@@ -43,18 +46,22 @@ def _dev(*ts):
     return tuple(t.to(DEVICE) for t in ts)
 
 
-def _check(q, k, v, mask, kv_lens, out, lse, name):
-    """out / lse of the FP8 kernel against the twin (dequantized inputs), as the module says."""
+def _check(q, k, v, mask, kv_lens, out, lse, name, p_rel_error=0.0):
+    """out / lse of the FP8 kernel against the twin (dequantized inputs), as the module says;
+    ``p_rel_error``: the kernel's exp2 approximation (on every device)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     kv = None if kv_lens is None else kv_lens.to(q.device).clamp(0, k.shape[2]).to(torch.int32)
     fp8 = quantize_qkv(q, k, v, kv, scale=scale)
     fp8 = type(fp8)(*(t.cpu() for t in (fp8.q8, fp8.q_scale, fp8.k8, fp8.k_scale, fp8.v8t, fp8.v_scale, fp8.lse_shift)))
     keys = key_padding_ref(kv_lens, k.shape[2])
     full = keys if mask is None else (mask.cpu() if keys is None else mask.cpu() & keys)
-    ref, ref_lse, bound = fp8_attention_ref(fp8, full, scale=scale)
+    ref, ref_lse, bound = fp8_attention_ref(fp8, full, scale=scale, p_rel_error=p_rel_error)
     dq, dk, dv = fp8.dequantized()
     lowp, _ = attention_ref(dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), full, scale=scale, upcast=False)
-    p_rounding = float(bound.max()) if out.is_cuda else 0.0
+    if out.is_cuda:
+        p_rounding = float(bound.max())
+    else:  # P stays float32 on the interpreter: only the exp2 approximation's share of the bound applies
+        p_rounding = float((bound - fp8_attention_ref(fp8, full, scale=scale)[2]).max())
     lowp_err = float((lowp.double() - ref).abs().max())
     floor = 4 * torch.finfo(torch.float32).eps + p_rounding
     assert_close_to_reference(out.cpu(), ref, lowp, atol_floor=floor, name=f"{name} out")
@@ -74,7 +81,7 @@ def _check(q, k, v, mask, kv_lens, out, lse, name):
         accumulation = float(terms.amax()) * 2.0 ** -FP8_ACCUMULATION_BITS
     finite = ref_lse[torch.isfinite(ref_lse)]
     magnitude = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    floor = 4 * torch.finfo(torch.float32).eps * magnitude + accumulation
+    floor = 4 * torch.finfo(torch.float32).eps * magnitude + accumulation + 1.01 * p_rel_error
     assert_close_to_reference(lse.cpu(), ref_lse, lse_ref_lowp, atol_floor=floor, name=f"{name} lse")
     return ref
 
@@ -276,6 +283,62 @@ def test_fp8_accumulations(request, monkeypatch, dense, accumulate, qk):
         layout = random_layout(gen, B, H, S, (64, 64), p_full=0.35, p_part=0.3)
         out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8")
         _check(q, k, v, layout.to_dense(), None, out, lse, f"fp8 {accumulate} {qk}, layout")
+
+
+@triton.jit
+def _math_probe(X, I, P, F, M: tl.constexpr, N: tl.constexpr, EXP2: tl.constexpr):
+    """P = softmax_exp2(X) in mode EXP2, F = int_to_float(I); [M, N] row-major."""
+    offs = tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :]
+    tl.store(P + offs, softmax_exp2(tl.load(X + offs), M, N, EXP2))
+    tl.store(F + offs, int_to_float(tl.load(I + offs)))
+
+
+def test_int_to_float_and_exp2_poly():
+    """The FP8 loop's arithmetic helpers (kernels.triton_block_sparse): int_to_float is exact for
+    |x| < 2^22; exp2_poly is within EXP2_POLY_ERROR of 2^x for x in (-125, 0] and exactly 0 at and
+    below -125 and at -inf; softmax_exp2's three modes agree with it column by column."""
+    M, N = 16, 64
+    x = -torch.cat([torch.linspace(0, 30, M * N - 8) ** 1.5, torch.tensor([124.9, 125.0, 125.6, 140.0, 0.0, 0.5,
+                                                                              1e30, float("inf")])]).view(M, N)
+    x = x.float().contiguous()
+    ints = torch.randint(-(2**22) + 1, 2**22, (M, N), dtype=torch.int32)
+    ints[0, :4] = torch.tensor([2**22 - 1, -(2**22) + 1, 0, -1], dtype=torch.int32)
+    exact = torch.exp2(x.double())
+    results = {}
+    for mode in (0, 1, 2):
+        p, f = torch.empty_like(x), torch.empty(M, N)
+        p, f, xi, ii = (t.to(DEVICE) for t in (p, f, x, ints))
+        _math_probe[(1,)](xi, ii, p, f, M=M, N=N, EXP2=mode)
+        results[mode] = p.cpu().double()
+        assert torch.equal(f.cpu().double(), ints.double()), "int_to_float is exact"
+    tiny = x > -125.0
+    poly = results[2]
+    rel = ((poly - exact).abs() / exact)[tiny]
+    assert float(rel.max()) <= EXP2_POLY_ERROR, f"exp2_poly's relative error {float(rel.max()):.2e}"
+    assert float(rel.max()) > 1e-6, "the polynomial is an approximation (else this test checks nothing)"
+    assert bool((poly[~tiny] == 0).all()), "0 at and below -125, and at -inf"
+    # the unit's exp2 (subnormal results aside: the GPU's flushes them to zero)
+    torch.testing.assert_close(results[0], exact.float().double(), rtol=2e-6, atol=float(torch.finfo(torch.float32).tiny))
+    half = results[1]
+    assert torch.equal(half[:, 1::2], poly[:, 1::2]) and torch.equal(half[:, 0::2], results[0][:, 0::2]), \
+        "half: odd columns by the polynomial, even ones by the unit"
+
+
+@pytest.mark.parametrize("exp2", ["half", "poly"])
+def test_fp8_polynomial_exp2(request, monkeypatch, exp2, qk):
+    """SPARSE_VDIT_FP8_EXP2 half / poly against the twin with the polynomial's error in its bound,
+    a layout with partial blocks and key padding; a bad value is a clear error."""
+    import kernels.attention as ops
+    monkeypatch.setattr(ops, "FP8_EXP2", exp2)
+    gen = fresh_generator(request)
+    kv_lens = torch.tensor([200, 83])
+    q, k, v = _dev(*diffusers_qkv(2, 200, 2, 64, torch.bfloat16, gen=gen, scale=1.5))
+    layout = random_layout(gen, 2, 2, 200, (64, 64), p_full=0.35, p_part=0.3)
+    out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8", kv_lens=kv_lens.to(DEVICE))
+    _check(q, k, v, layout.to_dense(), kv_lens, out, lse, f"fp8 exp2 {exp2} {qk}", p_rel_error=EXP2_POLY_ERROR)
+    monkeypatch.setattr(ops, "FP8_EXP2", "fast")
+    with pytest.raises(ValueError, match="FP8_EXP2 must be one of"):
+        block_sparse_attention(q, k, v, layout, precision="fp8")
 
 
 @pytest.mark.parametrize("with_lens", [False, True], ids=["all-keys", "kv-lens"])
