@@ -5,8 +5,8 @@ One kernel loop, specialised by constexpr flags:
     DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
     FP8       inputs quantised by ``kernels.fp8.quantize_qkv``: Q and K float8 e4m3 or int8 (the
               operands' dtype decides) with a scale per token, V float8 stored transposed ([D, S], the K-major operand FP8 tensor cores need)
-              with a scale per channel; P is rounded to float8 (times FP8_MAX) for P x V, and the
-              accumulator stays float32
+              with a scale per channel; P is rounded to float8 (on float8's scale: the exponent is
+              shifted by log2(FP8_MAX)) for P x V, and the accumulator stays float32
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
 its key blocks come from the layout's full list, then its partial list. Heads of different
 patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
@@ -18,6 +18,7 @@ Rows that see no key keep l == 0 and are written as zeros with lse = -inf.
 
 from __future__ import annotations
 
+import math
 import os
 
 import triton
@@ -30,7 +31,7 @@ LN2 = 0.6931471805599453  # ln(2): log(x) == log2(x) * LN2
 # The same, readable inside @triton.jit code (compiled kernels may only read constexpr globals).
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(LN2)
-FP8_MAX_C = tl.constexpr(FP8_MAX)
+LOG2_FP8_MAX_C = tl.constexpr(math.log2(FP8_MAX))
 FP8_PROMOTE_EVERY = tl.constexpr(32)  # products per FP8 MMA instruction (K = 32)
 
 
@@ -175,24 +176,25 @@ def _attend_block(
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_sub = m_new
-    if FP8:
-        p = softmax_exp2(s - m_sub[:, None], BLOCK_M, BLOCK_N, FP8_EXP2)
+    if FP8:  # p in [0, FP8_MAX]: float8's range, by shifting the exponent (free) instead of scaling
+        p = softmax_exp2(s - (m_sub - LOG2_FP8_MAX_C)[:, None], BLOCK_M, BLOCK_N, FP8_EXP2)
     else:
         p = tl.math.exp2(s - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if FP8:
-        # P in [0, 1] is scaled to float8's range; the kernel's end divides FP8_MAX out again. Under
-        # the CPU interpreter (DOT_FP32) P stays float32: its float32 -> float8 cast rounds wrongly.
-        # FP8_TILE_ACC: each key tile's P x V is summed on the tensor core, then added to acc in
-        # fp32 (SageAttention 2's two-level accumulation); else acc itself is the MMA's accumulator.
+        # P (and so l) is FP8_MAX times the softmax's numerator, which cancels in acc / l; the LSE
+        # takes log2(FP8_MAX) off again. Under the CPU interpreter (DOT_FP32) P stays float32: its
+        # float32 -> float8 cast rounds wrongly. FP8_TILE_ACC: each key tile's P x V is summed on
+        # the tensor core, then added to acc in fp32 (SageAttention 2's two-level accumulation);
+        # else acc itself is the MMA's accumulator.
         if DOT_FP32:
-            acc = tl.dot(p * FP8_MAX_C, v.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
         elif FP8_TILE_ACC:
-            acc = tl.dot((p * FP8_MAX_C).to(v.dtype), v, acc, max_num_imprecise_acc=BLOCK_N)
+            acc = tl.dot(p.to(v.dtype), v, acc, max_num_imprecise_acc=BLOCK_N)
         else:
-            acc = tl.dot((p * FP8_MAX_C).to(v.dtype), v, acc)
+            acc = tl.dot(p.to(v.dtype), v, acc)
     elif DOT_FP32:
         acc = tl.dot(p, v.to(tl.float32), acc, input_precision="ieee")
     else:
@@ -319,8 +321,9 @@ def block_sparse_attention_kernel(
                     TILES, tile, sub, k_scales, BLOCK_M, KV_BLOCK, BLOCK_N, False, DOT_FP32, USE_TMA,
                 HAS_KV_LENS, FP8, FP8_TILE_ACC, FP8_EXP2)
 
-    if FP8:  # V's per-channel scales, and the FP8_MAX that P was multiplied by
-        acc = acc * (tl.load(V_SCALES + pid_bh.to(tl.int64) * HEAD_DIM + offs_d) * (1.0 / FP8_MAX_C))[None, :]
+    if FP8:  # V's per-channel scales; P's FP8_MAX is in l too (and leaves the LSE here)
+        acc = acc * tl.load(V_SCALES + pid_bh.to(tl.int64) * HEAD_DIM + offs_d)[None, :]
+        m_i = m_i - LOG2_FP8_MAX_C
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2_C)
