@@ -187,7 +187,8 @@ def _quantize_triton(q, k, v, kv_lens, scale: float, qk: str) -> Fp8Inputs:
     qk_dtype = QK_DTYPES[qk] if cast else torch.float32
     q8 = torch.empty_like(q, dtype=qk_dtype)
     k8 = torch.empty(b, h, sk, d, dtype=qk_dtype, device=q.device)
-    v8t = torch.zeros(b, h, d, _v_columns(sk), dtype=FP8_DTYPE if cast else torch.float32, device=q.device)
+    v8t = torch.empty(b, h, d, _v_columns(sk), dtype=FP8_DTYPE if cast else torch.float32, device=q.device)
+    v8t[..., sk:].zero_()  # the alignment columns; the V role writes every column below sk
     q_scale, shift = torch.empty(b, h, sq, **f32), torch.empty(b, h, sq, **f32)
     k_scale = torch.empty(b, h, sk, **f32)
     v_out = v8t.transpose(2, 3)  # [B, H, S', D] view: the V role stores its rows as columns
