@@ -34,9 +34,10 @@ the fastest for that case's rows (``--write-tables`` stores the winners in kerne
     python benchmarks/bench_fp8.py                                   # the four default cases
     python benchmarks/bench_fp8.py --sweep --cases wan480:128:1.0,wan720:128:0.2
     python benchmarks/bench_fp8.py --smoke                           # tiny shapes, CPU interpreter
-    python benchmarks/bench_fp8.py --proxy                           # the proxy's real activations (GPU: ~1 min)
+    python benchmarks/bench_fp8.py --proxy                           # the proxy's real activations
 
-Time on one H100, ESTIMATED, not measured: ~30 s a case, ~40 s more a case with --sweep.
+Time on one H100 (measured 2026-12-08): three cases with --sweep and --no-compiled-quantise 88 s
+(before this run's exp2 rows were added); --proxy --steps 6 30 s.
 """
 
 from __future__ import annotations
