@@ -101,7 +101,8 @@ def exp2_poly(x):
 def softmax_exp2(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP2: tl.constexpr):
     """2^x [BLOCK_M, BLOCK_N] (x <= 0). EXP2 0: the special-function unit (MUFU) for every entry;
     1: half the columns (the odd ones) by ``exp2_poly``, so both pipes work at once; 2: all by
-    ``exp2_poly``. At FP8's MMA rate the MUFU's exp2 takes as long as the two MMAs of a tile."""
+    ``exp2_poly``. By arithmetic (16 MUFU exp2 a clock per SM), at FP8's MMA rate the exponentials take
+    as long as the two MMAs of a tile."""
     if EXP2 == 0:
         p = tl.math.exp2(x)
     elif EXP2 == 1:
