@@ -4,9 +4,10 @@ One kernel loop, specialised by constexpr flags:
     IS_FULL   the block needs no element mask (and lies inside the key bounds, a BlockLayout invariant)
     DENSE     walk every key block in order instead of reading index lists (attention_with_lse)
     FP8       inputs quantised by ``kernels.fp8.quantize_qkv``: Q and K float8 e4m3 or int8 (the
-              operands' dtype decides) with a scale per token, V float8 stored transposed ([D, S], the K-major operand FP8 tensor cores need)
-              with a scale per channel; P is rounded to float8 (on float8's scale: the exponent is
-              shifted by log2(FP8_MAX)) for P x V, and the accumulator stays float32
+              operands' dtype decides) with a scale per token, V float8 stored transposed ([D, S],
+              the K-major operand FP8 tensor cores need) with a scale per channel; P is rounded to
+              float8 (on float8's scale: the exponent is shifted by log2(FP8_MAX)) for P x V, and
+              the accumulator stays float32
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
 its key blocks come from the layout's full list, then its partial list. Heads of different
 patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
@@ -83,11 +84,12 @@ def int_to_float(x):
 
 @triton.jit
 def exp2_poly(x):
-    """2^x for x <= 0 (or -inf) on the FMA and integer pipes instead of the special-function unit:
+    """2^x for x <= 127 (or -inf) on the FMA and integer pipes instead of the special-function unit:
     x = n + f with n = round(x) (by the MAGIC rounding, no conversion) and |f| <= 1/2; 2^f by the
     polynomial, 2^n added to its exponent bits. Relative error <= EXP2_POLY_ERROR; 0 for x <= -125
     (where 2^x nears float32's subnormals, whose exponent bits the addition cannot make, and lies
-    far below anything float8 P can hold or the row sum can notice: the row's largest p is 1)."""
+    far below anything float8 P can hold or the row sum can notice: the row's largest p is at
+    least 1)."""
     x = tl.maximum(x, -127.0)
     t = x + MAGIC_C
     n = t.to(tl.int32, bitcast=True) - MAGIC_BITS_C
@@ -99,7 +101,7 @@ def exp2_poly(x):
 
 @triton.jit
 def softmax_exp2(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP2: tl.constexpr):
-    """2^x [BLOCK_M, BLOCK_N] (x <= 0). EXP2 0: the special-function unit (MUFU) for every entry;
+    """2^x [BLOCK_M, BLOCK_N] (x <= log2(FP8_MAX)). EXP2 0: the special-function unit (MUFU) for every entry;
     1: half the columns (the odd ones) by ``exp2_poly``, so both pipes work at once; 2: all by
     ``exp2_poly``. By arithmetic (16 MUFU exp2 a clock per SM), at FP8's MMA rate the exponentials take
     as long as the two MMAs of a tile."""

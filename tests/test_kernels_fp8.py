@@ -295,10 +295,10 @@ def _math_probe(X, I, P, F, M: tl.constexpr, N: tl.constexpr, EXP2: tl.constexpr
 
 def test_int_to_float_and_exp2_poly():
     """The FP8 loop's arithmetic helpers (kernels.triton_block_sparse): int_to_float is exact for
-    |x| < 2^22; exp2_poly is within EXP2_POLY_ERROR of 2^x for x in (-125, 0] and exactly 0 at and
-    below -125 and at -inf; softmax_exp2's three modes agree with it column by column."""
+    |x| < 2^22; exp2_poly is within EXP2_POLY_ERROR of 2^x for x in (-125, log2(448)] (P on
+    float8's scale) and exactly 0 at and below -125 and at -inf; softmax_exp2's three modes agree with it column by column."""
     M, N = 16, 64
-    x = -torch.cat([torch.linspace(0, 30, M * N - 8) ** 1.5, torch.tensor([124.9, 125.0, 125.6, 140.0, 0.0, 0.5,
+    x = -torch.cat([torch.linspace(0, 30, M * N - 8) ** 1.5, torch.tensor([124.9, 125.0, 125.6, 140.0, 0.0, -8.807,
                                                                               1e30, float("inf")])]).view(M, N)
     x = x.float().contiguous()
     ints = torch.randint(-(2**22) + 1, 2**22, (M, N), dtype=torch.int32)
