@@ -99,7 +99,10 @@ def _quantize_rows(x: torch.Tensor, dim: int, qk: str) -> tuple[torch.Tensor, to
     xf = x.float()
     scale = xf.abs().amax(dim=dim, keepdim=True) / (INT8_MAX if qk == "int8" else FP8_MAX)
     scaled = xf / scale.clamp_min(_TINY)
-    x8 = torch.floor(scaled + 0.5).to(torch.int8) if qk == "int8" else scaled.to(FP8_DTYPE)
+    if qk == "int8":  # the clamp only guards the int8 cast: scaled lies within +-127 up to rounding
+        x8 = torch.floor(scaled + 0.5).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    else:
+        x8 = scaled.to(FP8_DTYPE)
     return x8, scale.squeeze(dim)
 
 

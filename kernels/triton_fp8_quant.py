@@ -89,8 +89,8 @@ def fp8_quantize_kernel(
         scale = tl.max(tl.abs(x), 1) / ROW_MAX
         tl.store(SCALES + row, scale, mask=in_seq)
         x = tl.math.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # IEEE division, as torch's
-        if ROUND:
-            x = tl.floor(x + 0.5)
+        if ROUND:  # int8: half up, clamped as the torch quantiser (a guard for the cast only)
+            x = tl.minimum(tl.maximum(tl.floor(x + 0.5), -ROW_MAX), ROW_MAX)
     o_ptrs = (OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
               + offs_s[:, None].to(tl.int64) * stride_os + offs_d[None, :] * stride_od)
     if CAST:
