@@ -1,5 +1,6 @@
 """``sparse-vdit check``: the smallest end-to-end path: a video token layout, a spatial-window
-layout built from it, the block-sparse kernel (or its fallback), and the float64 reference."""
+layout built from it, the block-sparse kernel (or its fallback), and the float64 reference; where
+the GPU serves it (FP8 tensor cores), ``precision="fp8"`` against its twin and the quantisation's bound."""
 
 from __future__ import annotations
 
@@ -52,5 +53,38 @@ def run_selfcheck(frames: int, rows: int, cols: int, heads: int, head_dim: int) 
         worst = max(worst, rel)
         print(f"{name:<24} {err:>12.2e} {rel:>10.2e} {secs:>8.3f}")
     ok = worst < 2e-2
-    print("OK" if ok else "FAILED: error above 2e-2 relative")
-    return 0 if ok else 1
+    fp8_ok = _check_fp8(q, k, v, blocks)
+    print("OK" if ok and fp8_ok else "FAILED: " + ("error above 2e-2 relative" if not ok else
+                                                   "precision='fp8' outside its quantisation bound"))
+    return 0 if ok and fp8_ok else 1
+
+
+def _check_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: BlockLayout) -> bool:
+    """``precision="fp8"`` on the same layout against ``fp8_attention_ref``: every entry within the
+    bound of P's float8 rounding (and the exp2 polynomial's, if on) plus the output dtype's rounding.
+    Prints why it is skipped where FP8 cannot run (the GPU, the head dim); True then."""
+    from kernels import attention as ops
+    from kernels.fp8 import fp8_error, quantize_qkv
+    from kernels.reference import fp8_attention_ref
+
+    reason = fp8_error(q, blocks.block_size, interpreter=ops.interpreting())
+    if reason is not None:
+        print(f"precision='fp8': skipped: {reason.split(';')[0]}")
+        return True
+    from kernels.triton_block_sparse import EXP2_POLY_ERROR  # FP8 runs in the Triton kernels only
+
+    t0 = time.perf_counter()
+    out = block_sparse_attention(q, k, v, blocks, precision="fp8")
+    secs = time.perf_counter() - t0
+    fp8 = quantize_qkv(q, k, v, None, scale=q.shape[-1] ** -0.5)
+    mask = blocks.to_element_mask()
+    ref, _, bound = fp8_attention_ref(fp8, mask, p_rel_error=EXP2_POLY_ERROR if ops.FP8_EXP2 != "mufu" else 0.0)
+    if not q.is_cuda:  # the interpreter keeps P in float32: only the exp2 polynomial's share applies
+        bound = bound - fp8_attention_ref(fp8, mask)[2]
+    diff = (out.double() - ref).abs()
+    rounding = 2 * torch.finfo(out.dtype).eps * ref.abs() + 1e-6  # the output's dtype, twice
+    excess = float((diff - bound - rounding).max())
+    rel = float((out.double() - ref).norm() / ref.norm())
+    print(f"{'fp8 (vs its twin)':<24} {float(diff.max()):>12.2e} {rel:>10.2e} {secs:>8.3f}  "
+          f"{'within' if excess <= 0 else 'OUTSIDE'} the quantisation bound")
+    return excess <= 0
