@@ -22,29 +22,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
 SIGMAS = (0.9, 0.7, 0.5, 0.3)
 PROMPTS = ("true caption", "opposite direction", "empty prompt")
 
 
-def swapped(caption: str) -> str:
-    """The caption with its motion's direction reversed (the word after "moves" or "pans")."""
-    words = caption.split()
-    for i, word in enumerate(words):
-        if word in OPPOSITE and i and words[i - 1] in ("moves", "pans"):
-            words[i] = OPPOSITE[word]
-    return " ".join(words)
-
-
 @torch.no_grad()
 def direction_gap(pipe, kind: str, videos: int, seed: int, size: tuple[int, int, int], device) -> list[dict]:
-    from pipelines.proxy.data import PROXY_CAPTIONS, procedural_videos
+    from pipelines.proxy.data import PROXY_CAPTIONS, opposite_direction, procedural_videos
     from pipelines.proxy.train import caption_embeddings, coverage_change, flow_matching_example, mask_to_latent
 
     table = caption_embeddings(pipe, pipe.proxy_config, device)  # last row: the empty prompt
     index = {c: i for i, c in enumerate(PROXY_CAPTIONS)}
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.tensor([i for i, c in enumerate(PROXY_CAPTIONS) if f" {kind} " in f" {c} " and swapped(c) != c])
+    labels = torch.tensor([i for i, c in enumerate(PROXY_CAPTIONS) if f" {kind} " in f" {c} " and opposite_direction(c) != c])
     labels = labels[torch.randperm(len(labels), generator=generator)[:videos]]
     frames, height, width = size
     batch = procedural_videos(len(labels), frames=frames, height=height, width=width, generator=generator,
@@ -53,7 +43,7 @@ def direction_gap(pipe, kind: str, videos: int, seed: int, size: tuple[int, int,
     # Where the object arrives and leaves (moves; pans have no object mask): the error there is what
     # the direction decides, and a small share of the whole latent's.
     region = mask_to_latent(pipe.vae, coverage_change(batch.object_mask)) if kind == "moves" else None
-    prompts = {"true caption": labels, "opposite direction": torch.tensor([index[swapped(c)] for c in batch.captions]),
+    prompts = {"true caption": labels, "opposite direction": torch.tensor([index[opposite_direction(c)] for c in batch.captions]),
                "empty prompt": torch.full_like(labels, len(PROXY_CAPTIONS))}
     rows = []
     for sigma in SIGMAS:

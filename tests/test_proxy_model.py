@@ -126,6 +126,9 @@ def test_smoke_training_learns_and_writes_everything(smoke_run):
     val = [float(row["val_loss"]) for row in curve]
     assert val[-1] < val[0] and sum(val[-3:]) < sum(val[:3])
     assert {f"val_{s.label()}" for s in SMOKE_OPTIONS["sizes"]} <= set(curve[0])  # a validation loss per size
+    assert all(float(row["val_motion_region"]) > 0 for row in curve) and "val_motion_direction" in curve[0]
+    motion = record["motion_validation"]
+    assert motion["size"] == "5x16x48" and set(motion["start"]) == set(motion["end"]) == {"region", "direction"}
     (stretch,) = record["stretches"]
     assert stretch["stretch"] == 1 and stretch["steps"] == steps and stretch["resumed_from"] is None
     assert sum(stretch["steps_per_size"].values()) == steps and all(stretch["steps_per_size"].values())  # both sizes
@@ -446,3 +449,37 @@ def test_motion_weight_counts_where_the_object_arrives_and_leaves():
     assert plain == pytest.approx(float(changed.mean()), rel=1e-5)
     assert weighted == pytest.approx(float((changed + 3 * changed.square()).sum() / (1 + 3 * changed).sum()), rel=1e-5)
     assert weighted > 2 * plain
+
+
+def test_motion_validation_measures_what_the_direction_word_is_worth():
+    """motion_batch: moving objects only, the opposite captions reversed, a region where they
+    arrive and leave; motion_validation: 0 for a model that ignores the caption, > 0 for one that
+    predicts well only with the true caption, the region's MSE either way."""
+    from pipelines.proxy import PROXY_CAPTIONS, SpaceToDepthVideoVAE
+    from pipelines.proxy.data import opposite_direction, scene_of
+    from pipelines.proxy.train import motion_batch, motion_validation
+
+    vae = SpaceToDepthVideoVAE()
+    table = torch.randn(len(PROXY_CAPTIONS) + 1, 5, 8)  # one row per caption (and the empty prompt)
+    batch = motion_batch(0, vae, table, "cpu", (9, 16, 24), videos=8)
+    assert batch.region.shape == batch.x_t.shape and float(batch.region.sum()) > 0
+    assert not torch.equal(batch.text, batch.opposite)
+    index = {tuple(row.flatten().tolist()): i for i, row in enumerate(table)}
+    for text, opposite in zip(batch.text, batch.opposite):
+        caption = PROXY_CAPTIONS[index[tuple(text.flatten().tolist())]]
+        assert scene_of(caption).kind == "moves"
+        assert PROXY_CAPTIONS[index[tuple(opposite.flatten().tolist())]] == opposite_direction(caption)
+    autocast = torch.autocast("cpu", enabled=False)
+
+    def blind(hidden_states, timestep, encoder_hidden_states, return_dict):
+        return (torch.zeros_like(hidden_states),)
+
+    def reads_the_caption(hidden_states, timestep, encoder_hidden_states, return_dict):
+        right = torch.equal(encoder_hidden_states, batch.text)
+        return (batch.target * 0.5 if right else torch.zeros_like(hidden_states),)
+
+    ignored = motion_validation(blind, batch, autocast)
+    region = float((batch.target.square() * batch.region).sum() / batch.region.sum())
+    assert ignored == {"region": pytest.approx(region, rel=1e-5), "direction": pytest.approx(0.0, abs=1e-9)}
+    read = motion_validation(reads_the_caption, batch, autocast)
+    assert read["region"] == pytest.approx(region / 4, rel=1e-5) and read["direction"] == pytest.approx(3.0, rel=1e-4)

@@ -141,6 +141,21 @@ def scene_of(caption: str) -> Scene:
     return scene
 
 
+OPPOSITE_DIRECTIONS = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def opposite_direction(caption: str) -> str:
+    """The same proxy caption with its motion's direction reversed ("moves right" <-> "moves left",
+    "pans up" <-> "pans down"); a caption with no direction (rotations, zooms) comes back as it is."""
+    scene = scene_of(caption)
+    if scene.direction not in OPPOSITE_DIRECTIONS:
+        return scene.caption
+    words = scene.caption.split()
+    at = words.index(scene.direction, words.index("moves" if scene.kind == "moves" else "pans"))
+    words[at] = OPPOSITE_DIRECTIONS[scene.direction]
+    return scene_of(" ".join(words)).caption
+
+
 # Per-caption attribute tables, indexed by label (built once).
 _KIND = torch.tensor([KINDS.index(s.kind) for s in SCENES])
 _COLOUR = torch.tensor([COLOURS[s.colour] if s.colour else (0.0, 0.0, 0.0) for s in SCENES])

@@ -23,8 +23,11 @@ What a stretch does (the defaults are the shipped model's recipe):
   times (the object covers about 3% of the latent; its error, measured on the stretch-5 checkpoint,
   was 7-12x the background's); ``--motion-weight W`` counts W times more where the object's
   coverage changed from the previous frame (where it arrives and leaves: swapping the direction
-  word cost under 1% of the loss, RESULTS 2026-12-07 23:00); the validation loss stays the plain MSE. Captions through the frozen text encoder exactly as ``WanPipeline``
-  encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
+  word cost under 1% of the loss, RESULTS 2026-12-07 23:00); the validation loss stays the plain
+  MSE. Beside it, every log also measures 16 moving objects at the run's smallest size
+  (``motion_validation``): the MSE where they arrive and leave, and how much it grows with the
+  direction word reversed (what the caption's direction is worth; RESULTS 2026-12-08 01:05).
+  Captions through the frozen text encoder exactly as ``WanPipeline`` encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
 - optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
   on a resumed stretch, whose optimiser moments start afresh) then constant (``--cooldown-steps N``:
   then falling linearly to 0 at the stretch's step N, where the stretch stops; a plateau at a
@@ -38,7 +41,7 @@ What a stretch does (the defaults are the shipped model's recipe):
   ``--max-steps`` stops earlier. The lr schedule depends on the step only.
 - outputs, in ``--out`` (default ``$OUT``, else ``./proxy_out``): ``proxy.safetensors`` (also
   written every ``--save-every-minutes``, so a killed run leaves a checkpoint), ``training.json``
-  (options, config, stretches, the loss curve, sample checks), ``loss.csv``, ``samples/`` (one mp4 per
+  (options, config, stretches, the loss curve, sample checks, ``motion_validation``), ``loss.csv``, ``samples/`` (one mp4 per
   prompt of ``PROXY_SAMPLE_PROMPTS`` and size of ``--sample-sizes`` from the saved checkpoint,
   ``samples_{F}x{H}x{W}.png`` contact sheets, ``samples.json`` with ``caption_checks``), ``data.png``
   (the same prompts from the generator). ``--parts DIR`` also writes the checkpoint there as
@@ -69,8 +72,8 @@ import torch.nn.functional as F
 
 from pipelines.videos import slug, write_video
 from pipelines.proxy.data import (
-    OBJECT_SIZE, PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, check_object_size, procedural_videos,
-    to_device,
+    OBJECT_SIZE, PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, check_object_size, opposite_direction,
+    procedural_videos, scene_of, to_device,
 )
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
@@ -102,6 +105,8 @@ __all__ = [
 CHECKPOINT_NAME = "proxy.safetensors"
 STATISTICS_BATCHES = 4
 VALIDATION_VIDEOS = 4  # per size
+MOTION_VIDEOS = 16  # moving objects in the motion validation (at the run's smallest size)
+MOTION_SIGMAS = (0.9, 0.7, 0.5, 0.3)  # cycled over its videos
 TIMESTEP_SCALE = 1000.0  # the scheduler's num_train_timesteps: timestep = sigma x 1000
 SHEET_FRAMES = 6  # frames per row of a contact sheet
 RESUME_WARMUP_STEPS = 50
@@ -346,6 +351,55 @@ def validation_batch(config: ProxyConfig, seed: int, size: int, vae, text_table:
     return ValidationBatch(x_t=x_t, target=target, timestep=timestep, text=text_table[batch.labels.to(device)])
 
 
+@dataclass(frozen=True)
+class MotionBatch:
+    """Moving objects whose direction decides the error where they arrive and leave: x_t, target and
+    timestep as ``ValidationBatch``; ``text`` their captions, ``opposite`` the same captions with the
+    direction reversed; ``region`` [B, C, T, h, w] the coverage change in the latent's layout."""
+
+    x_t: torch.Tensor
+    target: torch.Tensor
+    timestep: torch.Tensor
+    text: torch.Tensor
+    opposite: torch.Tensor
+    region: torch.Tensor
+
+
+def motion_batch(seed: int, vae, text_table: torch.Tensor, device, video: tuple[int, int, int],
+                 videos: int = MOTION_VIDEOS) -> MotionBatch:
+    """``videos`` moving-object videos at ``video``, captions drawn uniformly (seed + 3, CPU
+    generators), at the fixed ``MOTION_SIGMAS`` in turn."""
+    frames, height, width = video
+    generator = torch.Generator().manual_seed(seed + 3)
+    moves = torch.tensor([i for i, c in enumerate(PROXY_CAPTIONS) if scene_of(c).kind == "moves"])
+    labels = moves[torch.randint(len(moves), (videos,), generator=generator)]
+    batch = procedural_videos(videos, frames=frames, height=height, width=width, generator=generator, labels=labels,
+                              device=device)
+    x0 = vae.normalize(vae.encode(batch.video))
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    sigma = torch.tensor(MOTION_SIGMAS, dtype=torch.float32).repeat(-(-videos // len(MOTION_SIGMAS)))[:videos]
+    x_t, timestep, target = flow_matching_example(x0, noise, sigma.to(device))
+    opposite = torch.tensor([PROXY_CAPTIONS.index(opposite_direction(c)) for c in batch.captions])
+    return MotionBatch(x_t=x_t, target=target, timestep=timestep, text=text_table[labels.to(device)],
+                       opposite=text_table[opposite.to(device)],
+                       region=mask_to_latent(vae, coverage_change(batch.object_mask)))
+
+
+@torch.no_grad()
+def motion_validation(model, batch: MotionBatch, autocast) -> dict[str, float]:
+    """{"region": the velocity MSE where the objects arrive and leave, with their own captions;
+    "direction": how much more it is with the direction reversed (a ratio - 1)}: what the
+    direction word is worth where it decides (``benchmarks/proxy_direction_gap.py`` in the loop)."""
+    errors = []
+    for text in (batch.text, batch.opposite):
+        with autocast:
+            prediction = model(hidden_states=batch.x_t, timestep=batch.timestep, encoder_hidden_states=text,
+                               return_dict=False)[0]
+        error = (prediction.float() - batch.target).square()
+        errors.append(float((error * batch.region).sum() / batch.region.sum()))
+    return {"region": round(errors[0], 6), "direction": round(errors[1] / errors[0] - 1, 6)}
+
+
 @torch.no_grad()
 def validation_loss(model, val: ValidationBatch, autocast) -> float:
     """MSE of the velocity prediction on the fixed batch."""
@@ -540,12 +594,20 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     vals = {s.label(): validation_batch(config, opts.seed, min(VALIDATION_VIDEOS, s.batch), vae, text_table, device, video=s.video)
             for s in sizes} if dist.main else {}
 
+    smallest = min(sizes, key=lambda s: s.frames * s.height * s.width)
+    motion = motion_batch(opts.seed, vae, text_table, device, smallest.video) if dist.main else None
+
     def validate() -> dict[str, float]:
         return {label: round(validation_loss(transformer, val, autocast), 6) for label, val in vals.items()}
 
+    def validate_motion() -> dict[str, float]:
+        return motion_validation(transformer, motion, autocast)
+
     initial_val = validate()
     if dist.main:
-        _log(f"validation loss at the start: {initial_val}")
+        initial_motion = validate_motion()
+        _log(f"validation loss at the start: {initial_val}; moving objects at {smallest.label()}: "
+             f"{_motion_text(initial_motion)}")
 
     def ema_state() -> dict:
         state = transformer.state_dict()
@@ -659,10 +721,12 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             settle_timings()
             last_loss = float(loss_sum) / interval_steps
             val = validate()
+            moving = validate_motion()
             elapsed = time.monotonic() - t_start
             curve.append({"step": step, "loss": round(last_loss, 6), "val_loss": round(sum(val.values()) / len(val), 6),
-                          "lr": lr, "elapsed_s": round(elapsed, 2), **{f"val_{k}": v for k, v in val.items()}})
-            _log(f"step {step:6d}  loss {last_loss:.4f}  val {curve[-1]['val_loss']:.4f} {val}  lr {lr:.2e}  "
+                          "lr": lr, "elapsed_s": round(elapsed, 2), **{f"val_{k}": v for k, v in val.items()},
+                          "val_motion_region": moving["region"], "val_motion_direction": moving["direction"]})
+            _log(f"step {step:6d}  loss {last_loss:.4f}  val {curve[-1]['val_loss']:.4f} {val}  {_motion_text(moving)}  lr {lr:.2e}  "
                  f"{step / elapsed:6.2f} steps/s  {elapsed:6.0f} s  ({time.monotonic() - started_at:.0f} s since start)")
             loss_sum.zero_()
             interval_steps = 0
@@ -688,12 +752,17 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
         with torch.no_grad():
             torch._foreach_copy_([p.data for p in params], ema)
     final_val = validate()
+    final_motion = validate_motion()
     record = save(step, last_loss, elapsed, final_val)
     record["curve"] = curve
+    record["motion_validation"] = {"size": smallest.label(), "videos": MOTION_VIDEOS, "start": initial_motion,
+                                   "end": final_motion, "weights_at_end": record["weights"]}
     size = record["checkpoint_bytes"]
     _log(f"trained {step} steps ({steps_before + step} in all) in {elapsed:.0f} s, final loss {last_loss:.4f}, "
          f"validation loss {_mean(initial_val):.4f} -> {record['validation_loss']:.4f} {final_val} "
          f"({record['weights']} weights); checkpoint {checkpoint} ({size / 1e6:.2f} MB)")
+    _log(f"moving objects at {smallest.label()} (where they arrive and leave): {_motion_text(initial_motion)} -> "
+         f"{_motion_text(final_motion)} ({record['weights']} weights)")
     _log("seconds per step by size: " + json.dumps(record["stretches"][-1]["seconds_per_step"]))
     (out / "training.json").write_text(json.dumps(record, indent=1))  # kept if the samples fail
     if opts.samples:
@@ -710,6 +779,10 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
     _log(f"done {time.monotonic() - started_at:.0f} s after start")
     _finish_distributed(dist)
     return TrainResult(checkpoint=checkpoint, steps=step, final_loss=last_loss, curve=curve, info=record)
+
+
+def _motion_text(motion: dict[str, float]) -> str:
+    return f"region {motion['region']:.4f}, reversed direction {motion['direction']:+.1%}"
 
 
 def _finish_distributed(dist: _Distributed) -> None:
