@@ -336,6 +336,9 @@ def test_fp8_polynomial_exp2(request, monkeypatch, exp2, qk):
     layout = random_layout(gen, 2, 2, 200, (64, 64), p_full=0.35, p_part=0.3)
     out, lse = block_sparse_attention(q, k, v, layout, return_lse=True, precision="fp8", kv_lens=kv_lens.to(DEVICE))
     _check(q, k, v, layout.to_dense(), kv_lens, out, lse, f"fp8 exp2 {exp2} {qk}", p_rel_error=EXP2_POLY_ERROR)
+    monkeypatch.setattr(ops, "FP8_EXP2", "mufu")
+    unit = block_sparse_attention(q, k, v, layout, precision="fp8", kv_lens=kv_lens.to(DEVICE))
+    assert not torch.equal(out, unit), f"exp2 {exp2} reached the kernel (its rounding differs from the unit's)"
     monkeypatch.setattr(ops, "FP8_EXP2", "fast")
     with pytest.raises(ValueError, match="FP8_EXP2 must be one of"):
         block_sparse_attention(q, k, v, layout, precision="fp8")
