@@ -8,6 +8,9 @@ One kernel loop, specialised by constexpr flags:
               the K-major operand FP8 tensor cores need) with a scale per channel; P is rounded to
               float8 (on float8's scale: the exponent is shifted by log2(FP8_MAX)) for P x V, and
               the accumulator stays float32
+    FP8_TILE_ACC  (FP8) each key tile's P x V summed apart, then added to the accumulator in fp32
+    FP8_EXP2      (FP8) the softmax's exponentials: 0 the special-function unit, 1 half of them and
+              2 all of them by ``exp2_poly`` on the FMA pipe (``softmax_exp2``)
 One program computes one query block (BLOCK_M = the layout's Q_BLOCK rows) of one (batch, head);
 its key blocks come from the layout's full list, then its partial list. Heads of different
 patterns share one launch: the layout has a head dimension, so a per-head block list *is* the
