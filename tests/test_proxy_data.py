@@ -168,3 +168,25 @@ def test_missing_photographs_say_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"sparse-vdit\[train\]"):
         textures.photo_folder()
+
+
+def test_kind_weights_choose_the_mix():
+    """procedural_videos(kind_weights=...): only the weighted kinds are drawn, the default draw is
+    unchanged, and bad weights are refused; the training option parses KIND:WEIGHT lists."""
+    from pipelines.proxy.data import KIND_WEIGHTS, KINDS, check_kind_weights, scene_of
+    from pipelines.proxy.train import parse_args
+
+    def kinds(**kwargs):
+        batch = procedural_videos(24, frames=2, height=16, width=24, seed=3, **kwargs)
+        return [scene_of(c).kind for c in batch.captions]
+
+    assert kinds() == kinds(kind_weights=KIND_WEIGHTS) == kinds(kind_weights=dict(zip(KINDS, KIND_WEIGHTS)))
+    assert set(kinds(kind_weights={"moves": 1.0})) == {"moves"}
+    assert set(kinds(kind_weights=(0, 0, 1, 1))) == {"pan", "zoom"}
+    for bad in ((1, 2), (1, -1, 0, 0), (0, 0, 0, 0), {"walks": 1.0}):
+        with pytest.raises(ValueError, match="kind"):
+            check_kind_weights(bad)
+    assert parse_args(["--kind-weights", "moves:0.6,pan:0.4"]).kind_weights == (0.6, 0.0, 0.4, 0.0)
+    assert parse_args([]).kind_weights == KIND_WEIGHTS
+    with pytest.raises(SystemExit):
+        parse_args(["--kind-weights", "moves"])

@@ -102,10 +102,12 @@ def test_cooldown_and_object_size_options(tmp_path):
     for bad in ("0.2", "0.3,0.2", "0.1,0.9", "a,b"):
         with pytest.raises(SystemExit):
             parse_args(["--object-size", bad])
-    assert main(["--smoke", "--cooldown-steps", "3", "--object-size", "0.2,0.25", "--no-samples", "--out", str(tmp_path)]) == 0
+    assert main(["--smoke", "--cooldown-steps", "3", "--object-size", "0.2,0.25", "--kind-weights", "moves:1",
+                 "--no-samples", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "training.json").read_text())
     assert record["steps"] == 3  # stopped at the cooldown's last step, before the smoke's 40
     assert record["options"]["cooldown_steps"] == 3 and tuple(record["options"]["object_size"]) == (0.2, 0.25)
+    assert record["options"]["kind_weights"] == [1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.fixture(scope="module")

@@ -213,9 +213,23 @@ def _pick(generator: torch.Generator, options: torch.Tensor, n: int) -> torch.Te
     return options[torch.randint(options.numel(), (n,), generator=generator)]
 
 
-def _labels_of(labels, batch: int, generator: torch.Generator) -> torch.Tensor:
+def check_kind_weights(weights) -> tuple[float, ...]:
+    """``weights`` as one float per kind of ``KINDS`` (a sequence in that order, or a {kind: weight}
+    dict whose missing kinds weigh 0), or a ValueError saying what is expected."""
+    if isinstance(weights, dict):
+        unknown = set(weights) - set(KINDS)
+        if unknown:
+            raise ValueError(f"kind weights: unknown kinds {sorted(unknown)}; the kinds are {KINDS}")
+        weights = [weights.get(kind, 0.0) for kind in KINDS]
+    values = tuple(float(w) for w in weights)
+    if len(values) != len(KINDS) or min(values) < 0 or sum(values) <= 0:
+        raise ValueError(f"kind weights {values}: give {len(KINDS)} weights >= 0, for {KINDS}, not all 0")
+    return values
+
+
+def _labels_of(labels, batch: int, generator: torch.Generator, kind_weights=KIND_WEIGHTS) -> torch.Tensor:
     if labels is None:
-        kinds = torch.multinomial(torch.tensor(KIND_WEIGHTS, dtype=torch.float64), batch, replacement=True, generator=generator)
+        kinds = torch.multinomial(torch.tensor(kind_weights, dtype=torch.float64), batch, replacement=True, generator=generator)
         index = torch.rand(batch, generator=generator, dtype=torch.float64)
         return torch.stack([_BY_KIND[k][int(u * _BY_KIND[k].numel())] for k, u in zip(kinds.tolist(), index)])
     out = [PROXY_CAPTIONS.index(scene_of(x).caption) if isinstance(x, str) else int(x) for x in labels]
@@ -324,6 +338,7 @@ def procedural_videos(
     device=None,
     dtype: torch.dtype = torch.float32,
     object_size: tuple[float, float] = OBJECT_SIZE,
+    kind_weights: tuple[float, ...] = KIND_WEIGHTS,
 ) -> VideoBatch:
     """``batch`` captioned videos [B, 3, frames, height, width] in [-1, 1].
 
@@ -335,6 +350,8 @@ def procedural_videos(
         device, dtype: where and how the videos are rendered.
         object_size: the range the objects' size is drawn from (frame heights: a circle's radius;
             see ``OBJECT_SIZE``, the default); larger objects give their motion more of the loss.
+        kind_weights: how often each kind of ``KINDS`` is drawn when labels are None (default
+            ``KIND_WEIGHTS``; ``check_kind_weights`` reads other forms).
     """
     if (generator is None) == (seed is None):
         raise ValueError("pass either a CPU torch.Generator (generator=...) or a seed (seed=...)")
@@ -345,7 +362,7 @@ def procedural_videos(
     device = torch.device(device) if device is not None else torch.device("cpu")
     bank = texture_bank(str(device), dtype)
     images = bank.images[bank.level(height)]
-    labels = _labels_of(labels, batch, generator)
+    labels = _labels_of(labels, batch, generator, check_kind_weights(kind_weights))
     p = {k: to_device(v.to(dtype) if v.is_floating_point() else v, device)
          for k, v in _scene_parameters(labels, generator, bank, check_object_size(object_size)).items()}
     aspect = width / height

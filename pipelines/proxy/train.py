@@ -72,8 +72,8 @@ import torch.nn.functional as F
 
 from pipelines.videos import slug, write_video
 from pipelines.proxy.data import (
-    OBJECT_SIZE, PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, check_object_size, opposite_direction,
-    procedural_videos, scene_of, to_device,
+    KIND_WEIGHTS, KINDS, OBJECT_SIZE, PROXY_CAPTIONS, PROXY_SAMPLE_PROMPTS, PROXY_VOCAB, caption_checks, check_kind_weights,
+    check_object_size, opposite_direction, procedural_videos, scene_of, to_device,
 )
 from pipelines.proxy.model import (
     PROXY_CHECKPOINT,
@@ -185,6 +185,8 @@ class TrainOptions:
     # The range the training videos' object sizes are drawn from; validation and the sample data keep
     # the generator's default (OBJECT_SIZE), so losses stay comparable across stretches.
     object_size: tuple[float, float] = OBJECT_SIZE
+    # How often each kind (moves, rotates, pan, zoom) is drawn for training; validation keeps KIND_WEIGHTS.
+    kind_weights: tuple[float, ...] = KIND_WEIGHTS
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     log_every: int = 50
@@ -683,7 +685,8 @@ def train(opts: TrainOptions, *, started_at: float | None = None) -> TrainResult
             begin.record()
         size = sizes[int(torch.multinomial(weights, 1, generator=data_generator))]
         batch = procedural_videos(size.batch, frames=size.frames, height=size.height, width=size.width,
-                                  object_size=opts.object_size, generator=data_generator, device=device)
+                                  object_size=opts.object_size, kind_weights=opts.kind_weights,
+                                  generator=data_generator, device=device)
         drop = torch.rand(size.batch, generator=data_generator) < opts.cfg_dropout
         text = text_table[to_device(torch.where(drop, unconditional, batch.labels), device)]
         with torch.no_grad():
@@ -817,6 +820,14 @@ def _object_size(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+def _kind_weights(text: str) -> tuple[float, ...]:
+    try:
+        pairs = [part.split(":") for part in text.split(",") if part.strip()]
+        return check_kind_weights({kind.strip(): float(weight) for kind, weight in pairs})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc} (e.g. moves:0.6,rotates:0.15,pan:0.15,zoom:0.1)") from None
+
+
 def _videos(text: str) -> tuple[tuple[int, int, int], ...]:
     try:
         return tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())  # type: ignore[misc]
@@ -867,6 +878,9 @@ def parse_args(argv=None) -> TrainOptions:
                              "(where it arrives and leaves) W times more (default 0)")
     parser.add_argument("--object-size", type=_object_size,
                         help=f"LOW,HIGH: draw the training objects' size (frame heights) from this range (default {OBJECT_SIZE[0]},{OBJECT_SIZE[1]})")
+    parser.add_argument("--kind-weights", type=_kind_weights,
+                        help="KIND:WEIGHT,...: how often each kind is drawn for training (default "
+                             + ",".join(f"{k}:{w}" for k, w in zip(KINDS, KIND_WEIGHTS)) + "; kinds left out weigh 0)")
     parser.add_argument("--install", action="store_true", help=f"copy the checkpoint to {PROXY_CHECKPOINT}")
     try:
         args = parser.parse_args(argv)
