@@ -154,6 +154,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
 
     defaults = fp8_mod.FP8_QK, ops.FP8_ACCUMULATE, fp8_mod.FP8_QUANTISER, ops.FP8_EXP2
     base = timed("bf16", lambda: lambda: ops.block_sparse_attention(q, k, v, layout), keep_out=True)
+    config = None if best is None else str(best)  # the kernel-only rows' swept tile
     compared = []  # (measurement, its row's name): accuracy against the bf16 kernel's output
     accumulations = ("mma", "tile") if device.type == "cuda" else ("mma",)  # the interpreter has one
     for qk in ("e4m3", "int8"):
@@ -161,7 +162,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
             ops.FP8_ACCUMULATE = accumulate
             what = f"fp8 kernel only, {qk} QK, {accumulate} accumulation"
             compared.append((timed(what, lambda: kernel_only(qk), keep_out=True,
-                                   config=None if best is None else str(best)), what))
+                                   config=config), what))
     # The softmax's exponentials partly or wholly on the FMA pipe (kernels.attention.FP8_EXP2), at
     # the default formats
     ops.FP8_ACCUMULATE = accumulations[-1]
@@ -169,7 +170,7 @@ def run_case(spec: str, args, device: torch.device) -> list[dict]:
         ops.FP8_EXP2 = exp2
         what = f"fp8 kernel only, int8 QK, {accumulations[-1]} accumulation, exp2 {exp2}"
         compared.append((timed(what, lambda: kernel_only("int8"), keep_out=True,
-                               config=None if best is None else str(best)), what))
+                               config=config), what))
     ops.FP8_EXP2 = defaults[3]
     # The whole call at SageAttention's choices (int8 Q K, P x V summed per key tile in fp32)
     fp8_mod.FP8_QK, ops.FP8_ACCUMULATE = "int8", accumulations[-1]

@@ -29,7 +29,8 @@ PROMPTS = ("true caption", "opposite direction", "empty prompt")
 @torch.no_grad()
 def direction_gap(pipe, kind: str, videos: int, seed: int, size: tuple[int, int, int], device) -> list[dict]:
     from pipelines.proxy.data import PROXY_CAPTIONS, opposite_direction, procedural_videos
-    from pipelines.proxy.train import caption_embeddings, coverage_change, flow_matching_example, mask_to_latent
+    from pipelines.proxy.train import (caption_embeddings, coverage_change, flow_matching_example, mask_to_latent,
+                                       weighted_mean)
 
     table = caption_embeddings(pipe, pipe.proxy_config, device)  # last row: the empty prompt
     index = {c: i for i, c in enumerate(PROXY_CAPTIONS)}
@@ -56,7 +57,7 @@ def direction_gap(pipe, kind: str, videos: int, seed: int, size: tuple[int, int,
             error = (pred.float() - target.float()).square()
             row[name] = float(error.mean())
             if region is not None:
-                row[f"{name}, region"] = float((error * region).sum() / region.sum())
+                row[f"{name}, region"] = float(weighted_mean(error, region))
         rows.append(row)
     return rows
 

@@ -99,6 +99,7 @@ def block_attention_mass_ref(
 
 def fp8_attention_ref(
     fp8, mask: torch.Tensor | None = None, *, scale: float | None = None, p_rel_error: float = 0.0,
+    p_rounded: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Twin of the kernels' ``precision="fp8"`` path, on ``kernels.fp8.quantize_qkv``'s output.
 
@@ -111,6 +112,8 @@ def fp8_attention_ref(
     ``p_rel_error``: a relative error the kernel makes in each p before rounding (its polynomial
     exp2, ``kernels.triton_block_sparse.EXP2_POLY_ERROR``); it enters P x V and the row sum l, so
     the bound gains 2 * p_rel_error * sum_j p_j |v_jd| / l (first order).
+    ``p_rounded`` False: P is not rounded to float8 (the CPU interpreter keeps it float32), so the
+    bound holds only the ``p_rel_error`` term.
     ``mask``: bool broadcastable to [B, H, Sq, Skv], True = keep (layout and key padding).
     Returns (out [B, H, Sq, D] float64, lse [B, H, Sq] float64, bound [B, H, Sq, D] float64).
     """
@@ -125,6 +128,10 @@ def fp8_attention_ref(
     p = torch.exp(s - torch.where(empty, 0.0, lse).unsqueeze(-1))  # normalised: l = 1
     m = torch.exp(torch.where(empty, 0.0, s.amax(-1) - lse))  # the row max's p: 1 / l of the kernel's scale
     keep = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.to(p.device).expand_as(p)
-    step = torch.where(keep, (2.0 ** -4 + 2.0 * p_rel_error) * p + 2.0 ** -10 / FP8_MAX * m.unsqueeze(-1), 0.0)
+    if p_rounded:
+        step = (2.0 ** -4 + 2.0 * p_rel_error) * p + 2.0 ** -10 / FP8_MAX * m.unsqueeze(-1)
+    else:
+        step = 2.0 * p_rel_error * p
+    step = torch.where(keep, step, 0.0)
     bound = torch.einsum("bhqk,bhkd->bhqd", step, v.abs()).masked_fill(empty.unsqueeze(-1), 0.0)
     return out, lse + fp8.lse_shift.double(), bound

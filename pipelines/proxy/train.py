@@ -27,7 +27,8 @@ What a stretch does (the defaults are the shipped model's recipe):
   MSE. Beside it, every log also measures 16 moving objects at the run's smallest size
   (``motion_validation``): the MSE where they arrive and leave, and how much it grows with the
   direction word reversed (what the caption's direction is worth; RESULTS 2026-12-08 01:05).
-  Captions through the frozen text encoder exactly as ``WanPipeline`` encodes them (padded to 16 tokens); 10% replaced by the empty prompt (classifier-free guidance).
+  Captions through the frozen text encoder exactly as ``WanPipeline`` encodes them (padded to 16
+  tokens); 10% replaced by the empty prompt (classifier-free guidance).
 - optimiser: AdamW (lr 5e-4, betas 0.9 / 0.999, weight decay 0.01), linear warm-up (200 steps; 50
   on a resumed stretch, whose optimiser moments start afresh) then constant (``--cooldown-steps N``:
   then falling linearly to 0 at the stretch's step N, where the stretch stops; a plateau at a
@@ -278,6 +279,11 @@ def object_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, vae, obj
     weight = 1 + object_weight * mask_to_latent(vae, object_mask)
     if motion_weight:
         weight = weight + motion_weight * mask_to_latent(vae, coverage_change(object_mask))
+    return weighted_mean(error, weight)
+
+
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum(weight * error) / sum(weight): the loss weightings' and region errors' common form."""
     return (weight * error).sum() / weight.sum()
 
 
@@ -397,8 +403,7 @@ def motion_validation(model, batch: MotionBatch, autocast) -> dict[str, float]:
         with autocast:
             prediction = model(hidden_states=batch.x_t, timestep=batch.timestep, encoder_hidden_states=text,
                                return_dict=False)[0]
-        error = (prediction.float() - batch.target).square()
-        errors.append(float((error * batch.region).sum() / batch.region.sum()))
+        errors.append(float(weighted_mean((prediction.float() - batch.target).square(), batch.region)))
     return {"region": round(errors[0], 6), "direction": round(errors[1] / errors[0] - 1, 6)}
 
 
